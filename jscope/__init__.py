@@ -1,0 +1,59 @@
+"""jscope: TensorFlow 1's variable model for JAX, as pure functions.
+
+``get_variable``, ``variable_scope(reuse=...)``, ``Variable`` and ``assign`` over an
+explicit variable tree of plain nested dicts, run by `init` and `apply`.
+"""
+
+from jscope import errors as errors
+from jscope import initializers as initializers
+from jscope._src.run import Transformed as Transformed
+from jscope._src.run import apply as apply
+from jscope._src.run import init as init
+from jscope._src.run import init_with_output as init_with_output
+from jscope._src.run import make_template as make_template
+from jscope._src.run import transform as transform
+from jscope._src.scope import AUTO_REUSE as AUTO_REUSE
+from jscope._src.scope import VariableScope as VariableScope
+from jscope._src.scope import get_variable_scope as get_variable_scope
+from jscope._src.scope import name_scope as name_scope
+from jscope._src.scope import variable_scope as variable_scope
+from jscope._src.tree import VariableTree as VariableTree
+from jscope._src.tree import flatten as flatten
+from jscope._src.tree import unflatten as unflatten
+from jscope._src.variables import Variable as Variable
+from jscope._src.variables import assign as assign
+from jscope._src.variables import assign_add as assign_add
+from jscope._src.variables import assign_sub as assign_sub
+from jscope._src.variables import get_regularization_loss as get_regularization_loss
+from jscope._src.variables import get_variable as get_variable
+from jscope._src.variables import is_initializing as is_initializing
+from jscope._src.variables import next_rng_key as next_rng_key
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AUTO_REUSE",
+    "Transformed",
+    "Variable",
+    "VariableScope",
+    "VariableTree",
+    "apply",
+    "assign",
+    "assign_add",
+    "assign_sub",
+    "errors",
+    "flatten",
+    "get_regularization_loss",
+    "get_variable",
+    "get_variable_scope",
+    "init",
+    "init_with_output",
+    "initializers",
+    "is_initializing",
+    "make_template",
+    "name_scope",
+    "next_rng_key",
+    "transform",
+    "unflatten",
+    "variable_scope",
+]

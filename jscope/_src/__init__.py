@@ -1,0 +1,1 @@
+"""Private implementation of jscope; import from `jscope` instead."""

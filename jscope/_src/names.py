@@ -1,0 +1,116 @@
+"""Paths: validation, joining and stable hashing. No JAX here."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+
+from jscope import errors
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_.\-]+")
+PATTERN = "[A-Za-z0-9_.\\-]+ per component, not starting with '-'"
+
+
+def _bad_component(component: str) -> bool:
+    return not _COMPONENT.fullmatch(component) or component.startswith("-")
+
+
+@functools.lru_cache(maxsize=65536)
+def validate(name: str, what: str = "variable") -> str:
+    """Checks a slash-separated name and returns it unchanged.
+
+    Args:
+      name: A name such as ``"W"`` or ``"layer/W"``.
+      what: What is being named, for the error message.
+
+    Returns:
+      ``name``.
+
+    Raises:
+      InvalidNameError: An empty name or component, or a character outside the
+        allowed pattern.
+      TypeError: ``name`` is not a string.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"A {what} name must be a str, got {type(name).__name__}: {name!r}."
+        )
+    if not name or any(_bad_component(c) for c in name.split("/")):
+        raise errors.InvalidNameError(
+            f"Invalid {what} name {name!r}: each '/'-separated component must match "
+            f"{PATTERN}; empty components (as in 'a//b', or a leading or trailing "
+            "'/'), spaces, ':' and non-ASCII characters are not allowed. "
+            "Rename it, e.g. to "
+            f"{_suggest(name)!r}.",
+            name,
+        )
+    return name
+
+
+def _suggest(name: str) -> str:
+    parts = [re.sub(r"[^A-Za-z0-9_.\-]", "_", p) for p in name.split("/") if p]
+    parts = [p.lstrip("-") or "_" for p in parts]
+    return "/".join(parts) or "v"
+
+
+def join(prefix: str, name: str) -> str:
+    """Joins a scope prefix (``""`` or ``"a/b"``) and a name."""
+    return f"{prefix}/{name}" if prefix else name
+
+
+@functools.lru_cache(maxsize=65536)
+def stable_hash(path: str) -> int:
+    """Returns a 31-bit hash of ``path`` that is the same in every process.
+
+    Python's ``hash`` of a str is salted per process (``PYTHONHASHSEED``); this is
+    not.
+
+    Example:
+      >>> stable_hash("n1/W") == stable_hash("n1/W")
+      True
+      >>> 0 <= stable_hash("n1/W") < 2**31
+      True
+    """
+    digest = hashlib.blake2b(path.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+class Uniquifier:
+    """Hands out unique names in a namespace, TF1 graph style.
+
+    The first request for ``x`` gets ``x``; later ones get ``x_1``, ``x_2``, ...
+    skipping any name already in use.
+
+    Example:
+      >>> u = Uniquifier()
+      >>> [u.unique("x"), u.unique("x"), u.unique("x_2"), u.unique("x")]
+      ['x', 'x_1', 'x_2', 'x_3']
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self):
+        self._counts: dict[str, int] = {}
+
+    def mark(self, name: str) -> None:
+        """Records ``name`` as used without renaming it."""
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def in_use(self, name: str) -> bool:
+        """Whether ``name`` has been handed out or marked."""
+        return name in self._counts
+
+    def unique(self, name: str) -> str:
+        """Returns ``name`` or its first free ``name_i`` and marks it used."""
+        counts = self._counts
+        if name not in counts:
+            counts[name] = 1
+            return name
+        i = counts[name]
+        while f"{name}_{i}" in counts:
+            i += 1
+        counts[name] = i + 1
+        new = f"{name}_{i}"
+        counts[new] = 1
+        return new

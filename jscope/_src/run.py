@@ -1,0 +1,254 @@
+"""`init`, `apply`, `transform` and `make_template`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from jscope import errors
+from jscope._src import context, names, tree
+from jscope._src.scope import VariableScope, variable_scope
+
+
+def _init_frame(rng: Any) -> context.Frame:
+    if isinstance(rng, Mapping):
+        if "params" not in rng:
+            raise errors.MissingRngError(
+                "js.init got a dict of rngs without a 'params' key; initializers need "
+                f"one. Got keys {sorted(rng)}."
+            )
+        return context.Frame(
+            is_run=True, initializing=True, rng=rng["params"], rngs=dict(rng)
+        )
+    if rng is None:
+        raise errors.MissingRngError(
+            "js.init needs a random key, e.g. jax.random.key(0); got None."
+        )
+    return context.Frame(is_run=True, initializing=True, rng=rng)
+
+
+def init_with_output(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any):
+    """Runs ``fn`` creating its variables; returns ``(output, variables)``.
+
+    See `init`.
+    """
+    frame = _init_frame(rng)
+    token = context.enter(frame)
+    try:
+        out = fn(*args, **kwargs)
+        built = tree.unflatten(
+            (f"{coll}/{path}", value) for path, (coll, value) in _ordered(frame)
+        )
+    finally:
+        context.leave(token)
+        frame.close()
+    return out, built
+
+
+def _ordered(frame: context.Frame):
+    # One collection after another, each in creation order.
+    by_coll: dict[str, list] = {}
+    for path, (coll, value) in frame.created.items():
+        by_coll.setdefault(coll, []).append((path, (coll, value)))
+    for items in by_coll.values():
+        yield from items
+
+
+def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
+    """Runs ``fn`` once, creating every variable it asks for.
+
+    Args:
+      fn: The function, calling `js.get_variable` / `js.Variable` inside.
+      rng: A key (``jax.random.key(0)``) for the initializers, or a dict of keys
+        per stream with a ``"params"`` key. Other streams (``"dropout"``) derive
+        from it unless given.
+      *args: Positional arguments for ``fn``.
+      **kwargs: Keyword arguments for ``fn``.
+
+    Returns:
+      A new variable tree ``{collection: {scope: {name: array}}}`` of initial
+      values; assignments made while ``fn`` ran are not kept.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> def f(x):
+      ...     with js.variable_scope("n1"):
+      ...         w = js.get_variable("w", (x.shape[-1], 2))
+      ...     return x @ w
+      >>> v = js.init(f, jax.random.key(0), jnp.ones((1, 3)))
+      >>> jax.tree.map(jnp.shape, v)
+      {'params': {'n1': {'w': (3, 2)}}}
+    """
+    return init_with_output(fn, rng, *args, **kwargs)[1]
+
+
+def _mutable_set(mutable: Any) -> frozenset[str] | bool:
+    if mutable is True:
+        return True
+    if mutable is False or mutable is None:
+        return frozenset()
+    if isinstance(mutable, str):
+        return frozenset((mutable,))
+    if isinstance(mutable, Iterable):
+        items = list(mutable)
+        if all(isinstance(m, str) for m in items):
+            return frozenset(items)
+    raise TypeError(
+        "mutable must be True, False, a collection name or a list of them, got "
+        f"{mutable!r}."
+    )
+
+
+def _index(variables: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            "js.apply expects a variable tree (a dict such as js.init returns), got "
+            f"{type(variables).__name__}."
+        )
+    index = {}
+    for coll, sub in variables.items():
+        if not isinstance(sub, Mapping):
+            raise TypeError(
+                f"Collection {coll!r} of the variable tree must be a dict, got "
+                f"{type(sub).__name__}. Pass the whole tree from js.init, e.g. "
+                "{'params': {...}}, not one array."
+            )
+        index[coll] = tree.flatten(sub)
+    return index
+
+
+def apply(
+    fn: Callable[..., Any],
+    variables: Mapping[str, Any],
+    *args: Any,
+    rngs: Any = None,
+    mutable: Any = False,
+    **kwargs: Any,
+):
+    """Runs ``fn`` reading every variable from ``variables``; creates nothing.
+
+    Args:
+      fn: The function given to `js.init`.
+      variables: The variable tree. Never mutated.
+      *args: Positional arguments for ``fn``.
+      rngs: Keys for `js.next_rng_key`: a dict ``{stream: key}``, or one key from
+        which every stream derives.
+      mutable: Collections whose assignments are returned: False (none, the
+        default), True (all), a name or a list of names.
+      **kwargs: Keyword arguments for ``fn``.
+
+    Returns:
+      ``fn``'s output; with ``mutable``, ``(output, updated_variables)`` where the
+      updated tree is a new tree (the whole tree, with assignments applied).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> def f(x):
+      ...     return x * js.get_variable("s", (), initializer=js.initializers.ones())
+      >>> v = js.init(f, jax.random.key(0), 2.0)
+      >>> js.apply(f, v, 3.0)
+      Array(3., dtype=float32)
+    """
+    mut = _mutable_set(mutable)
+    frame = context.Frame(is_run=True, source=_index(variables), mutable=mut, rngs=rngs)
+    token = context.enter(frame)
+    try:
+        out = fn(*args, **kwargs)
+        if mutable is False or mutable is None:
+            return out
+        updates = {
+            f"{frame.collection_of[path]}/{path}": value
+            for path, value in frame.assigned.items()
+        }
+        return out, tree.replace_leaves(_copy_dicts(variables), updates)
+    finally:
+        context.leave(token)
+        frame.close()
+
+
+def _copy_dicts(node: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_dicts(v) if isinstance(v, Mapping) else v for k, v in node.items()}
+
+
+class Transformed(NamedTuple):
+    """A pair of pure functions, ``init`` and ``apply``, bound to one function."""
+
+    init: Callable[..., Any]
+    apply: Callable[..., Any]
+
+
+def transform(fn: Callable[..., Any]) -> Transformed:
+    """Binds `js.init` and `js.apply` to ``fn``.
+
+    Example:
+      >>> import jax, jscope as js
+      >>> model = js.transform(lambda: js.get_variable("w", (2,)))
+      >>> v = model.init(jax.random.key(0))
+      >>> bool((model.apply(v) == v["params"]["w"]).all())
+      True
+    """
+
+    def init_fn(rng: Any, *args: Any, **kwargs: Any) -> dict:
+        return init(fn, rng, *args, **kwargs)
+
+    def apply_fn(variables: Mapping[str, Any], *args: Any, **kwargs: Any):
+        return apply(fn, variables, *args, **kwargs)
+
+    init_fn.__doc__ = f"js.init of {getattr(fn, '__name__', fn)!s}."
+    apply_fn.__doc__ = f"js.apply of {getattr(fn, '__name__', fn)!s}."
+    return Transformed(init_fn, apply_fn)
+
+
+class _Template:
+    __slots__ = ("_name", "_fn", "_getter", "_kwargs", "__wrapped__")
+
+    def __init__(self, name, fn, custom_getter, kwargs):
+        self._name = names.validate(name, "template")
+        self._fn = fn
+        self._getter = custom_getter
+        self._kwargs = kwargs
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        frame = context.current_run(f"Template {self._name!r}")
+        kwargs = {**self._kwargs, **kwargs}
+        scope: VariableScope | None = frame.templates.get(id(self), (None, None))[1]
+        if scope is None:
+            with variable_scope(
+                None, default_name=self._name, custom_getter=self._getter
+            ) as scope:
+                frame.templates[id(self)] = (self, scope)
+                return self._fn(*args, **kwargs)
+        with variable_scope(scope, reuse=True):
+            return self._fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<js.make_template {self._name!r} of {self._fn!r}>"
+
+
+def make_template(
+    name: str, fn: Callable[..., Any], custom_getter: Any = None, **kwargs: Any
+) -> Callable[..., Any]:
+    """Wraps ``fn`` so that every call in a run shares one set of variables.
+
+    The first call in a run opens a new scope named ``name`` (uniquified:
+    ``name_1`` if taken) and creates the variables; later calls reuse them.
+
+    Args:
+      name: The scope name.
+      fn: The function to wrap.
+      custom_getter: A custom getter for the template's scope.
+      **kwargs: Bound keyword arguments for ``fn``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> scale = js.make_template("scale", lambda x: x * js.get_variable("s", ()))
+      >>> v = js.init(lambda x: scale(x) + scale(x), jax.random.key(0), 1.0)
+      >>> list(js.flatten(v))
+      ['params/scale/s']
+    """
+    return _Template(name, fn, custom_getter, kwargs)

@@ -1,0 +1,379 @@
+"""Variable scopes and name scopes, with TF1's reuse and naming rules."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from jscope import errors
+from jscope._src import context, names
+
+
+class _AutoReuse:
+    """The ``reuse=AUTO_REUSE`` flag: get a variable if it exists, else create it."""
+
+    __slots__ = ()
+    __module__ = "jscope"
+
+    def __repr__(self) -> str:
+        return "AUTO_REUSE"
+
+    def __reduce__(self):
+        return "AUTO_REUSE"
+
+
+AUTO_REUSE = _AutoReuse()
+
+_UNSUPPORTED_SCOPE_ARGS = {
+    "caching_device": "jscope places arrays with jax.device_put / shardings",
+    "partitioner": "jscope shards variables with jax.sharding instead",
+    "use_resource": "every jscope variable is a plain jax.Array",
+    "constraint": "apply the constraint to the value after the optimizer update",
+}
+
+
+def check_reuse(reuse: Any) -> None:
+    """Raises `ReuseFlagError` unless ``reuse`` is None, True, False or AUTO_REUSE."""
+    if reuse is None or reuse is True or reuse is False or reuse is AUTO_REUSE:
+        return
+    raise errors.ReuseFlagError(
+        f"The reuse parameter must be True or False or None (or js.AUTO_REUSE), "
+        f"got {reuse!r} of type {type(reuse).__name__}."
+    )
+
+
+class VariableScope:
+    """A variable scope: a path prefix plus defaults for `get_variable` inside it.
+
+    Get the current one with `js.get_variable_scope()`, or capture one with
+    ``with js.variable_scope("name") as scope:`` and re-enter it later with
+    ``js.variable_scope(scope)``.
+
+    Attributes:
+      name: The full path of the scope (``""`` at the root).
+      reuse: ``False``, ``True`` or ``js.AUTO_REUSE``.
+      original_name_scope: The name scope of the scope's first entry, with a
+        trailing ``/`` (``""`` at the root).
+      initializer: Default initializer for variables created inside, or None.
+      regularizer: Default regularizer for variables created inside, or None.
+      dtype: Default dtype for variables created inside, or None (float32).
+      custom_getter: The getter wrapping `get_variable` inside, or None.
+    """
+
+    __slots__ = (
+        "_reuse",
+        "name",
+        "initializer",
+        "regularizer",
+        "dtype",
+        "custom_getter",
+        "original_name_scope",
+    )
+    __module__ = "jscope"
+
+    def __init__(
+        self,
+        reuse: Any,
+        name: str = "",
+        initializer: Any = None,
+        regularizer: Any = None,
+        dtype: Any = None,
+        custom_getter: Any = None,
+        original_name_scope: str = "",
+    ):
+        check_reuse(reuse)
+        self._reuse = reuse if reuse else False
+        self.name = name
+        self.initializer = initializer
+        self.regularizer = regularizer
+        self.dtype = dtype
+        self.custom_getter = custom_getter
+        self.original_name_scope = original_name_scope
+
+    @property
+    def reuse(self) -> Any:
+        """``False``, ``True`` or ``js.AUTO_REUSE``."""
+        return self._reuse
+
+    def reuse_variables(self) -> None:
+        """Makes this scope reuse variables for the rest of its block.
+
+        Sub-scopes opened afterwards inherit the flag. At the root scope it lasts
+        for the rest of the run.
+        """
+        self._reuse = True
+
+    def set_initializer(self, initializer: Any) -> None:
+        """Sets the default initializer for this scope."""
+        self.initializer = initializer
+
+    def set_regularizer(self, regularizer: Any) -> None:
+        """Sets the default regularizer for this scope."""
+        self.regularizer = regularizer
+
+    def set_dtype(self, dtype: Any) -> None:
+        """Sets the default dtype for this scope."""
+        self.dtype = dtype
+
+    def set_custom_getter(self, custom_getter: Any) -> None:
+        """Sets the custom getter for this scope."""
+        self.custom_getter = custom_getter
+
+    def get_variable(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """`js.get_variable` with ``name`` taken relative to this scope."""
+        from jscope._src.variables import get_variable  # noqa: PLC0415 (cycle)
+
+        with variable_scope(self):
+            return get_variable(name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"VariableScope(name={self.name!r}, reuse={self._reuse!r})"
+
+
+def _wrap_getter(outer: Any, inner: Any) -> Any:
+    """Composes getters so that ``inner`` runs first, then ``outer``."""
+    if outer is None:
+        return inner
+    if inner is None:
+        return outer
+
+    def getter(real_getter, *args, **kwargs):
+        return inner(functools.partial(outer, real_getter), *args, **kwargs)
+
+    return getter
+
+
+class variable_scope:  # noqa: N801 (TF1's name)
+    """Opens a variable scope; ``with js.variable_scope("n1") as scope: ...``.
+
+    The arguments are TF1's, in TF1's order, so ported calls such as
+    ``variable_scope(scope, "dense", [inputs])`` run unchanged (``values`` is
+    accepted and ignored).
+
+    Args:
+      name_or_scope: A name (``"n1"``, ``"a/b"``), a captured `VariableScope` to
+        re-enter exactly, or None together with ``default_name``.
+      default_name: Used when ``name_or_scope`` is None: the first of
+        ``default_name``, ``default_name_1``, ... not opened yet under the parent.
+      values: Ignored (TF1 used it to pick a graph).
+      initializer: Default initializer for `get_variable` inside.
+      regularizer: Default regularizer for `get_variable` inside.
+      caching_device: Only None (TF1's default) is accepted.
+      partitioner: Only None is accepted.
+      custom_getter: ``getter(next_getter, name, *args, **kwargs)`` wrapping every
+        `get_variable` inside; nested getters run inner first.
+      reuse: None or False (inherit), True, or `js.AUTO_REUSE`.
+      dtype: Default dtype for `get_variable` inside.
+      use_resource: Only None or True is accepted.
+      constraint: Only None is accepted.
+      auxiliary_name_scope: Whether to also open a name scope (TF1's default True).
+
+    Raises:
+      TypeError: Neither ``name_or_scope`` nor ``default_name`` is given.
+      ScopeArgumentError: ``default_name`` with ``reuse=True`` or AUTO_REUSE.
+      ReuseFlagError: ``reuse`` is not None, True, False or AUTO_REUSE.
+      InvalidNameError: The name does not match the allowed pattern.
+
+    Example:
+      >>> import jscope as js
+      >>> with js.variable_scope("outer"):
+      ...     with js.variable_scope("inner") as scope:
+      ...         print(scope.name, scope.reuse)
+      outer/inner False
+    """
+
+    __slots__ = (
+        "_args",
+        "_frame",
+        "_saved",
+        "_new",
+        "_by_object",
+        "_saved_counts",
+    )
+    __module__ = "jscope"
+
+    def __init__(
+        self,
+        name_or_scope: str | VariableScope | None,
+        default_name: str | None = None,
+        values: Any = None,
+        initializer: Any = None,
+        regularizer: Any = None,
+        caching_device: Any = None,
+        partitioner: Any = None,
+        custom_getter: Any = None,
+        reuse: Any = None,
+        dtype: Any = None,
+        use_resource: Any = None,
+        constraint: Any = None,
+        auxiliary_name_scope: bool = True,
+    ):
+        check_reuse(reuse)
+        if name_or_scope is None and default_name is None:
+            raise TypeError(
+                "variable_scope needs name_or_scope or default_name; got neither. "
+                "Pass a name, e.g. variable_scope('layer'), or a default_name."
+            )
+        if name_or_scope is None and (reuse is True or reuse is AUTO_REUSE):
+            raise errors.ScopeArgumentError(
+                f"default_name ({default_name!r}) cannot be used without a "
+                f"name_or_scope when reuse={reuse!r}: a default name is always a new "
+                "scope, so there is nothing to reuse. Pass the scope's name instead."
+            )
+        if not (
+            name_or_scope is None or isinstance(name_or_scope, str | VariableScope)
+        ):
+            raise TypeError(
+                "name_or_scope must be a str, a VariableScope or None, got "
+                f"{type(name_or_scope).__name__}: {name_or_scope!r}."
+            )
+        if isinstance(name_or_scope, str):
+            names.validate(name_or_scope, "variable scope")
+        elif default_name is not None:
+            names.validate(default_name, "variable scope")
+        for arg, value in (
+            ("caching_device", caching_device),
+            ("partitioner", partitioner),
+            ("constraint", constraint),
+        ):
+            if value is not None:
+                _unsupported(arg, value)
+        if use_resource not in (None, True):
+            _unsupported("use_resource", use_resource)
+        self._args = (
+            name_or_scope,
+            default_name,
+            initializer,
+            regularizer,
+            custom_getter,
+            reuse,
+            dtype,
+            auxiliary_name_scope,
+        )
+
+    def __enter__(self) -> VariableScope:
+        (obj, default, init, reg, getter, reuse, dtype, aux) = self._args
+        frame = context.current()
+        parent = frame.scope
+        self._frame = frame
+        self._saved = (parent, frame.name_scope)
+        by_object = isinstance(obj, VariableScope)
+        self._by_object = by_object
+        if by_object:
+            name = obj.name
+            flag = reuse if reuse else obj.reuse
+            init = obj.initializer if init is None else init
+            reg = obj.regularizer if reg is None else reg
+            dtype = obj.dtype if dtype is None else dtype
+            getter = _wrap_getter(obj.custom_getter, getter)
+            if aux:
+                name_scope = obj.original_name_scope.rstrip("/")
+            else:
+                name_scope = frame.name_scope
+            original = obj.original_name_scope
+        else:
+            if obj is None:
+                obj = _unique_default(frame, parent.name, default)
+            name = names.join(parent.name, obj)
+            flag = reuse if reuse else parent.reuse
+            init = parent.initializer if init is None else init
+            reg = parent.regularizer if reg is None else reg
+            dtype = parent.dtype if dtype is None else dtype
+            getter = _wrap_getter(parent.custom_getter, getter)
+            if aux:
+                name_scope = frame.names.unique(names.join(frame.name_scope, obj))
+                original = name_scope + "/"
+            else:
+                name_scope = frame.name_scope
+                original = name_scope + "/" if name_scope else ""
+        node = frame.counts.node(name)
+        node.count += 1
+        if by_object:
+            self._saved_counts = (node, node.children)
+            node.children = {k: v.copy() for k, v in node.children.items()}
+        else:
+            self._saved_counts = (node, None)
+        new = VariableScope(flag, name, init, reg, dtype, getter, original)
+        self._new = new
+        frame.scope = new
+        frame.name_scope = name_scope
+        return new
+
+    def __exit__(self, *exc_info: Any) -> None:
+        frame = self._frame
+        frame.scope, frame.name_scope = self._saved
+        node, saved_children = self._saved_counts
+        # Leaving a scope entered by name forgets the counts below it (TF1);
+        # leaving one entered by object restores them.
+        node.children = {} if saved_children is None else saved_children
+        self._frame = None
+
+
+def _unique_default(frame: context.Frame, parent: str, default: str) -> str:
+    node = frame.counts.node(parent)
+    name, i = default, 1
+    while node.node(name).count:
+        name = f"{default}_{i}"
+        i += 1
+    return name
+
+
+def _unsupported(arg: str, value: Any) -> None:
+    raise errors.UnsupportedArgumentError(
+        f"variable_scope({arg}={value!r}) is not supported: "
+        f"{_UNSUPPORTED_SCOPE_ARGS[arg]}. Leave {arg} at its default."
+    )
+
+
+class name_scope:  # noqa: N801 (TF1's name)
+    """Opens a name scope alone: it prefixes `js.Variable` names, not `get_variable`.
+
+    A name is uniquified in the run (``a``, then ``a_1``); a name ending with ``/``
+    (such as a scope's ``original_name_scope``) re-enters exactly that name scope;
+    None or ``""`` goes back to the root name scope.
+
+    Example:
+      >>> import jscope as js
+      >>> with js.name_scope("block") as ns:
+      ...     print(ns)
+      block/
+    """
+
+    __slots__ = ("_name", "_frame", "_saved")
+    __module__ = "jscope"
+
+    def __init__(self, name: str | None):
+        if name:
+            names.validate(
+                name.rstrip("/") if name.endswith("/") else name, "name scope"
+            )
+        self._name = name
+
+    def __enter__(self) -> str:
+        frame = context.current()
+        self._frame = frame
+        self._saved = frame.name_scope
+        name = self._name
+        if not name:
+            new = ""
+        elif name.endswith("/"):
+            new = name[:-1]
+        else:
+            new = frame.names.unique(names.join(frame.name_scope, name))
+        frame.name_scope = new
+        return new + "/" if new else ""
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._frame.name_scope = self._saved
+        self._frame = None
+
+
+def get_variable_scope() -> VariableScope:
+    """Returns the variable scope open at this point (the root has name ``""``).
+
+    Example:
+      >>> import jscope as js
+      >>> js.get_variable_scope().name
+      ''
+    """
+    return context.current().scope

@@ -1,0 +1,120 @@
+"""Exception classes raised by jscope.
+
+Every class subclasses the builtin exception that TensorFlow 1 raised for the same
+mistake (`ValueError` for reuse, shape, name and dtype-on-reuse errors; `TypeError`
+for wrong argument types, assignment dtypes and unrepresentable initializer values),
+so ported ``except ValueError:`` code keeps working. Messages name the full variable
+path, what was expected, what was found and how to fix it. Errors keep their class,
+message and attributes when pickled.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AssignmentDtypeError",
+    "AssignmentShapeError",
+    "AssignmentTargetError",
+    "DtypeMismatchError",
+    "InitializerError",
+    "InvalidNameError",
+    "JaxTransformError",
+    "JscopeError",
+    "MissingRngError",
+    "NotInRunError",
+    "NotMutableError",
+    "PathConflictError",
+    "ReuseFlagError",
+    "ScopeArgumentError",
+    "ShapeMismatchError",
+    "UninitializedVariableError",
+    "UnsupportedArgumentError",
+    "VariableExistsError",
+    "VariableNotFoundError",
+]
+
+
+class JscopeError(Exception):
+    """Base class of every jscope error.
+
+    Attributes:
+      path: The full path of the variable or scope concerned, or None.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path))
+
+
+class VariableExistsError(JscopeError, ValueError):
+    """A variable is created at a path that already holds one ("already exists")."""
+
+
+class VariableNotFoundError(JscopeError, ValueError):
+    """A variable is reused at a path that holds none ("does not exist")."""
+
+
+class ShapeMismatchError(JscopeError, ValueError):
+    """A shared or stored variable's shape differs from the requested one."""
+
+
+class DtypeMismatchError(JscopeError, ValueError):
+    """A shared or stored variable's dtype differs from the requested one."""
+
+
+class InvalidNameError(JscopeError, ValueError):
+    """A variable or scope name does not match the allowed pattern."""
+
+
+class PathConflictError(JscopeError, ValueError):
+    """A variable ``k`` and a variable ``k/x`` would both exist in one tree."""
+
+
+class ReuseFlagError(JscopeError, ValueError):
+    """The reuse argument is not True, False, None or AUTO_REUSE."""
+
+
+class ScopeArgumentError(JscopeError, ValueError):
+    """A variable_scope was opened with a contradictory set of arguments."""
+
+
+class UninitializedVariableError(JscopeError, ValueError):
+    """At apply, a variable the function asks for is missing from the tree."""
+
+
+class InitializerError(JscopeError, TypeError):
+    """An initializer cannot produce a value of the variable's dtype."""
+
+
+class UnsupportedArgumentError(JscopeError, ValueError):
+    """A TF1 keyword argument has a value that jscope does not support."""
+
+
+class NotMutableError(JscopeError, ValueError):
+    """A variable is assigned in a collection that is not mutable in this run."""
+
+
+class AssignmentShapeError(JscopeError, ValueError):
+    """An assigned value has a different shape from the variable."""
+
+
+class AssignmentDtypeError(JscopeError, TypeError):
+    """An assigned value has a different dtype from the variable."""
+
+
+class AssignmentTargetError(JscopeError, TypeError):
+    """The target of an assignment is not a variable of this run."""
+
+
+class MissingRngError(JscopeError, ValueError):
+    """A random key is asked for a stream that the run was not given."""
+
+
+class NotInRunError(JscopeError, RuntimeError):
+    """A variable is asked for outside `js.init` / `js.apply`."""
+
+
+class JaxTransformError(JscopeError, ValueError):
+    """A variable is created inside a plain JAX transform opened within a run."""

@@ -1,0 +1,370 @@
+"""TF1-named initializer factories on top of `jax.nn.initializers`.
+
+Each factory returns an initializer ``(key, shape, dtype=float32, out_sharding=None)
+-> jax.Array``, the JAX convention, so the results work anywhere a
+`jax.nn.initializers` initializer does and vice versa. Every factory is also
+available under its TF1 name with the ``_initializer`` suffix.
+
+Fans follow TF1: a shape ``[]`` has fan-in and fan-out 1, ``[n]`` has ``n`` and
+``n``, ``[a, b]`` has ``a`` and ``b``, and a convolution kernel ``[h, w, i, o]`` has
+``h*w*i`` and ``h*w*o``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> init = random_normal(stddev=0.1)
+  >>> init(jax.random.key(0), (2, 3)).shape
+  (2, 3)
+  >>> constant([1, 2])(None, (3,), jnp.int32)
+  Array([1, 2, 2], dtype=int32)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscope import errors
+
+__all__ = [
+    "Initializer",
+    "compute_fans",
+    "constant",
+    "constant_initializer",
+    "default_initializer",
+    "glorot_normal",
+    "glorot_normal_initializer",
+    "glorot_uniform",
+    "glorot_uniform_initializer",
+    "ones",
+    "ones_initializer",
+    "orthogonal",
+    "orthogonal_initializer",
+    "random_normal",
+    "random_normal_initializer",
+    "random_uniform",
+    "random_uniform_initializer",
+    "truncated_normal",
+    "truncated_normal_initializer",
+    "variance_scaling",
+    "variance_scaling_initializer",
+    "zeros",
+    "zeros_initializer",
+]
+
+Initializer = Callable[..., jax.Array]
+_F32 = jnp.float32
+
+
+def compute_fans(shape: Sequence[int]) -> tuple[float, float]:
+    """Returns TF1's ``(fan_in, fan_out)`` for a variable shape.
+
+    Example:
+      >>> compute_fans(()), compute_fans((5,)), compute_fans((3, 3, 4, 8))
+      ((1, 1), (5, 5), (36, 72))
+    """
+    shape = tuple(shape)
+    if not shape:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _float_dtype(dtype: Any, name: str) -> np.dtype:
+    dtype = np.dtype(_F32 if dtype is None else dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise errors.InitializerError(
+            f"The {name} initializer makes floating-point values, but the variable "
+            f"has dtype {dtype}. Use a floating dtype, or an initializer for "
+            f"{dtype} such as zeros() or constant(...)."
+        )
+    return dtype
+
+
+def random_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
+    """Normal values with the given mean and standard deviation (TF1's default 1.0).
+
+    Example:
+      >>> import jax
+      >>> random_normal(stddev=0.1)(jax.random.key(0), (2,)).dtype
+      dtype('float32')
+    """
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype, "random_normal")
+        return mean + stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def truncated_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
+    """Normal values redrawn beyond two standard deviations, as TF1's.
+
+    The standard deviation is that of the normal before truncation (TF1's rule).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> v = truncated_normal(stddev=0.5)(jax.random.key(0), (1000,))
+      >>> bool(jnp.all(jnp.abs(v) <= 1.0))
+      True
+    """
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype, "truncated_normal")
+        return mean + stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+    return init
+
+
+def random_uniform(minval: float = 0.0, maxval: float | None = None, dtype: Any = _F32):
+    """Uniform values in ``[minval, maxval)``; ``maxval`` defaults to 1 for floats.
+
+    Integer variables need an explicit ``maxval`` (TF1's rule).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> random_uniform(0, 10)(jax.random.key(0), (3,), jnp.int32).dtype
+      dtype('int32')
+    """
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = np.dtype(dtype)
+        if jnp.issubdtype(dtype, jnp.integer):
+            if maxval is None:
+                raise errors.InitializerError(
+                    "random_uniform for an integer variable needs maxval, e.g. "
+                    "random_uniform(0, 10)."
+                )
+            return jax.random.randint(key, shape, minval, maxval, dtype)
+        dtype = _float_dtype(dtype, "random_uniform")
+        high = 1.0 if maxval is None else maxval
+        return jax.random.uniform(key, shape, dtype, minval, high)
+
+    return init
+
+
+def _check_representable(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if value.dtype == dtype:
+        return value
+    if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        if jnp.issubdtype(value.dtype, jnp.complexfloating) and not jnp.issubdtype(
+            dtype, jnp.complexfloating
+        ):
+            raise errors.InitializerError(
+                f"Cannot initialize a {dtype} variable with complex value {value!r}."
+            )
+        return value.astype(dtype)
+    with np.errstate(all="ignore"):
+        cast = value.astype(dtype)
+    if not np.array_equal(cast.astype(value.dtype), value):
+        raise errors.InitializerError(
+            f"Value {value.tolist()!r} is not representable in dtype {dtype}: "
+            f"casting gives {cast.tolist()!r}. Use a value of that dtype, or give "
+            "the variable a dtype that can hold it."
+        )
+    return cast
+
+
+def constant(value: Any = 0, dtype: Any = None):
+    """Fills the variable with ``value``, row-major, as TF1's constant initializer.
+
+    A scalar fills everything; a list shorter than the variable fills row-major
+    and repeats its last element; a value not representable in the variable's dtype
+    (0.4 for an int32 variable) is an `InitializerError` (a `TypeError`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> constant([[1, 2], [3, 4]])(None, (2, 2))
+      Array([[1., 2.],
+             [3., 4.]], dtype=float32)
+    """
+    base = np.asarray(value)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = np.dtype(_F32 if dtype is None else dtype)
+        shape = tuple(shape)
+        size = math.prod(shape)
+        flat = base.reshape(-1)
+        if flat.size == 0:
+            raise errors.InitializerError("constant() needs at least one value.")
+        if flat.size > size:
+            raise errors.InitializerError(
+                f"constant() got {flat.size} values for a variable of shape "
+                f"{shape} ({size} elements). Give at most {size} values."
+            )
+        if flat.size < size:
+            flat = np.concatenate([flat, np.repeat(flat[-1:], size - flat.size)])
+        flat = _check_representable(flat, dtype)
+        return jnp.asarray(flat.reshape(shape), dtype)
+
+    return init
+
+
+def _zeros(key, shape, dtype=_F32, out_sharding=None):
+    return jnp.zeros(shape, dtype)
+
+
+def _ones(key, shape, dtype=_F32, out_sharding=None):
+    return jnp.ones(shape, dtype)
+
+
+def zeros(*args, **kwargs):
+    """Zeros; works called (``zeros()``) and uncalled (``zeros(key, shape, dtype)``).
+
+    Example:
+      >>> zeros()(None, (2,))
+      Array([0., 0.], dtype=float32)
+      >>> zeros(None, (2,))
+      Array([0., 0.], dtype=float32)
+    """
+    return _factory_or_call(_zeros, args, kwargs)
+
+
+def ones(*args, **kwargs):
+    """Ones; works called (``ones()``) and uncalled (``ones(key, shape, dtype)``).
+
+    Example:
+      >>> ones()(None, (2,))
+      Array([1., 1.], dtype=float32)
+    """
+    return _factory_or_call(_ones, args, kwargs)
+
+
+def _factory_or_call(fn, args, kwargs):
+    if len(args) >= 2 or "shape" in kwargs:
+        return fn(*args, **kwargs)
+    dtype = args[0] if args else kwargs.get("dtype", _F32)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        return fn(key, shape, dtype)
+
+    return init
+
+
+def variance_scaling(
+    scale: float = 1.0,
+    mode: str = "fan_in",
+    distribution: str = "truncated_normal",
+    dtype: Any = _F32,
+):
+    """Scaled random values with TF1's fans (see `compute_fans`).
+
+    Args:
+      scale: Scaling factor (positive).
+      mode: ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``.
+      distribution: ``"truncated_normal"``, ``"untruncated_normal"`` (also
+        ``"normal"``) or ``"uniform"``.
+      dtype: Default dtype.
+
+    Raises:
+      ValueError: An unknown mode or distribution, or a scale that is not positive.
+
+    Example:
+      >>> import jax
+      >>> w = variance_scaling(2.0, "fan_in", "uniform")(jax.random.key(0), (4, 4))
+      >>> bool(abs(w).max() <= (3 * 2.0 / 4) ** 0.5)
+      True
+    """
+    if scale <= 0.0:
+        raise ValueError(f"variance_scaling needs a positive scale, got {scale}.")
+    modes = ("fan_in", "fan_out", "fan_avg")
+    if mode not in modes:
+        raise ValueError(f"Invalid mode {mode!r}; expected one of {modes}.")
+    dists = ("truncated_normal", "untruncated_normal", "normal", "uniform")
+    if distribution not in dists:
+        raise ValueError(f"Invalid distribution {distribution!r}; expected {dists}.")
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype, "variance_scaling")
+        fan_in, fan_out = compute_fans(shape)
+        fan = {"fan_in": fan_in, "fan_out": fan_out}.get(mode, (fan_in + fan_out) / 2)
+        variance = scale / max(1.0, fan)
+        if distribution == "uniform":
+            limit = math.sqrt(3.0 * variance)
+            return jax.random.uniform(key, shape, dtype, -limit, limit)
+        if distribution == "truncated_normal":
+            stddev = math.sqrt(variance) / 0.87962566103423978
+            return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+        return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def glorot_uniform(dtype: Any = _F32):
+    """Uniform in ``±sqrt(6 / (fan_in + fan_out))``: TF1's default initializer.
+
+    Unlike `jax.nn.initializers.glorot_uniform`, scalars and vectors are allowed
+    (TF1's fans).
+
+    Example:
+      >>> import jax
+      >>> b = glorot_uniform()(jax.random.key(0), (6,))
+      >>> bool(abs(b).max() <= 1.0)
+      True
+    """
+    return variance_scaling(1.0, "fan_avg", "uniform", dtype)
+
+
+def glorot_normal(dtype: Any = _F32):
+    """Truncated normal with variance ``2 / (fan_in + fan_out)``, as TF1's."""
+    return variance_scaling(1.0, "fan_avg", "truncated_normal", dtype)
+
+
+def orthogonal(gain: float = 1.0, dtype: Any = _F32):
+    """A (semi-)orthogonal matrix over the last axis, times ``gain``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> q = orthogonal()(jax.random.key(0), (3, 3))
+      >>> bool(jnp.allclose(q @ q.T, jnp.eye(3), atol=1e-5))
+      True
+    """
+    inner = jax.nn.initializers.orthogonal(scale=gain)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype, "orthogonal")
+        if len(shape) < 2:
+            raise errors.InitializerError(
+                f"orthogonal() needs a shape with at least 2 dimensions, got {shape}."
+            )
+        return inner(key, shape, dtype)
+
+    return init
+
+
+def default_initializer(dtype: Any) -> Initializer | None:
+    """TF1's default for a dtype: Glorot uniform, zeros for ints, False for bool.
+
+    Returns None for dtypes with no default (complex), which then need an explicit
+    initializer.
+    """
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating):
+        return _GLOROT
+    if jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_:
+        return _zeros
+    return None
+
+
+_GLOROT = glorot_uniform()
+
+random_normal_initializer = random_normal
+truncated_normal_initializer = truncated_normal
+random_uniform_initializer = random_uniform
+constant_initializer = constant
+zeros_initializer = zeros
+ones_initializer = ones
+variance_scaling_initializer = variance_scaling
+glorot_uniform_initializer = glorot_uniform
+glorot_normal_initializer = glorot_normal
+orthogonal_initializer = orthogonal
