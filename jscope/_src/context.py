@@ -12,7 +12,15 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-from jax.extend import core as jex_core
+try:  # jax >= 0.7
+    from jax.extend.core import get_opaque_trace_state as trace_state
+except ImportError:  # pragma: no cover - older jax
+    from jax import core as _jax_core
+
+    def trace_state():
+        """The current JAX trace state, as an opaque comparable value."""
+        return _jax_core.get_opaque_trace_state(None)
+
 
 from jscope import errors
 from jscope._src import names
@@ -117,7 +125,7 @@ class Frame:
         self.regularizers: list[tuple[str, Any]] = []
         self.rng_counts: dict[tuple[str, str], int] = {}
         self.templates: dict[int, Any] = {}
-        self.trace_state = jex_core.get_opaque_trace_state() if is_run else None
+        self.trace_state = trace_state() if is_run else None
 
     def close(self) -> None:
         """Ends the run: drops every value so no tracer outlives it."""

@@ -43,7 +43,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _flatten_into(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
     for key, value in node.items():
         path = f"{prefix}/{key}" if prefix else key
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             _flatten_into(value, path, out)
         else:
             out[path] = value

@@ -9,7 +9,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
 
 from jscope import errors, initializers
 from jscope._src import context, names, tree
@@ -37,6 +36,7 @@ def canon_dtype(dtype: Any) -> np.dtype:
         return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
 
+@functools.lru_cache(maxsize=256)
 def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16" or "float8" in dtype.name
 
@@ -341,7 +341,7 @@ def _resolve_creation(path, shape, dtype, initializer):
 
 
 def _check_trace(frame, path, what):
-    if jex_core.get_opaque_trace_state() != frame.trace_state:
+    if context.trace_state() != frame.trace_state:
         raise errors.JaxTransformError(
             f"{what} {path} is created inside a plain JAX transform (jax.vmap, "
             "jax.lax.scan, jax.checkpoint, jax.jit, ...) opened within the run: it "
@@ -353,13 +353,13 @@ def _check_trace(frame, path, what):
 
 
 def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll):
-    _check_trace(frame, path, "Variable")
-    shape, dtype, initializer, value = _resolve_creation(
-        path, shape, dtype, initializer
-    )
-    if coll is None:
-        coll = _default_collection(trainable, dtype)
     if frame.initializing:
+        _check_trace(frame, path, "Variable")
+        shape, dtype, initializer, value = _resolve_creation(
+            path, shape, dtype, initializer
+        )
+        if coll is None:
+            coll = _default_collection(trainable, dtype)
         tree.check_no_conflict(path, frame.kinds, frame.inner)
         if value is not None:
             value = _convert_value(value, dtype, path)
@@ -368,7 +368,14 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
             value = _call_initializer(initializer, key, shape, dtype, path)
         frame.created[path] = (coll, value)
         tree.add_prefixes(path, frame.inner)
+    elif callable(initializer) and shape is not None:
+        value, coll = _read_fast(frame, path, shape, dtype, trainable, coll)
     else:
+        # At apply nothing is created: the value comes from the tree, after the
+        # same argument checks as at init.
+        shape, dtype, _, _ = _resolve_creation(path, shape, dtype, initializer)
+        if coll is None:
+            coll = _default_collection(trainable, dtype)
         value = _lookup(frame, path, coll)
         _check_meta(path, shape, dtype, None, value, "read")
     frame.kinds[path] = GET
@@ -379,6 +386,22 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
         frame.regularizers.append((path, regularizer))
     _register(frame, value, path)
     return value
+
+
+def _read_fast(frame, path, shape, dtype, trainable, coll):
+    """The apply-time read of a variable with a callable initializer and a shape."""
+    dtype = _F32 if dtype is None else canon_dtype(dtype)
+    if coll is None:
+        coll = "params" if trainable and _is_float(dtype) else "state"
+    value = _lookup(frame, path, coll)
+    if shape != value.shape:
+        shape = _as_shape(shape, path)
+        if None in shape:
+            _resolve_creation(path, shape, dtype, None)  # raises: not fully defined
+        _check_meta(path, shape, dtype, None, value, "read")
+    if value.dtype != dtype:
+        _check_meta(path, shape, dtype, None, value, "read")
+    return value, coll
 
 
 def _call_initializer(initializer, key, shape, dtype, path):
