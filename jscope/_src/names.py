@@ -16,7 +16,6 @@ def _bad_component(component: str) -> bool:
     return not _COMPONENT.fullmatch(component) or component.startswith("-")
 
 
-@functools.lru_cache(maxsize=65536)
 def validate(name: str, what: str = "variable") -> str:
     """Checks a slash-separated name and returns it unchanged.
 
@@ -32,10 +31,16 @@ def validate(name: str, what: str = "variable") -> str:
         allowed pattern.
       TypeError: ``name`` is not a string.
     """
-    if not isinstance(name, str):
+    if type(name) is not str and not isinstance(name, str):
         raise TypeError(
-            f"A {what} name must be a str, got {type(name).__name__}: {name!r}."
+            f"A {what} name must be a str, got {type(name).__name__}: {name!r}. "
+            "Pass the name as a string, e.g. 'w' or 'layer/w'."
         )
+    return _validate(name, what)
+
+
+@functools.lru_cache(maxsize=65536)
+def _validate(name: str, what: str) -> str:
     if not name or any(_bad_component(c) for c in name.split("/")):
         raise errors.InvalidNameError(
             f"Invalid {what} name {name!r}: each '/'-separated component must match "

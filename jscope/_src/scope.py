@@ -227,10 +227,14 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 "name_or_scope must be a str, a VariableScope or None, got "
                 f"{type(name_or_scope).__name__}: {name_or_scope!r}."
             )
-        if isinstance(name_or_scope, str):
-            names.validate(name_or_scope, "variable scope")
-        elif default_name is not None:
-            names.validate(default_name, "variable scope")
+        if type(name_or_scope) is str or name_or_scope is None:
+            # Validated with the current scope as prefix so that an error shows the
+            # full path; components are valid or not wherever the scope opens.
+            prefix = context.current().scope.name
+            given = default_name if name_or_scope is None else name_or_scope
+            if type(given) is not str:
+                names.validate(given, "variable scope")  # raises TypeError
+            names.validate(names.join(prefix, given), "variable scope")
         for arg, value in (
             ("caching_device", caching_device),
             ("partitioner", partitioner),
@@ -344,9 +348,7 @@ class name_scope:  # noqa: N801 (TF1's name)
 
     def __init__(self, name: str | None):
         if name:
-            names.validate(
-                name.rstrip("/") if name.endswith("/") else name, "name scope"
-            )
+            names.validate(name[:-1] if name.endswith("/") else name, "name scope")
         self._name = name
 
     def __enter__(self) -> str:
@@ -359,7 +361,8 @@ class name_scope:  # noqa: N801 (TF1's name)
         elif name.endswith("/"):
             new = name[:-1]
         else:
-            new = frame.names.unique(names.join(frame.name_scope, name))
+            full = names.validate(names.join(frame.name_scope, name), "name scope")
+            new = frame.names.unique(full)
         frame.name_scope = new
         return new + "/" if new else ""
 

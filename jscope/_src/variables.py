@@ -490,8 +490,9 @@ class Variable:
         collection: str | None = None,
     ):
         frame = context.current_run("Variable")
-        base = names.validate("Variable" if name is None else name)
-        path = frame.names.unique(names.join(frame.name_scope, base))
+        base = "Variable" if name is None else name
+        path = names.validate(names.join(frame.name_scope, base))
+        path = frame.names.unique(path)
         if path in frame.kinds:  # a get_variable path marked before this one
             path = frame.names.unique(path)
         _check_trace(frame, path, "js.Variable")
