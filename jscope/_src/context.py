@@ -141,6 +141,19 @@ class Frame:
         self.rngs = None
 
 
+def is_staged_trace_of_its_own(run_state: Any) -> bool:
+    """Whether the current trace is a staging (jaxpr) trace other than the run's.
+
+    Such traces (``jax.jit``, ``jax.checkpoint``, ``jax.lax.scan``, ...) are cached
+    by JAX. Batching and differentiation traces are not, and return False.
+    """
+    ref = getattr(trace_state(), "_trace_ref", None)
+    trace = ref() if callable(ref) else None
+    if trace is None:
+        return False  # unknown trace representation: do not guess
+    return "Jaxpr" in type(trace).__name__
+
+
 def current() -> Frame:
     """Returns this thread's frame, creating the outside-of-run one if needed."""
     frame = _FRAME.get()

@@ -218,6 +218,8 @@ def get_variable(
         dtype = scope.dtype
     prefix = scope.name
     full = f"{prefix}/{name}" if prefix else name
+    if context.trace_state() != frame.trace_state:
+        _check_staged_read(frame, full)
     if getter is None:
         return _get(
             frame, full, shape, dtype, initializer, regularizer, scope.reuse,
@@ -348,6 +350,25 @@ def _check_trace(frame, path, what):
             "would be silently shared or duplicated. Use jscope's lifted transforms "
             "(js.scan, js.vmap, js.remat, js.cond, js.while_loop), or create the "
             "variable outside the transform and read it inside.",
+            path,
+        )
+
+
+def _check_staged_read(frame, path):
+    """Refuses reads inside a staged plain JAX transform opened within the run.
+
+    ``jax.jit``, ``jax.checkpoint``, ``jax.lax.scan`` and friends cache the traced
+    function, so a value read from the run by closure would be baked into the
+    cache and silently reused by later runs with other variables.
+    """
+    if context.is_staged_trace_of_its_own(frame.trace_state):
+        raise errors.JaxTransformError(
+            f"Variable {path} is read inside a plain staged JAX transform "
+            "(jax.jit, jax.checkpoint, jax.lax.scan, jax.lax.cond, ...) opened "
+            "within the run. JAX caches the traced function, so the variable's "
+            "value would be baked in and reused by later runs. Read the variable "
+            "before the transform and pass it in as an argument, or use jscope's "
+            "lifted transforms (js.remat, js.scan, js.cond, js.while_loop).",
             path,
         )
 
@@ -730,6 +751,15 @@ def _coerce(path: str, old: Any, value: Any) -> jax.Array:
 def _assign(target: Any, value: Any, how: str) -> jax.Array:
     frame = context.current_run(f"js.{how}")
     path = _target_path(frame, target)
+    if context.trace_state() != frame.trace_state:
+        raise errors.JaxTransformError(
+            f"Cannot {how} variable {path} inside a plain JAX transform (jax.vmap, "
+            "jax.jit, jax.lax.scan, jax.checkpoint, ...) opened within the run: the "
+            "new value would be a tracer of that transform and leak out of it. "
+            "Return the value from the transform and assign it outside, or use "
+            "jscope's lifted transforms (js.scan, js.vmap, js.remat).",
+            path,
+        )
     coll = frame.collection_of[path]
     if not frame.initializing:
         mutable = frame.mutable
