@@ -15,6 +15,7 @@ __all__ = [
     "AssignmentShapeError",
     "AssignmentTargetError",
     "DtypeMismatchError",
+    "InitializerArgumentError",
     "InitializerError",
     "InvalidNameError",
     "JaxTransformError",
@@ -86,6 +87,10 @@ class UninitializedVariableError(JscopeError, ValueError):
 
 class InitializerError(JscopeError, TypeError):
     """An initializer cannot produce a value of the variable's dtype."""
+
+
+class InitializerArgumentError(JscopeError, ValueError):
+    """An initializer got arguments it cannot honour, or a required one is missing."""
 
 
 class UnsupportedArgumentError(JscopeError, ValueError):

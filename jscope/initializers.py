@@ -139,8 +139,9 @@ def random_uniform(minval: float = 0.0, maxval: float | None = None, dtype: Any 
         dtype = np.dtype(dtype)
         if jnp.issubdtype(dtype, jnp.integer):
             if maxval is None:
-                raise errors.InitializerError(
-                    "random_uniform for an integer variable needs maxval, e.g. "
+                raise errors.InitializerArgumentError(
+                    "Must specify maxval for integer dtype: random_uniform for an "
+                    f"integer variable ({dtype}) needs maxval, e.g. "
                     "random_uniform(0, 10)."
                 )
             return jax.random.randint(key, shape, minval, maxval, dtype)
@@ -196,10 +197,13 @@ def constant(value: Any = 0, dtype: Any = None):
         size = math.prod(shape)
         flat = base.reshape(-1)
         if flat.size == 0:
-            raise errors.InitializerError("constant() needs at least one value.")
+            raise errors.InitializerArgumentError(
+                "constant() needs at least one value."
+            )
         if flat.size > size:
-            raise errors.InitializerError(
-                f"constant() got {flat.size} values for a variable of shape "
+            raise errors.InitializerArgumentError(
+                f"Too many elements provided: constant() got {flat.size} values for "
+                f"a variable of shape "
                 f"{shape} ({size} elements). Give at most {size} values."
             )
         if flat.size < size:
@@ -262,8 +266,8 @@ def variance_scaling(
     Args:
       scale: Scaling factor (positive).
       mode: ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``.
-      distribution: ``"truncated_normal"``, ``"untruncated_normal"`` (also
-        ``"normal"``) or ``"uniform"``.
+      distribution: ``"truncated_normal"`` (TF1 also calls it ``"normal"``),
+        ``"untruncated_normal"`` or ``"uniform"``.
       dtype: Default dtype.
 
     Raises:
@@ -292,7 +296,7 @@ def variance_scaling(
         if distribution == "uniform":
             limit = math.sqrt(3.0 * variance)
             return jax.random.uniform(key, shape, dtype, -limit, limit)
-        if distribution == "truncated_normal":
+        if distribution in ("truncated_normal", "normal"):  # TF1: normal = truncated
             stddev = math.sqrt(variance) / 0.87962566103423978
             return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
         return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
@@ -334,9 +338,13 @@ def orthogonal(gain: float = 1.0, dtype: Any = _F32):
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = _float_dtype(dtype, "orthogonal")
         if len(shape) < 2:
-            raise errors.InitializerError(
-                f"orthogonal() needs a shape with at least 2 dimensions, got {shape}."
+            raise errors.InitializerArgumentError(
+                "The tensor to initialize must be at least two-dimensional (2 or "
+                "more axes): "
+                f"orthogonal() got shape {tuple(shape)}."
             )
+        if dtype.itemsize < 4:  # no half-precision QR on CPU: compute in float32
+            return inner(key, shape, jnp.float32).astype(dtype)
         return inner(key, shape, dtype)
 
     return init

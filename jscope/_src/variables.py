@@ -248,7 +248,9 @@ def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, 
         kind = None
     else:
         kind = frame.kinds[path]
-    if kind == VAR:
+    if kind == VAR and reuse is True:
+        kind = None  # invisible to get_variable: "does not exist" below
+    elif kind == VAR:
         raise errors.VariableExistsError(
             f"Variable {path} already exists as a js.Variable, disallowed: "
             "get_variable cannot share or create a variable at a path a js.Variable "
@@ -334,7 +336,7 @@ def _resolve_creation(path, shape, dtype, initializer):
     if initializer is None:
         initializer = initializers.default_initializer(dtype)
         if initializer is None:
-            raise errors.InitializerError(
+            raise errors.InitializerArgumentError(
                 f"An initializer for variable {path} of dtype {dtype} is required: "
                 "there is no default for it. Pass initializer=...",
                 path,
@@ -426,7 +428,12 @@ def _read_fast(frame, path, shape, dtype, trainable, coll):
 
 
 def _call_initializer(initializer, key, shape, dtype, path):
-    value = initializer(key, shape, dtype)
+    try:
+        value = initializer(key, shape, dtype)
+    except errors.JscopeError as e:
+        if e.path is not None:
+            raise
+        raise type(e)(f"Variable {path}: {e}", path) from None
     vshape = getattr(value, "shape", None)
     vdtype = getattr(value, "dtype", None)
     if vshape is None or vdtype is None:
@@ -710,20 +717,23 @@ def _target_path(frame, target) -> str:
     )
 
 
+def _scalar(path: str, value: Any, dtype: Any) -> np.ndarray:
+    try:
+        return initializers._check_representable(np.asarray(value), np.dtype(dtype))
+    except errors.InitializerError:
+        raise errors.AssignmentDtypeError(
+            f"Cannot assign {value!r} to variable {path} of dtype {dtype}: the "
+            "value is not representable in it.",
+            path,
+        ) from None
+
+
 def _coerce(path: str, old: Any, value: Any) -> jax.Array:
     if isinstance(value, Variable):
         value = value.value
     dtype = old.dtype
     if _is_python_scalar(value):
-        try:
-            arr = initializers._check_representable(np.asarray(value), np.dtype(dtype))
-        except errors.InitializerError:
-            raise errors.AssignmentDtypeError(
-                f"Cannot assign {value!r} to variable {path} of dtype {dtype}: the "
-                "value is not representable in it.",
-                path,
-            ) from None
-        new = jnp.asarray(arr, dtype)
+        new = jnp.asarray(_scalar(path, value, dtype), dtype)
     else:
         new = value if isinstance(value, jax.Array) else jnp.asarray(value)
         if new.dtype != dtype:
@@ -771,11 +781,13 @@ def _assign(target: Any, value: Any, how: str) -> jax.Array:
                 path,
             )
     old = frame.values[path]
-    if how == "assign_add":
-        value = old + (value.value if isinstance(value, Variable) else value)
-    elif how == "assign_sub":
-        value = old - (value.value if isinstance(value, Variable) else value)
+    if how != "assign" and _is_python_scalar(value):  # a scalar delta broadcasts
+        value = jnp.full(old.shape, _scalar(path, value, old.dtype), old.dtype)
     new = _coerce(path, old, value)
+    if how == "assign_add":
+        new = old + new
+    elif how == "assign_sub":
+        new = old - new
     frame.values[path] = new
     if not frame.initializing:
         frame.assigned[path] = new
