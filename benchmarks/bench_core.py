@@ -1,0 +1,638 @@
+"""Core benchmarks: jscope against Haiku, Flax core and hand-written JAX.
+
+Every contestant builds the same model: ``n`` dense layers, layer ``i`` holding
+``W`` [d, d] (``jax.nn.initializers.lecun_normal()``) and ``b`` [d] (zeros) under
+the path ``layer{i}/W``, ``layer{i}/b``, with relu between layers. Contestants
+run side by side in one process, interleaved round by round (A B C D, A B C D,
+...); each reports the median over rounds.
+
+1. ``init_trace``: ``jax.eval_shape`` of init (shape only, traced afresh each call),
+   in microseconds per variable.
+2. ``apply_eager``: un-jitted apply of a 10-layer MLP on real CPU arrays.
+3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
+   to the same HLO (flops and instruction count), then are timed.
+4. ``get_variable``: the per-call overhead of `js.get_variable` at apply on a
+   200-variable model of 2x2 arrays, against hand-written dict reads.
+
+Usage::
+
+    python benchmarks/bench_core.py           # full run (a few minutes)
+    python benchmarks/bench_core.py --quick   # smoke run (seconds)
+
+The script exits non-zero when a correctness check fails (contestants disagree on
+outputs or parameter shapes, or the two jitted steps compile differently). Missed
+timing targets are reported as FAIL in the table but do not change the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable
+
+os.environ["JAX_PLATFORMS"] = "cpu"  # the benchmarks are defined on CPU
+
+import flax  # noqa: E402
+import flax.core  # noqa: E402
+import haiku as hk  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import jscope as js  # noqa: E402
+
+LECUN = jax.nn.initializers.lecun_normal()
+ZEROS = jax.nn.initializers.zeros
+F32 = jnp.float32
+
+
+class CheckFailed(Exception):
+    """A correctness check of the benchmark failed."""
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+# ------------------------------------------------------------------ the models
+#
+# Every init also runs the forward pass, as jscope, Haiku and Flax inits do.
+
+
+def _dense(h, W, b, last):
+    h = h @ W + b
+    return h if last else jax.nn.relu(h)
+
+
+def jscope_model(x, n):
+    h = x
+    d = x.shape[-1]
+    for i in range(n):
+        with js.variable_scope(f"layer{i}"):
+            W = js.get_variable("W", (d, d), initializer=LECUN)
+            b = js.get_variable("b", (d,), initializer=ZEROS)
+        h = _dense(h, W, b, i == n - 1)
+    return h
+
+
+def _haiku_lecun(shape, dtype):
+    return LECUN(hk.next_rng_key(), shape, dtype)
+
+
+def _haiku_zeros(shape, dtype):
+    return ZEROS(None, shape, dtype)
+
+
+def haiku_model(x, n):
+    h = x
+    d = x.shape[-1]
+    for i in range(n):
+        with hk.name_scope(f"layer{i}"):
+            W = hk.get_parameter("W", (d, d), F32, init=_haiku_lecun)
+            b = hk.get_parameter("b", (d,), F32, init=_haiku_zeros)
+        h = _dense(h, W, b, i == n - 1)
+    return h
+
+
+def flax_model(scope, x, n):
+    h = x
+    d = x.shape[-1]
+    for i in range(n):
+        s = scope.push(f"layer{i}")
+        W = s.param("W", LECUN, (d, d), F32)
+        b = s.param("b", ZEROS, (d,), F32)
+        h = _dense(h, W, b, i == n - 1)
+    return h
+
+
+def path_hash(path: str) -> int:
+    """A stable 31-bit hash of a variable path (crc32), for `jax.random.fold_in`."""
+    return zlib.crc32(path.encode()) & 0x7FFFFFFF
+
+
+def hand_init(key, x, n):
+    h = x
+    d = x.shape[-1]
+    params = {}
+    for i in range(n):
+        W = LECUN(jax.random.fold_in(key, path_hash(f"layer{i}/W")), (d, d), F32)
+        b = ZEROS(jax.random.fold_in(key, path_hash(f"layer{i}/b")), (d,), F32)
+        params[f"layer{i}"] = {"W": W, "b": b}
+        h = _dense(h, W, b, i == n - 1)
+    return params
+
+
+def hand_apply(params, x, n):
+    h = x
+    for i in range(n):
+        layer = params[f"layer{i}"]
+        h = _dense(h, layer["W"], layer["b"], i == n - 1)
+    return h
+
+
+class Contestants:
+    """Init and apply of the four contestants for an ``n``-layer model.
+
+    Every init returns the params as ``{"layer0": {"W": ..., "b": ...}, ...}``, so
+    one params dict serves every apply (see `_apply_fns`).
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.hk = hk.transform(lambda x: haiku_model(x, n))
+        self.flax_fn = lambda scope, x: flax_model(scope, x, n)
+        self.flax_init = flax.core.init(self.flax_fn)
+        self.flax_apply = flax.core.apply(self.flax_fn)
+
+    def jscope_fn(self, x):
+        return jscope_model(x, self.n)
+
+    # init: key, x -> params dict {"layer{i}": {"W", "b"}}
+    def inits(self) -> dict[str, Callable]:
+        return {
+            "jscope": lambda k, x: js.init(self.jscope_fn, k, x)["params"],
+            "haiku": lambda k, x: self.hk.init(k, x),
+            "flax core": lambda k, x: self.flax_init(k, x)[1]["params"],
+            "hand-written": lambda k, x: hand_init(k, x, self.n),
+        }
+
+
+# ------------------------------------------------------------------- timing
+
+
+def time_calls(fn: Callable[[], object], reps: int) -> float:
+    """Seconds per call of ``fn`` over ``reps`` calls, with gc paused."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps
+    finally:
+        gc.enable()
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, reps: int
+) -> dict[str, float]:
+    """Median seconds per call of each fn, timed round by round (A B C, A B C)."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up, untimed
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_calls(fn, reps))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+class Report:
+    """Collects result rows and ratio lines; prints a Markdown table at the end."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def value(self, bench: str, contestant: str, value: str) -> None:
+        self.rows.append((bench, contestant, value, "", ""))
+        print(f"  {contestant:<28} {value}")
+
+    def ratio(
+        self,
+        bench: str,
+        label: str,
+        ratio: float,
+        target: float | None,
+        expect: str = "info",
+    ) -> None:
+        """Records a ratio; with a ``target``, PASS when ``ratio <= target``."""
+        verdict = ""
+        shown_target = expect
+        if target is not None:
+            verdict = "PASS" if ratio <= target else "FAIL"
+            shown_target = f"<= {target:.2f}"
+        self.rows.append((bench, label, f"{ratio:.3f}x", shown_target, verdict))
+        shown = f"target {shown_target}" if target is not None else shown_target
+        print(f"RATIO {bench} {label} = {ratio:.3f} ({shown}) {verdict}".rstrip())
+
+    def table(self) -> str:
+        head = ("benchmark", "contestant / ratio", "median", "target", "result")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+# -------------------------------------------------------- 1. init trace cost
+
+
+def bench_init_trace(report: Report, rounds: int, n: int, d: int) -> None:
+    print(
+        f"\n[1] init_trace: jax.eval_shape of init, {n} layers ({2 * n} variables), "
+        f"d={d}"
+    )
+    models = Contestants(n)
+    key = jax.random.key(0)
+    x = jnp.ones((8, d), F32)
+    inits = models.inits()
+
+    # Check: every contestant makes the same parameter shapes.
+    want = jax.tree.map(lambda s: (s.shape, s.dtype), hand_init_shapes(n, d))
+    for name, init in inits.items():
+        got = jax.eval_shape(lambda k, init=init: init(k, x), key)
+        got = jax.tree.map(lambda s: (s.shape, s.dtype), got)
+        check(got == want, f"init_trace: {name} made params {got}, expected {want}")
+
+    def fresh(init):
+        # A new lambda per call: eval_shape caches traces by function identity.
+        return lambda: jax.eval_shape(lambda k: init(k, x), key)
+
+    med = interleaved({name: fresh(init) for name, init in inits.items()}, rounds, 1)
+    per_var = {name: t / (2 * n) * 1e6 for name, t in med.items()}
+    for name, us in per_var.items():
+        report.value("init_trace", name, f"{us:.1f} us/variable")
+    report.ratio(
+        "init_trace", "jscope/haiku", per_var["jscope"] / per_var["haiku"], 0.8
+    )
+    report.ratio(
+        "init_trace", "jscope/flax core", per_var["jscope"] / per_var["flax core"], 0.8
+    )
+    report.ratio(
+        "init_trace",
+        "jscope/hand-written",
+        per_var["jscope"] / per_var["hand-written"],
+        None,
+    )
+    # Context: tracing the initializers themselves (hand-written JAX, no library)
+    # is the floor; these show how far below Haiku and Flax core it lies and what
+    # each library adds on top of it.
+    for lib in ("haiku", "flax core"):
+        report.ratio(
+            "init_trace",
+            f"hand-written/{lib} (floor)",
+            per_var["hand-written"] / per_var[lib],
+            None,
+        )
+    for lib in ("jscope", "haiku", "flax core"):
+        extra = per_var[lib] - per_var["hand-written"]
+        report.value("init_trace", f"{lib} overhead", f"{extra:.1f} us/variable")
+
+
+def hand_init_shapes(n: int, d: int) -> dict:
+    layer = {
+        "W": jax.ShapeDtypeStruct((d, d), F32),
+        "b": jax.ShapeDtypeStruct((d,), F32),
+    }
+    return {f"layer{i}": dict(layer) for i in range(n)}
+
+
+# ------------------------------------------------------- 2. un-jitted apply
+
+
+def _apply_fns(models: Contestants, params: dict, x: jax.Array) -> dict:
+    """Un-jitted apply of each contestant on the same arrays, blocking each call."""
+    js_vars = {"params": params}
+    flax_vars = {"params": params}
+    n = models.n
+    return {
+        "jscope": lambda: js.apply(models.jscope_fn, js_vars, x).block_until_ready(),
+        "haiku": lambda: models.hk.apply(params, None, x).block_until_ready(),
+        "flax core": lambda: models.flax_apply(flax_vars, x).block_until_ready(),
+        "hand-written": lambda: hand_apply(params, x, n).block_until_ready(),
+    }
+
+
+def bench_apply_eager(
+    report: Report, rounds: int, reps: int, n: int, d: int, batch: int
+) -> None:
+    print(
+        f"\n[2] apply_eager: un-jitted apply, {n} layers, d={d}, batch {batch}, "
+        f"{reps} calls per round"
+    )
+    models = Contestants(n)
+    x = jax.random.normal(jax.random.key(1), (batch, d), F32)
+    params = hand_init(jax.random.key(0), x, n)
+    fns = _apply_fns(models, params, x)
+
+    want = np.asarray(_plain_mlp(params, x, n))
+    for name, fn in fns.items():
+        got = np.asarray(fn())
+        check(
+            np.allclose(got, want, rtol=1e-5, atol=1e-5),
+            f"apply_eager: {name}'s output differs from the plain jax.numpy MLP",
+        )
+
+    med = interleaved(fns, rounds, reps)
+    for name, t in med.items():
+        report.value("apply_eager", name, f"{t * 1e6:.1f} us/call")
+    base = med["hand-written"]
+    report.ratio("apply_eager", "jscope/hand-written", med["jscope"] / base, 1.3)
+    report.ratio("apply_eager", "haiku/hand-written", med["haiku"] / base, None)
+    report.ratio("apply_eager", "flax core/hand-written", med["flax core"] / base, None)
+
+
+def _plain_mlp(params, x, n):
+    """The MLP written out in jax.numpy, independent of the contestants' code."""
+    h = x
+    for i in range(n):
+        h = jnp.matmul(h, params[f"layer{i}"]["W"]) + params[f"layer{i}"]["b"]
+        if i < n - 1:
+            h = jnp.maximum(h, 0.0)
+    return h
+
+
+# ---------------------------------------------------------- 3. jitted step
+
+
+_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?[\w.\-]+ = ")
+
+
+def hlo_instruction_count(hlo_text: str) -> int:
+    """Counts instruction lines (``name = op(...)``) in an HLO module's text."""
+    return sum(1 for line in hlo_text.splitlines() if _INSTRUCTION.match(line))
+
+
+def flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per computation
+        return float(sum(c.get("flops", 0.0) for c in cost))
+    return float(cost.get("flops", 0.0))
+
+
+def _make_step(forward: Callable, opt: optax.GradientTransformation) -> Callable:
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return jnp.mean((forward(p, x) - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def bench_jit_step(
+    report: Report, rounds: int, reps: int, n: int, d: int, batch: int
+) -> None:
+    print(f"\n[3] jit_step: jitted optax adam step, {n} layers, d={d}, batch {batch}")
+    models = Contestants(n)
+    opt = optax.adam(1e-3)
+    x = jax.random.normal(jax.random.key(1), (batch, d), F32)
+    y = jax.random.normal(jax.random.key(2), (batch, d), F32)
+    params = hand_init(jax.random.key(0), x, n)
+    opt_state = opt.init(params)
+
+    steps = {
+        "jscope": jax.jit(
+            _make_step(lambda p, x: js.apply(models.jscope_fn, {"params": p}, x), opt)
+        ),
+        "hand-written": jax.jit(_make_step(lambda p, x: hand_apply(p, x, n), opt)),
+    }
+    stats = {}
+    for name, step in steps.items():
+        compiled = step.lower(params, opt_state, x, y).compile()
+        stats[name] = (flops(compiled), hlo_instruction_count(compiled.as_text()))
+        print(
+            f"  {name:<28} flops {stats[name][0]:.0f}, "
+            f"HLO instructions {stats[name][1]}"
+        )
+    (js_flops, js_count), (hand_flops, hand_count) = (
+        stats["jscope"],
+        stats["hand-written"],
+    )
+    check(hand_count > 0 and hand_flops > 0, "jit_step: empty cost analysis or HLO")
+    check(
+        js_flops == hand_flops,
+        f"jit_step: flops differ: jscope {js_flops}, hand-written {hand_flops}",
+    )
+    check(
+        js_count == hand_count,
+        f"jit_step: HLO instruction counts differ: jscope {js_count}, "
+        f"hand-written {hand_count}",
+    )
+    report.rows.append(
+        (
+            "jit_step",
+            "flops (jscope, hand)",
+            f"{js_flops:.0f}, {hand_flops:.0f}",
+            "equal",
+            "PASS",
+        )
+    )
+    report.rows.append(
+        (
+            "jit_step",
+            "HLO instructions (jscope, hand)",
+            f"{js_count}, {hand_count}",
+            "equal",
+            "PASS",
+        )
+    )
+
+    # The two steps compute the same update.
+    outs = {name: step(params, opt_state, x, y) for name, step in steps.items()}
+    for a, b in zip(
+        jax.tree.leaves(outs["jscope"]),
+        jax.tree.leaves(outs["hand-written"]),
+        strict=True,
+    ):
+        check(
+            np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6),
+            "jit_step: jscope's step result differs from the hand-written one",
+        )
+
+    def run(step):
+        return lambda: jax.block_until_ready(step(params, opt_state, x, y))
+
+    med = interleaved({name: run(step) for name, step in steps.items()}, rounds, reps)
+    for name, t in med.items():
+        report.value("jit_step", name, f"{t * 1e6:.1f} us/step")
+    report.ratio(
+        "jit_step",
+        "jscope/hand-written",
+        med["jscope"] / med["hand-written"],
+        None,
+        expect="info, ~1.0 expected",
+    )
+
+
+# ---------------------------------------------- 4. get_variable overhead at apply
+
+
+def jscope_reads(x, n):
+    d = x.shape[-1]
+    out = []
+    for i in range(n):
+        with js.variable_scope(f"layer{i}"):
+            out.append(js.get_variable("W", (d, d), initializer=LECUN))
+            out.append(js.get_variable("b", (d,), initializer=ZEROS))
+    return out
+
+
+def hand_reads(params, n):
+    out = []
+    for i in range(n):
+        layer = params[f"layer{i}"]
+        out.append(layer["W"])
+        out.append(layer["b"])
+    return out
+
+
+def bench_get_variable(report: Report, rounds: int, reps: int, n: int) -> None:
+    d = 2
+    print(
+        f"\n[4] get_variable: overhead at apply, {2 * n} variables of d={d}, un-jitted"
+    )
+    x = jnp.ones((1, d), F32)
+    params = hand_init(jax.random.key(0), x, n)
+    variables = {"params": params}
+
+    def js_fn(x):
+        return jscope_reads(x, n)
+
+    # Read-only: the model only fetches its variables, so the difference is
+    # jscope's bookkeeping (scope entry, get_variable, apply's tree indexing).
+    reads = {
+        "jscope": lambda: js.apply(js_fn, variables, x),
+        "hand-written": lambda: hand_reads(params, n),
+    }
+    got, want = reads["jscope"](), reads["hand-written"]()
+    check(
+        len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True)),
+        "get_variable: js.apply did not return the stored arrays themselves",
+    )
+    models = Contestants(n)
+    forward = _apply_fns(models, params, x)
+    forward = {"jscope": forward["jscope"], "hand-written": forward["hand-written"]}
+    check(
+        np.allclose(
+            np.asarray(forward["jscope"]()), np.asarray(_plain_mlp(params, x, n))
+        ),
+        "get_variable: jscope's d=2 forward differs from the plain jax.numpy MLP",
+    )
+
+    med = interleaved(reads, rounds, reps)
+    overhead = (med["jscope"] - med["hand-written"]) / (2 * n) * 1e6
+    report.value("get_variable", "jscope reads", f"{med['jscope'] * 1e6:.1f} us/apply")
+    report.value(
+        "get_variable",
+        "hand-written reads",
+        f"{med['hand-written'] * 1e6:.1f} us/apply",
+    )
+    report.value("get_variable", "jscope overhead", f"{overhead:.2f} us/get_variable")
+    report.ratio(
+        "get_variable",
+        "reads jscope/hand-written",
+        med["jscope"] / med["hand-written"],
+        None,
+    )
+
+    fmed = interleaved(forward, rounds, max(1, reps // 4))
+    report.value(
+        "get_variable", "jscope forward", f"{fmed['jscope'] * 1e6:.1f} us/apply"
+    )
+    report.value(
+        "get_variable",
+        "hand-written forward",
+        f"{fmed['hand-written'] * 1e6:.1f} us/apply",
+    )
+    # The same difference with the matmuls in between: bookkeeping interleaved
+    # with eager ops can cost more than the same bookkeeping run alone.
+    fwd_overhead = (fmed["jscope"] - fmed["hand-written"]) / (2 * n) * 1e6
+    report.value(
+        "get_variable", "jscope overhead in forward", f"{fwd_overhead:.2f} us/variable"
+    )
+    report.ratio(
+        "get_variable",
+        "forward jscope/hand-written",
+        fmed["jscope"] / fmed["hand-written"],
+        None,
+    )
+
+
+# ------------------------------------------------------------------ profiling
+
+
+def _profile_init_trace(calls: int = 20) -> None:
+    models = Contestants(100)
+    x = jnp.ones((8, 64), F32)
+    init = models.inits()["jscope"]
+    for _ in range(calls):
+        jax.eval_shape(lambda k: init(k, x), jax.random.key(0))
+
+
+def _profile_apply_eager(calls: int = 500) -> None:
+    models = Contestants(10)
+    x = jax.random.normal(jax.random.key(1), (32, 256), F32)
+    fn = _apply_fns(models, hand_init(jax.random.key(0), x, 10), x)["jscope"]
+    for _ in range(calls):
+        fn()
+
+
+def _profile_get_variable(calls: int = 2000) -> None:
+    x = jnp.ones((1, 2), F32)
+    variables = {"params": hand_init(jax.random.key(0), x, 100)}
+    for _ in range(calls):
+        js.apply(lambda x: jscope_reads(x, 100), variables, x)
+
+
+_PROFILE_TARGETS = {
+    "init_trace": _profile_init_trace,
+    "apply_eager": _profile_apply_eager,
+    "get_variable": _profile_get_variable,
+}
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: few rounds, seconds"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds per benchmark"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(_PROFILE_TARGETS),
+        help="run only jscope's part of one benchmark, untimed, for a profiler: "
+        "python -m cProfile -s cumtime benchmarks/bench_core.py --profile init_trace",
+    )
+    args = parser.parse_args(argv)
+    if args.profile:
+        _PROFILE_TARGETS[args.profile]()
+        return 0
+    rounds = args.rounds or (3 if args.quick else 25)
+    reps = 5 if args.quick else 50
+
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
+        f"haiku {hk.__version__}, optax {optax.__version__}, jscope {js.__version__}, "
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs; "
+        f"medians of {rounds} interleaved rounds"
+    )
+
+    report = Report()
+    try:
+        bench_init_trace(report, rounds, n=100, d=64)
+        bench_apply_eager(report, rounds, reps, n=10, d=256, batch=32)
+        bench_jit_step(report, rounds, reps, n=10, d=256, batch=32)
+        bench_get_variable(report, rounds, reps, n=100)
+    except CheckFailed as e:
+        print(f"\nCHECK FAILED: {e}", file=sys.stderr)
+        return 1
+    print("\n" + report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
