@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jscope import errors
 
@@ -78,6 +79,21 @@ def compute_fans(shape: Sequence[int]) -> tuple[float, float]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
+def _affine(x: jax.Array, scale: float, shift: float) -> jax.Array:
+    """``shift + scale * x`` with no primitive for a unit scale or a zero shift."""
+    if scale != 1.0:
+        x = lax.mul(x, np.asarray(scale, x.dtype))
+    if shift != 0.0:
+        x = lax.add(x, np.asarray(shift, x.dtype))
+    return x
+
+
+def keyless(init: Initializer) -> Initializer:
+    """Marks an initializer that ignores its key, so no key is derived for it."""
+    init.keyless = True
+    return init
+
+
 def _float_dtype(dtype: Any, name: str) -> np.dtype:
     dtype = np.dtype(_F32 if dtype is None else dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -100,7 +116,7 @@ def random_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
 
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = _float_dtype(dtype, "random_normal")
-        return mean + stddev * jax.random.normal(key, shape, dtype)
+        return _affine(jax.random.normal(key, shape, dtype), stddev, mean)
 
     return init
 
@@ -119,7 +135,8 @@ def truncated_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
 
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = _float_dtype(dtype, "truncated_normal")
-        return mean + stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+        x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+        return _affine(x, stddev, mean)
 
     return init
 
@@ -191,6 +208,7 @@ def constant(value: Any = 0, dtype: Any = None):
     """
     base = np.asarray(value)
 
+    @keyless
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = np.dtype(_F32 if dtype is None else dtype)
         shape = tuple(shape)
@@ -214,12 +232,14 @@ def constant(value: Any = 0, dtype: Any = None):
     return init
 
 
+@keyless
 def _zeros(key, shape, dtype=_F32, out_sharding=None):
-    return jnp.zeros(shape, dtype)
+    return lax.broadcast_in_dim(np.zeros((), dtype), tuple(shape), ())
 
 
+@keyless
 def _ones(key, shape, dtype=_F32, out_sharding=None):
-    return jnp.ones(shape, dtype)
+    return lax.broadcast_in_dim(np.ones((), dtype), tuple(shape), ())
 
 
 def zeros(*args, **kwargs):
@@ -249,10 +269,15 @@ def _factory_or_call(fn, args, kwargs):
         return fn(*args, **kwargs)
     dtype = args[0] if args else kwargs.get("dtype", _F32)
 
+    @keyless
     def init(key, shape, dtype=dtype, out_sharding=None):
         return fn(key, shape, dtype)
 
     return init
+
+
+zeros.keyless = True
+ones.keyless = True
 
 
 def variance_scaling(
@@ -298,8 +323,9 @@ def variance_scaling(
             return jax.random.uniform(key, shape, dtype, -limit, limit)
         if distribution in ("truncated_normal", "normal"):  # TF1: normal = truncated
             stddev = math.sqrt(variance) / 0.87962566103423978
-            return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
-        return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
+            x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+            return _affine(x, stddev, 0.0)
+        return _affine(jax.random.normal(key, shape, dtype), math.sqrt(variance), 0.0)
 
     return init
 

@@ -19,6 +19,34 @@ _F32 = np.dtype(np.float32)
 
 _TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
 
+# jax's own initializers that ignore their key: no key is derived for them.
+_KEYLESS = (jax.nn.initializers.zeros, jax.nn.initializers.ones)
+
+try:  # The primitive under jax.random.fold_in, without its argument checks.
+    from jax._src.random import prng as _prng
+
+    _raw_fold_in = _prng.random_fold_in
+except (ImportError, AttributeError):  # pragma: no cover - other jax versions
+    _raw_fold_in = None
+
+
+def path_key(rng: jax.Array, path: str) -> jax.Array:
+    """The key of the variable at ``path``: ``fold_in(rng, stable_hash(path))``.
+
+    For a new-style typed key (``jax.random.key``) this binds the fold-in
+    primitive directly, which traces about 3x faster than `jax.random.fold_in`
+    and gives the same key; other keys go through `jax.random.fold_in`.
+    """
+    h = names.stable_hash(path)
+    if (
+        _raw_fold_in is not None
+        and isinstance(rng, jax.Array)
+        and rng.ndim == 0
+        and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    ):
+        return _raw_fold_in(rng, np.uint32(h))
+    return jax.random.fold_in(rng, h)
+
 
 # ---------------------------------------------------------------- dtypes, shapes
 
@@ -386,8 +414,10 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
         tree.check_no_conflict(path, frame.kinds, frame.inner)
         if value is not None:
             value = _convert_value(value, dtype, path)
+        elif getattr(initializer, "keyless", False) or initializer in _KEYLESS:
+            value = _call_initializer(initializer, None, shape, dtype, path)
         else:
-            key = jax.random.fold_in(frame.rng, names.stable_hash(path))
+            key = path_key(frame.rng, path)
             value = _call_initializer(initializer, key, shape, dtype, path)
         frame.created[path] = (coll, value)
         tree.add_prefixes(path, frame.inner)
@@ -665,7 +695,7 @@ Variable.__getitem__ = lambda self, idx: self.value[idx]
 
 def _initial_value(frame, path, initial_value, dtype):
     if callable(initial_value):
-        key = jax.random.fold_in(frame.rng, names.stable_hash(path))
+        key = path_key(frame.rng, path)
         value = initial_value(key)
         if not hasattr(value, "dtype"):
             value = jnp.asarray(value)
