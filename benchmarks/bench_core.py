@@ -49,8 +49,23 @@ import optax  # noqa: E402
 
 import jscope as js  # noqa: E402
 
-LECUN = jax.nn.initializers.lecun_normal()
-ZEROS = jax.nn.initializers.zeros
+# Two initializer sets, each given as the same plain JAX initializer function to
+# every contestant. "seed" is the tutorial's shared affine layer
+# (tf.random_normal_initializer() for W, tf.constant_initializer(0.0) for b);
+# "lecun" is a heavier, Flax/Haiku-style choice.
+INIT_SETS = {
+    "seed": (js.initializers.random_normal(), js.initializers.constant(0.0)),
+    "lecun": (jax.nn.initializers.lecun_normal(), jax.nn.initializers.zeros),
+}
+LECUN, ZEROS = INIT_SETS["seed"]
+
+
+def use_inits(name: str) -> None:
+    """Selects the initializer set the models use."""
+    global LECUN, ZEROS
+    LECUN, ZEROS = INIT_SETS[name]
+
+
 F32 = jnp.float32
 
 
@@ -125,7 +140,7 @@ def hand_init(key, x, n):
     params = {}
     for i in range(n):
         W = LECUN(jax.random.fold_in(key, path_hash(f"layer{i}/W")), (d, d), F32)
-        b = ZEROS(jax.random.fold_in(key, path_hash(f"layer{i}/b")), (d,), F32)
+        b = ZEROS(None, (d,), F32)  # zeros need no key
         params[f"layer{i}"] = {"W": W, "b": b}
         h = _dense(h, W, b, i == n - 1)
     return params
@@ -233,10 +248,14 @@ class Report:
 # -------------------------------------------------------- 1. init trace cost
 
 
-def bench_init_trace(report: Report, rounds: int, n: int, d: int) -> None:
+def bench_init_trace(
+    report: Report, rounds: int, n: int, d: int, inits: str = "seed"
+) -> None:
+    use_inits(inits)
+    bench = "init_trace" if inits == "seed" else f"init_trace ({inits})"
     print(
-        f"\n[1] init_trace: jax.eval_shape of init, {n} layers ({2 * n} variables), "
-        f"d={d}"
+        f"\n[1] {bench}: jax.eval_shape of init, {n} layers ({2 * n} variables), "
+        f"d={d}, {inits} initializers"
     )
     models = Contestants(n)
     key = jax.random.key(0)
@@ -248,7 +267,7 @@ def bench_init_trace(report: Report, rounds: int, n: int, d: int) -> None:
     for name, init in inits.items():
         got = jax.eval_shape(lambda k, init=init: init(k, x), key)
         got = jax.tree.map(lambda s: (s.shape, s.dtype), got)
-        check(got == want, f"init_trace: {name} made params {got}, expected {want}")
+        check(got == want, f"{bench}: {name} made params {got}, expected {want}")
 
     def fresh(init):
         # A new lambda per call: eval_shape caches traces by function identity.
@@ -257,15 +276,13 @@ def bench_init_trace(report: Report, rounds: int, n: int, d: int) -> None:
     med = interleaved({name: fresh(init) for name, init in inits.items()}, rounds, 1)
     per_var = {name: t / (2 * n) * 1e6 for name, t in med.items()}
     for name, us in per_var.items():
-        report.value("init_trace", name, f"{us:.1f} us/variable")
+        report.value(bench, name, f"{us:.1f} us/variable")
+    report.ratio(bench, "jscope/haiku", per_var["jscope"] / per_var["haiku"], 0.8)
     report.ratio(
-        "init_trace", "jscope/haiku", per_var["jscope"] / per_var["haiku"], 0.8
+        bench, "jscope/flax core", per_var["jscope"] / per_var["flax core"], 0.8
     )
     report.ratio(
-        "init_trace", "jscope/flax core", per_var["jscope"] / per_var["flax core"], 0.8
-    )
-    report.ratio(
-        "init_trace",
+        bench,
         "jscope/hand-written",
         per_var["jscope"] / per_var["hand-written"],
         None,
@@ -275,14 +292,14 @@ def bench_init_trace(report: Report, rounds: int, n: int, d: int) -> None:
     # each library adds on top of it.
     for lib in ("haiku", "flax core"):
         report.ratio(
-            "init_trace",
+            bench,
             f"hand-written/{lib} (floor)",
             per_var["hand-written"] / per_var[lib],
             None,
         )
     for lib in ("jscope", "haiku", "flax core"):
         extra = per_var[lib] - per_var["hand-written"]
-        report.value("init_trace", f"{lib} overhead", f"{extra:.1f} us/variable")
+        report.value(bench, f"{lib} overhead", f"{extra:.1f} us/variable")
 
 
 def hand_init_shapes(n: int, d: int) -> dict:
@@ -623,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report()
     try:
-        bench_init_trace(report, rounds, n=100, d=64)
+        bench_init_trace(report, rounds, n=100, d=64, inits="seed")
+        bench_init_trace(report, rounds, n=100, d=64, inits="lecun")
+        use_inits("seed")
         bench_apply_eager(report, rounds, reps, n=10, d=256, batch=32)
         bench_jit_step(report, rounds, reps, n=10, d=256, batch=32)
         bench_get_variable(report, rounds, reps, n=100)

@@ -909,15 +909,22 @@ def test_name_scope_alone():
     ]
 
 
-def test_reentry_by_object_reopens_its_name_scope_exactly():
+def test_reentry_by_object_opens_a_new_name_scope_where_it_is_entered():
+    # TF1: re-entering a captured scope opens a name scope named after its last
+    # component, uniquified under the current name scope; the variable scope
+    # (and its original_name_scope) are the object's.
     def f():
         with vs("s") as s:
             first = js.Variable(1.0, name="v").name
-        with vs("other"), vs(s):
+        with vs("other"), vs(s) as again:
             second = js.Variable(1.0, name="v").name
-        return first, second
+            assert again.name == "s"
+            assert again.original_name_scope == "s/"
+        with vs(s):
+            third = js.Variable(1.0, name="v").name
+        return first, second, third
 
-    assert run(f)[0] == ("s/v", "s/v_1")
+    assert run(f)[0] == ("s/v", "other/s/v", "s_1/v")
 
 
 def test_auxiliary_name_scope_false_keeps_the_current_name_scope():

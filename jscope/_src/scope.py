@@ -270,12 +270,18 @@ class variable_scope:  # noqa: N801 (TF1's name)
             reg = obj.regularizer if reg is None else reg
             dtype = obj.dtype if dtype is None else dtype
             getter = _wrap_getter(obj.custom_getter, getter)
-            if aux:
-                name_scope = obj.original_name_scope.rstrip("/")
+            # TF1: a new name scope named after the scope's last component,
+            # uniquified where it is entered; the object keeps its original one.
+            last = name.rsplit("/", 1)[-1]
+            if aux and last:
+                name_scope = frame.names.unique(names.join(frame.name_scope, last))
             else:
                 name_scope = frame.name_scope
             original = obj.original_name_scope
         else:
+            # TF1 names the name scope of a default-named scope after the
+            # default name, uniquified on its own.
+            ns_name = default if obj is None else obj
             if obj is None:
                 obj = _unique_default(frame, parent.name, default)
             name = names.join(parent.name, obj)
@@ -285,7 +291,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
             dtype = parent.dtype if dtype is None else dtype
             getter = _wrap_getter(parent.custom_getter, getter)
             if aux:
-                name_scope = frame.names.unique(names.join(frame.name_scope, obj))
+                name_scope = frame.names.unique(names.join(frame.name_scope, ns_name))
                 original = name_scope + "/"
             else:
                 name_scope = frame.name_scope

@@ -404,6 +404,8 @@ def _check_staged_read(frame, path):
 
 
 def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll):
+    # The same rules at init and apply: a path may not sit above or below another.
+    tree.check_no_conflict(path, frame.kinds, frame.inner)
     if frame.initializing:
         _check_trace(frame, path, "Variable")
         shape, dtype, initializer, value = _resolve_creation(
@@ -411,7 +413,6 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
         )
         if coll is None:
             coll = _default_collection(trainable, dtype)
-        tree.check_no_conflict(path, frame.kinds, frame.inner)
         if value is not None:
             value = _convert_value(value, dtype, path)
         elif getattr(initializer, "keyless", False) or initializer in _KEYLESS:
@@ -420,7 +421,6 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
             key = path_key(frame.rng, path)
             value = _call_initializer(initializer, key, shape, dtype, path)
         frame.created[path] = (coll, value)
-        tree.add_prefixes(path, frame.inner)
     elif callable(initializer) and shape is not None:
         value, coll = _read_fast(frame, path, shape, dtype, trainable, coll)
     else:
@@ -431,6 +431,7 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
             coll = _default_collection(trainable, dtype)
         value = _lookup(frame, path, coll)
         _check_meta(path, shape, dtype, None, value, "read")
+    tree.add_prefixes(path, frame.inner)
     frame.kinds[path] = GET
     frame.values[path] = value
     frame.collection_of[path] = coll
@@ -554,12 +555,11 @@ class Variable:
         if path in frame.kinds:  # a get_variable path marked before this one
             path = frame.names.unique(path)
         _check_trace(frame, path, "js.Variable")
+        tree.check_no_conflict(path, frame.kinds, frame.inner)
         if frame.initializing:
             value = _initial_value(frame, path, initial_value, dtype)
             coll = collection or _default_collection(trainable, np.dtype(value.dtype))
-            tree.check_no_conflict(path, frame.kinds, frame.inner)
             frame.created[path] = (coll, value)
-            tree.add_prefixes(path, frame.inner)
         else:
             coll = collection
             if coll is None and not callable(initial_value):
@@ -570,6 +570,7 @@ class Variable:
             if coll is None:
                 coll = next((c for c, f in frame.source.items() if path in f), "params")
             value = _lookup(frame, path, coll)
+        tree.add_prefixes(path, frame.inner)
         frame.kinds[path] = VAR
         frame.values[path] = value
         frame.collection_of[path] = coll
