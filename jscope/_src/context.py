@@ -12,18 +12,33 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
+from jscope import errors
+from jscope._src import names
+
 try:  # jax >= 0.7
-    from jax.extend.core import get_opaque_trace_state as trace_state
+    from jax.extend.core import get_opaque_trace_state as _opaque_trace_state
 except ImportError:  # pragma: no cover - older jax
     from jax import core as _jax_core
 
-    def trace_state():
-        """The current JAX trace state, as an opaque comparable value."""
+    def _opaque_trace_state():
         return _jax_core.get_opaque_trace_state(None)
 
 
-from jscope import errors
-from jscope._src import names
+try:  # The trace object itself: an identity check is the cheapest comparison.
+    from jax._src.core import trace_ctx as _trace_ctx
+
+    def trace_state() -> Any:
+        """The current JAX trace, compared by identity or equality."""
+        return _trace_ctx.trace
+
+except ImportError:  # pragma: no cover - other jax versions
+    trace_state = _opaque_trace_state
+
+
+def same_trace(a: Any, b: Any) -> bool:
+    """Whether two values of `trace_state` denote the same JAX trace."""
+    return a is b or a == b
+
 
 _FRAME: contextvars.ContextVar[Frame | None] = contextvars.ContextVar(
     "jscope_frame", default=None
@@ -147,10 +162,12 @@ def is_staged_trace_of_its_own(run_state: Any) -> bool:
     Such traces (``jax.jit``, ``jax.checkpoint``, ``jax.lax.scan``, ...) are cached
     by JAX. Batching and differentiation traces are not, and return False.
     """
-    ref = getattr(trace_state(), "_trace_ref", None)
-    trace = ref() if callable(ref) else None
-    if trace is None:
-        return False  # unknown trace representation: do not guess
+    trace = trace_state()
+    ref = getattr(trace, "_trace_ref", None)  # an opaque state wraps a weakref
+    if callable(ref):
+        trace = ref()
+    if trace is None or same_trace(trace, run_state):
+        return False
     return "Jaxpr" in type(trace).__name__
 
 

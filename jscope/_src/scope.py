@@ -228,13 +228,14 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 f"{type(name_or_scope).__name__}: {name_or_scope!r}."
             )
         if type(name_or_scope) is str or name_or_scope is None:
-            # Validated with the current scope as prefix so that an error shows the
-            # full path; components are valid or not wherever the scope opens.
-            prefix = context.current().scope.name
             given = default_name if name_or_scope is None else name_or_scope
-            if type(given) is not str:
-                names.validate(given, "variable scope")  # raises TypeError
-            names.validate(names.join(prefix, given), "variable scope")
+            try:
+                names.validate(given, "variable scope")
+            except errors.InvalidNameError:
+                # Components are valid or not wherever the scope opens; show the
+                # full path below the current scope in the message.
+                prefix = context.current().scope.name
+                names.validate(names.join(prefix, given), "variable scope")
         for arg, value in (
             ("caching_device", caching_device),
             ("partitioner", partitioner),

@@ -246,7 +246,10 @@ def get_variable(
         dtype = scope.dtype
     prefix = scope.name
     full = f"{prefix}/{name}" if prefix else name
-    if context.trace_state() != frame.trace_state:
+    trace = context.trace_state()
+    if trace is not frame.trace_state and not context.same_trace(
+        trace, frame.trace_state
+    ):
         _check_staged_read(frame, full)
     if getter is None:
         return _get(
@@ -373,7 +376,7 @@ def _resolve_creation(path, shape, dtype, initializer):
 
 
 def _check_trace(frame, path, what):
-    if context.trace_state() != frame.trace_state:
+    if not context.same_trace(context.trace_state(), frame.trace_state):
         raise errors.JaxTransformError(
             f"{what} {path} is created inside a plain JAX transform (jax.vmap, "
             "jax.lax.scan, jax.checkpoint, jax.jit, ...) opened within the run: it "
@@ -792,7 +795,7 @@ def _coerce(path: str, old: Any, value: Any) -> jax.Array:
 def _assign(target: Any, value: Any, how: str) -> jax.Array:
     frame = context.current_run(f"js.{how}")
     path = _target_path(frame, target)
-    if context.trace_state() != frame.trace_state:
+    if not context.same_trace(context.trace_state(), frame.trace_state):
         raise errors.JaxTransformError(
             f"Cannot {how} variable {path} inside a plain JAX transform (jax.vmap, "
             "jax.jit, jax.lax.scan, jax.checkpoint, ...) opened within the run: the "
