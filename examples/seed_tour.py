@@ -301,6 +301,7 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
+        print("Variables created during the tour")
         widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(5)]
         for row in (headers, tuple("-" * w for w in widths), *rows):
             line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))

@@ -5,11 +5,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
-pytest.importorskip("flax", reason="benchmarks need the 'bench' extra")
-pytest.importorskip("haiku", reason="benchmarks need the 'bench' extra")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_core.py"
 

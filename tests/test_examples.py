@@ -89,6 +89,7 @@ def test_seed_tour_table_without_rich(monkeypatch, capsys):
     ]
     module.print_table(rows)
     lines = capsys.readouterr().out.splitlines()
+    assert lines.pop(0) == "Variables created during the tour"
     assert lines[0].split() == ["section", "path", "shape", "dtype", "collection"]
     assert lines[2].split() == ["1", "counter", "()", "int32", "state"]
     assert lines[3].split() == ["6", "n2/W", "(784,", "500)", "float32", "params"]
