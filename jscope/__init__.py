@@ -17,6 +17,11 @@ from jscope._src.scope import VariableScope as VariableScope
 from jscope._src.scope import get_variable_scope as get_variable_scope
 from jscope._src.scope import name_scope as name_scope
 from jscope._src.scope import variable_scope as variable_scope
+from jscope._src.transforms import cond as cond
+from jscope._src.transforms import remat as remat
+from jscope._src.transforms import scan as scan
+from jscope._src.transforms import vmap as vmap
+from jscope._src.transforms import while_loop as while_loop
 from jscope._src.tree import VariableTree as VariableTree
 from jscope._src.tree import flatten as flatten
 from jscope._src.tree import unflatten as unflatten
@@ -41,6 +46,7 @@ __all__ = [
     "assign",
     "assign_add",
     "assign_sub",
+    "cond",
     "errors",
     "flatten",
     "get_regularization_loss",
@@ -53,7 +59,11 @@ __all__ = [
     "make_template",
     "name_scope",
     "next_rng_key",
+    "remat",
+    "scan",
     "transform",
     "unflatten",
     "variable_scope",
+    "vmap",
+    "while_loop",
 ]

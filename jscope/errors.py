@@ -20,6 +20,7 @@ __all__ = [
     "InvalidNameError",
     "JaxTransformError",
     "JscopeError",
+    "LiftError",
     "MissingRngError",
     "NotInRunError",
     "NotMutableError",
@@ -123,3 +124,11 @@ class NotInRunError(JscopeError, RuntimeError):
 
 class JaxTransformError(JscopeError, ValueError):
     """A variable is created inside a plain JAX transform opened within a run."""
+
+
+class LiftError(JscopeError, ValueError):
+    """A lifted transform (js.scan, js.vmap, ...) was misused.
+
+    For example a bad ``variable_axes``, a body that creates different variables
+    on different passes, or branches of `js.cond` that use different variables.
+    """

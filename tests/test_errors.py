@@ -25,6 +25,7 @@ EXPECTED_BUILTIN = {
     "InitializerError": TypeError,
     "InvalidNameError": ValueError,
     "JaxTransformError": ValueError,
+    "LiftError": ValueError,
     "MissingRngError": ValueError,
     "NotInRunError": RuntimeError,
     "NotMutableError": ValueError,
@@ -248,6 +249,18 @@ ERROR_PROGRAMS = {
         "foo/v",
     ),
     "shape": (lambda: js.init(_shape, KEY), errors.ShapeMismatchError, "foo/v"),
+    "lift": (
+        lambda: js.init(
+            lambda: js.cond(
+                True,
+                lambda: js.get_variable("foo/t", (1,)),
+                lambda: js.get_variable("foo/f", (1,)),
+            ),
+            KEY,
+        ),
+        errors.LiftError,
+        "foo/t",
+    ),
     "initializer_required": (
         lambda: js.init(lambda: js.get_variable("foo/z", [2], jnp.complex64), KEY),
         errors.InitializerArgumentError,

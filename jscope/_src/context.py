@@ -68,6 +68,19 @@ class Counts:
                 node = child
         return node
 
+    def assign_from(self, other: Counts) -> None:
+        """Makes this tree equal to ``other`` in place, keeping existing nodes."""
+        self.count = other.count
+        old = self.children
+        new = {}
+        for key, child in other.children.items():
+            node = old.get(key)
+            if node is None:
+                node = Counts()
+            node.assign_from(child)
+            new[key] = node
+        self.children = new
+
     def copy(self) -> Counts:
         """A deep copy."""
         new = Counts()
@@ -105,6 +118,7 @@ class Frame:
         "rng_counts",
         "templates",
         "trace_state",
+        "lift",
     )
 
     def __init__(
@@ -141,6 +155,7 @@ class Frame:
         self.rng_counts: dict[tuple[str, str], int] = {}
         self.templates: dict[int, Any] = {}
         self.trace_state = trace_state() if is_run else None
+        self.lift = None  # set in the bodies of lifted transforms
 
     def close(self) -> None:
         """Ends the run: drops every value so no tracer outlives it."""

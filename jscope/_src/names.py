@@ -98,6 +98,12 @@ class Uniquifier:
     def __init__(self):
         self._counts: dict[str, int] = {}
 
+    def copy(self) -> Uniquifier:
+        """An independent copy."""
+        new = Uniquifier()
+        new._counts = dict(self._counts)
+        return new
+
     def mark(self, name: str) -> None:
         """Records ``name`` as used without renaming it."""
         self._counts[name] = self._counts.get(name, 0) + 1

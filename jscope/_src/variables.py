@@ -417,12 +417,24 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
         if coll is None:
             coll = _default_collection(trainable, dtype)
         if value is not None:
-            value = _convert_value(value, dtype, path)
-        elif getattr(initializer, "keyless", False) or initializer in _KEYLESS:
-            value = _call_initializer(initializer, None, shape, dtype, path)
+            init_value = value
+
+            def make(key):
+                return _convert_value(init_value, dtype, path)
+
+            keyed = False
         else:
-            key = path_key(frame.rng, path)
-            value = _call_initializer(initializer, key, shape, dtype, path)
+            keyed = not (
+                getattr(initializer, "keyless", False) or initializer in _KEYLESS
+            )
+
+            def make(key):
+                return _call_initializer(initializer, key, shape, dtype, path)
+
+        if frame.lift is None:
+            value = make(path_key(frame.rng, path) if keyed else None)
+        else:
+            value = frame.lift.create(frame, path, coll, make, keyed)
         frame.created[path] = (coll, value)
     elif callable(initializer) and shape is not None:
         value, coll = _read_fast(frame, path, shape, dtype, trainable, coll)
@@ -560,8 +572,20 @@ class Variable:
         _check_trace(frame, path, "js.Variable")
         tree.check_no_conflict(path, frame.kinds, frame.inner)
         if frame.initializing:
-            value = _initial_value(frame, path, initial_value, dtype)
-            coll = collection or _default_collection(trainable, np.dtype(value.dtype))
+
+            def make(key):
+                return _initial_value(key, path, initial_value, dtype)
+
+            keyed = callable(initial_value)
+            key = path_key(frame.rng, path) if keyed else None
+            if frame.lift is None:
+                value = make(key)
+                coll = collection or _default_collection(trainable, value.dtype)
+            else:
+                if collection is None:  # the dtype decides: find it without FLOPs
+                    dtype_ = jax.eval_shape(lambda: make(key)).dtype
+                coll = collection or _default_collection(trainable, np.dtype(dtype_))
+                value = frame.lift.create(frame, path, coll, make, keyed)
             frame.created[path] = (coll, value)
         else:
             coll = collection
@@ -697,9 +721,8 @@ for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", abs)]:
 Variable.__getitem__ = lambda self, idx: self.value[idx]
 
 
-def _initial_value(frame, path, initial_value, dtype):
+def _initial_value(key, path, initial_value, dtype):
     if callable(initial_value):
-        key = path_key(frame.rng, path)
         value = initial_value(key)
         if not hasattr(value, "dtype"):
             value = jnp.asarray(value)
@@ -907,6 +930,8 @@ def next_rng_key(stream: str = "dropout") -> jax.Array:
     """
     frame = context.current_run("next_rng_key")
     base = _stream_key(frame, stream)
+    if frame.lift is not None:
+        base = frame.lift.fold_rng(base, stream)
     scope = frame.scope.name
     count_key = (stream, scope)
     n = frame.rng_counts.get(count_key, 0)
