@@ -17,6 +17,8 @@ from jscope._src.scope import VariableScope as VariableScope
 from jscope._src.scope import get_variable_scope as get_variable_scope
 from jscope._src.scope import name_scope as name_scope
 from jscope._src.scope import variable_scope as variable_scope
+from jscope._src.summary import Summary as Summary
+from jscope._src.summary import summary as summary
 from jscope._src.transforms import cond as cond
 from jscope._src.transforms import remat as remat
 from jscope._src.transforms import scan as scan
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_REUSE",
+    "Summary",
     "Transformed",
     "Variable",
     "VariableScope",
@@ -61,6 +64,7 @@ __all__ = [
     "next_rng_key",
     "remat",
     "scan",
+    "summary",
     "transform",
     "unflatten",
     "variable_scope",
