@@ -91,6 +91,8 @@ class _Lift:
         "stacked",
         "parent",
         "no_create",
+        "initial",
+        "makes",
     )
 
     def __init__(self, what, axes, split, index, length, discover, shared, parent):
@@ -105,6 +107,8 @@ class _Lift:
         self.stacked: dict[str, str] = {}
         self.parent = parent
         self.no_create = False
+        self.initial: dict[str, Any] = {}  # stacked: value when created
+        self.makes: dict[str, tuple] = {}  # stacked: (make, keyed)
 
     def fold_param_key(self, key, coll):
         if key is not None and coll in self.axes and self.split.get("params", True):
@@ -131,8 +135,11 @@ class _Lift:
             )
         key = path_key(frame.rng, path) if keyed else None
         if coll in self.axes:
+            value = make(self.fold_param_key(key, coll))
             self.stacked[path] = coll
-            return make(self.fold_param_key(key, coll))
+            self.initial[path] = value
+            self.makes[path] = (make, keyed)
+            return value
         if self.discover:
             self.specs[path] = (coll, make, keyed)
             return make(key)
@@ -243,6 +250,23 @@ def _run_in(child: context.Frame, fn: Callable, *args: Any) -> Any:
         context.leave(token)
 
 
+def _detach(child: context.Frame) -> None:
+    """Drops the traced values of a body's frame, keeping its rule state.
+
+    The frame outlives the body's trace (`_merge` reads its rule state), so it
+    must not keep the trace's values: no tracer may leak out of a run.
+    """
+    child.assigned = dict.fromkeys(child.assigned)
+    child.values = {}
+    child.source = None
+    child.returned = {}
+    child.created = {}
+    child.rng = child.rngs = None
+    child.lift = None
+    child.trace_state = None
+    child.alive = False
+
+
 def _new_paths(outer: context.Frame, child: context.Frame) -> list[str]:
     return [p for p in child.kinds if p not in outer.kinds]
 
@@ -270,6 +294,8 @@ def _discover(outer, what, axes, split, fn, *args) -> tuple[dict, list[str]]:
         child = _fork(outer, lift, {})
         _run_in(child, fn, *args)
         found[:] = _new_paths(outer, child)
+        _detach(child)
+        lift.initial = {}  # traced values of this probe
         return 0
 
     jax.eval_shape(probe, *args)
@@ -299,7 +325,7 @@ def _check_same(what: str, first: list[str], second: list[str]) -> None:
         )
 
 
-def _merge(outer, child, axes, created, stacked_updates, carried, shared):
+def _merge(outer, child, axes, created, stacked_updates, carried, shared, nested=None):
     """Makes the child's rule state the run's, with the transform's results.
 
     Args:
@@ -310,6 +336,8 @@ def _merge(outer, child, axes, created, stacked_updates, carried, shared):
       stacked_updates: Assigned stacked variables, stacked on axis 0.
       carried: Final values of the carried (mutable, shared) variables.
       shared: At init, the shared variables created outside the transform.
+      nested: At init, ``(makes, length, split_params)`` of the body's stacked
+        variables, for an enclosing transform that shares their collection.
     """
     outer.counts.assign_from(child.counts)
     outer.names = child.names
@@ -322,6 +350,8 @@ def _merge(outer, child, axes, created, stacked_updates, carried, shared):
             value = outer.source[coll][path]
         elif path in created:
             value = jnp.moveaxis(created[path], 0, axes[coll])
+            if outer.lift is not None:
+                value = _adopt(outer, path, coll, value, axes[coll], nested)
         else:
             value = shared[path]
         if outer.initializing:
@@ -346,6 +376,35 @@ def _merge(outer, child, axes, created, stacked_updates, carried, shared):
             outer.assigned[path] = value
 
 
+def _adopt(outer, path, coll, value, axis, nested):
+    """Hands a variable stacked by a nested transform to the enclosing one.
+
+    Returns the value the enclosing body sees: the nested stack itself when the
+    enclosing transform stacks the collection again; when it shares it, the
+    stack is created once outside the enclosing transform (found by its
+    shape-only pass), from the same keys the nested transform used.
+    """
+    lift = outer.lift
+    if coll in lift.axes:  # stacked again by the enclosing transform
+        lift.stacked[path] = coll
+        lift.initial[path] = value
+        return value
+    if lift.discover:
+        makes, length, split = nested
+        make, keyed = makes[path]
+
+        def make_stack(key):
+            keys = [
+                (jax.random.fold_in(key, i) if split else key) if keyed else None
+                for i in range(length)
+            ]
+            return jnp.moveaxis(jnp.stack([make(k) for k in keys]), 0, axis)
+
+        lift.specs[path] = (coll, make_stack, keyed)
+        return value
+    return lift.create(outer, path, coll, None, False)
+
+
 def _stacked_regularizer(reg, axis):
     def stacked(value):
         return jnp.sum(jax.vmap(reg, in_axes=axis)(value))
@@ -354,7 +413,7 @@ def _stacked_regularizer(reg, axis):
 
 
 def _body_results(child, lift, carried, axes):
-    created = {p: child.values[p] for p in lift.stacked} if child.initializing else {}
+    created = dict(lift.initial) if child.initializing else {}
     stacked_updates = {
         p: child.values[p]
         for p in child.assigned
@@ -440,7 +499,9 @@ def scan(
             child = _fork(outer, lift, carried)
             new_carry, y = _run_in(child, fn, user_carry, x)
             last["child"] = child
+            last["makes"] = dict(lift.makes)
             created, updates, carried_out = _body_results(child, lift, carried, axes)
+            _detach(child)
             return (new_carry, carried_out), (y, created, updates)
 
         (carry, carried), (ys, created, updates) = lax.scan(
@@ -454,7 +515,8 @@ def scan(
         child = last["child"]
         if outer.initializing:
             _check_same(what, found, _new_paths(outer, child))
-        _merge(outer, child, axes, created, updates, carried, shared)
+        nested = (last["makes"], n, split.get("params", True))
+        _merge(outer, child, axes, created, updates, carried, shared, nested)
         if out_axes != 0:
             ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, out_axes), ys)
         return carry, ys
@@ -548,7 +610,9 @@ def vmap(
                         "collection with variable_axes, or assign outside.",
                         path,
                     )
+            last["makes"] = dict(lift.makes)
             created, updates, _ = _body_results(child, lift, {}, axes)
+            _detach(child)
             return out, created, updates
 
         out, created, updates = jax.vmap(
@@ -557,7 +621,8 @@ def vmap(
         child = last["child"]
         if outer.initializing:
             _check_same(what, found, _new_paths(outer, child))
-        _merge(outer, child, axes, created, updates, {}, shared)
+        nested = (last["makes"], n, split.get("params", True))
+        _merge(outer, child, axes, created, updates, {}, shared, nested)
         return out
 
     return mapped
@@ -611,7 +676,9 @@ def remat(
             child = _fork(outer, lift, carried)
             out = _run_in(child, fn, *args)
             last["child"] = child
-            return out, {p: child.values[p] for p in carried}
+            carried_out = {p: child.values[p] for p in carried}
+            _detach(child)
+            return out, carried_out
 
         out, carried = jax.checkpoint(body, prevent_cse=prevent_cse, policy=policy)(
             carried0, *args
@@ -664,7 +731,9 @@ def cond(pred: Any, true_fn: Callable, false_fn: Callable, *operands: Any) -> An
             child = _fork(outer, lift, carried)
             out = _run_in(child, f, *ops)
             children.append(child)
-            return out, {p: child.values[p] for p in carried}
+            carried_out = {p: child.values[p] for p in carried}
+            _detach(child)
+            return out, carried_out
 
         return run
 
@@ -708,13 +777,22 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
         val, carried = c
         lift = _Lift(what, {}, {}, None, None, False, shared, outer.lift)
         lift.no_create = True
-        base = last.get("child", outer)
         child = _fork(outer, lift, carried)
-        if base is not outer:  # see the body's variables, created before it
-            child.kinds = dict(base.kinds)
-            child.collection_of = dict(base.collection_of)
-            child.values = {**base.values, **carried}
-        return _run_in(child, cond_fun, val)
+        base = last.get("child")
+        if base is not None:  # see the variables the body creates
+            for path in _new_paths(outer, base):
+                coll = base.collection_of[path]
+                child.kinds[path] = base.kinds[path]
+                child.collection_of[path] = coll
+                if path in carried:
+                    child.values[path] = carried[path]
+                elif outer.initializing:
+                    child.values[path] = shared[path]
+                else:
+                    child.values[path] = outer.source[coll][path]
+        out = _run_in(child, cond_fun, val)
+        _detach(child)
+        return out
 
     def body_wrapper(c):
         val, carried = c
@@ -723,7 +801,9 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
         new = _run_in(child, body_fun, val)
         last["child"] = child
         body_paths[:] = _new_paths(outer, child)
-        return new, {p: child.values[p] for p in carried}
+        carried_out = {p: child.values[p] for p in carried}
+        _detach(child)
+        return new, carried_out
 
     # Trace the body first so the condition can read what it creates.
     jax.eval_shape(body_wrapper, (init_val, carried0))
