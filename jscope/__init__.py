@@ -36,6 +36,10 @@ from jscope._src.variables import get_variable as get_variable
 from jscope._src.variables import is_initializing as is_initializing
 from jscope._src.variables import next_rng_key as next_rng_key
 
+# isort: split
+# Last: the layers are written with the public API above.
+from jscope import layers as layers
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -59,6 +63,7 @@ __all__ = [
     "init_with_output",
     "initializers",
     "is_initializing",
+    "layers",
     "make_template",
     "name_scope",
     "next_rng_key",

@@ -1,0 +1,274 @@
+"""Multi-head dot-product attention (Vaswani et al., 2017)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jscope as js
+
+
+def _path() -> str:
+    return js.get_variable_scope().name
+
+
+def _err(msg: str) -> str:
+    return f"Layer {_path()}: multi_head_attention {msg}"
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(_err(f"{what} must be an int, got {value!r}."))
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(_err(f"{what} must be an int, got {value!r}.")) from None
+    if value <= 0:
+        raise ValueError(_err(f"{what} must be positive, got {value}."))
+    return value
+
+
+def _check_inputs(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    for label, a in (("query", q), ("key", k), ("value", v)):
+        if a.ndim < 2:
+            raise ValueError(
+                _err(
+                    f"{label} must have rank >= 2 ([batch..., length, features]), "
+                    f"got shape {tuple(a.shape)}."
+                )
+            )
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            _err(
+                f"key and value must agree on [batch..., length], got shapes "
+                f"{tuple(k.shape)} and {tuple(v.shape)}."
+            )
+        )
+    if q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(
+            _err(
+                f"query and key must have the same batch shape, got shapes "
+                f"{tuple(q.shape)} and {tuple(k.shape)}."
+            )
+        )
+
+
+def _mask(mask: Any, causal: bool, logits_shape: tuple[int, ...]) -> jax.Array | None:
+    """The boolean mask ``[batch..., heads, q, k]`` (True attends), or None."""
+    n_batch = len(logits_shape) - 3
+    out = None
+    if mask is not None:
+        m = jnp.asarray(mask)
+        if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+            raise TypeError(
+                _err(
+                    f"mask must be boolean (True = attend), got dtype {m.dtype}. "
+                    "Additive (float) masks are not supported: pass mask > 0 or "
+                    "a boolean array."
+                )
+            )
+        if m.ndim == n_batch + 2:  # [batch..., q, k]: the same for every head
+            m = m[..., None, :, :]
+        elif m.ndim != n_batch + 3:
+            raise ValueError(
+                _err(
+                    f"mask must have shape [batch..., heads or 1, q_length, "
+                    f"k_length] or [batch..., q_length, k_length] (broadcastable "
+                    f"to {logits_shape}), got shape {tuple(m.shape)}."
+                )
+            )
+        try:
+            jnp.broadcast_shapes(m.shape, logits_shape)
+        except ValueError:
+            raise ValueError(
+                _err(
+                    f"mask of shape {tuple(np.shape(mask))} does not broadcast to the "
+                    f"attention weights' shape {logits_shape} [batch..., heads, "
+                    "q_length, k_length]."
+                )
+            ) from None
+        out = m.astype(jnp.bool_)
+    if causal:
+        tri = jnp.tril(jnp.ones(logits_shape[-2:], jnp.bool_))
+        out = tri if out is None else jnp.logical_and(out, tri)
+    return out
+
+
+def _project(x, name, shape, bias_shape, spec, opts):
+    """``einsum(spec, x, <name>/kernel) + <name>/bias``, in the kernel's dtype."""
+    kernel_init, bias_init, dtype, use_bias, precision = opts
+    kernel = js.get_variable(f"{name}/kernel", shape, dtype, kernel_init)
+    y = jnp.einsum(spec, x.astype(kernel.dtype), kernel, precision=precision)
+    if use_bias:
+        bias = js.get_variable(
+            f"{name}/bias", bias_shape, dtype, bias_init or js.initializers.zeros()
+        )
+        y = y + bias.astype(y.dtype)
+    return y
+
+
+def _heads(x, name, heads, dim, opts):
+    """Projects ``[..., length, features]`` to ``[..., length, heads, dim]``."""
+    shape = (x.shape[-1], heads, dim)
+    return _project(x, name, shape, (heads, dim), "...tf,fhd->...thd", opts)
+
+
+def _dropout(weights: jax.Array, rate: float) -> jax.Array:
+    key = js.next_rng_key("dropout")
+    keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+    return jnp.where(keep, weights / jnp.asarray(1.0 - rate, weights.dtype), 0)
+
+
+def multi_head_attention(
+    query: jax.Array,
+    key: jax.Array | None = None,
+    value: jax.Array | None = None,
+    *,
+    num_heads: int,
+    key_dim: int | None = None,
+    value_dim: int | None = None,
+    output_dim: int | None = None,
+    mask: Any = None,
+    causal: bool = False,
+    dropout_rate: float = 0.0,
+    training: bool = False,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = None,
+    return_attention_scores: bool = False,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Multi-head scaled dot-product attention, as Keras's ``MultiHeadAttention``.
+
+    ``query``, ``key`` and ``value`` are projected to ``num_heads`` heads; each
+    head attends with ``softmax(q k^T / sqrt(key_dim))``; the heads' results
+    are projected to ``output_dim``. Variables (scope ``multi_head_attention``):
+
+    - ``query/kernel`` ``[query_features, heads, key_dim]``, ``query/bias``
+      ``[heads, key_dim]``;
+    - ``key/kernel`` ``[key_features, heads, key_dim]``, ``key/bias``
+      ``[heads, key_dim]``;
+    - ``value/kernel`` ``[value_features, heads, value_dim]``, ``value/bias``
+      ``[heads, value_dim]``;
+    - ``output/kernel`` ``[heads, value_dim, output_dim]``, ``output/bias``
+      ``[output_dim]``.
+
+    These are Keras's and Flax's ``MultiHeadDotProductAttention`` layouts (Flax
+    names the output projection ``out``), so their weights load unchanged. The
+    default kernel initializer is jscope's Glorot uniform with TF1's fans of the
+    3-D shape, as Keras's ``EinsumDense`` computes them.
+
+    Masks: ``mask`` is boolean (or 0/1 ints), True where a query may attend to a
+    key, of shape ``[batch..., heads or 1, q_length, k_length]`` or, the same for
+    every head, ``[batch..., q_length, k_length]``; it broadcasts. ``causal``
+    also masks keys after the query's position (``tril`` of ``[q_length,
+    k_length]``, aligned at the first position). A query with no key to attend
+    to gets uniform weights, as in Flax. Attention dropout (``training=True``
+    and ``dropout_rate > 0``) drops weights independently with keep mask
+    ``jax.random.bernoulli(js.next_rng_key("dropout"), 1 - rate, shape)`` and
+    rescales by ``1 / (1 - rate)``: `js.apply` needs ``rngs={"dropout": key}``.
+
+    The projections compute in the query kernel's dtype (inputs are cast to
+    it); the softmax is computed in float32. A key/value cache for incremental
+    decoding is not provided: pass the whole prefix as ``key``/``value``.
+
+    Args:
+      query: ``[batch..., q_length, query_features]``.
+      key: ``[batch..., k_length, key_features]``; defaults to ``query``.
+      value: ``[batch..., k_length, value_features]``; defaults to ``key``.
+      num_heads: The number of heads.
+      key_dim: The size of each query/key head; defaults to ``query_features //
+        num_heads``.
+      value_dim: The size of each value head; defaults to ``key_dim``.
+      output_dim: The output features; defaults to ``query_features``.
+      mask: Optional boolean mask, True = attend (see above).
+      causal: Whether to mask future keys.
+      dropout_rate: The attention-weights dropout rate, in ``[0, 1)``.
+      training: Whether to apply dropout.
+      use_bias: Whether the projections have biases.
+      kernel_initializer: For the four kernels; None uses the scope's, else
+        Glorot uniform.
+      bias_initializer: For the biases; None is zeros.
+      return_attention_scores: Also return the attention weights ``[batch...,
+        heads, q_length, k_length]`` (before dropout, as Keras).
+      dtype: The variables' dtype; None uses the scope's, else float32.
+      precision: Passed to the einsums.
+      name: The variable scope; defaults to ``multi_head_attention``.
+      reuse: Whether to share the variables of an earlier call with this name.
+
+    Returns:
+      ``[batch..., q_length, output_dim]``, and the attention weights if
+      ``return_attention_scores``.
+
+    Raises:
+      ValueError: A bad shape, ``num_heads`` or dimension, a mask that does not
+        broadcast, or ``dropout_rate`` outside ``[0, 1)``.
+      TypeError: A non-int size, or a float mask.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> def f(x):
+      ...     return js.layers.multi_head_attention(x, num_heads=2, causal=True)
+      >>> x = jnp.ones((1, 5, 8))                       # [batch, length, features]
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, v)["params"]["multi_head_attention"]["query"]
+      {'bias': (2, 4), 'kernel': (8, 2, 4)}
+      >>> js.apply(f, v, x).shape
+      (1, 5, 8)
+    """
+    with js.variable_scope(name, default_name="multi_head_attention", reuse=reuse):
+        q_in = jnp.asarray(query)
+        k_in = q_in if key is None else jnp.asarray(key)
+        v_in = k_in if value is None else jnp.asarray(value)
+        _check_inputs(q_in, k_in, v_in)
+        heads = _positive_int(num_heads, "num_heads")
+        if key_dim is None:
+            if q_in.shape[-1] % heads:
+                raise ValueError(
+                    _err(
+                        f"cannot split {q_in.shape[-1]} query features into "
+                        f"num_heads={heads} heads: pass key_dim."
+                    )
+                )
+            key_dim = q_in.shape[-1] // heads
+        key_dim = _positive_int(key_dim, "key_dim")
+        value_dim = _positive_int(
+            key_dim if value_dim is None else value_dim, "value_dim"
+        )
+        out_dim = _positive_int(
+            q_in.shape[-1] if output_dim is None else output_dim, "output_dim"
+        )
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(
+                _err(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
+            )
+        opts = (kernel_initializer, bias_initializer, dtype, use_bias, precision)
+        q = _heads(q_in, "query", heads, key_dim, opts)
+        k = _heads(k_in, "key", heads, key_dim, opts)
+        v = _heads(v_in, "value", heads, value_dim, opts)
+        dt = q.dtype
+        q = q / jnp.sqrt(np.float32(key_dim)).astype(dt)
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k, precision=precision)
+        logits = logits.astype(jnp.promote_types(dt, jnp.float32))
+        m = _mask(mask, causal, logits.shape)
+        if m is not None:
+            logits = jnp.where(m, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(dt)
+        attended = weights
+        if training and dropout_rate > 0.0:
+            attended = _dropout(weights, dropout_rate)
+        o = jnp.einsum(
+            "...hqk,...khd->...qhd", attended, v.astype(dt), precision=precision
+        )
+        shape = (heads, value_dim, out_dim)
+        y = _project(o, "output", shape, (out_dim,), "...qhd,hdo->...qo", opts)
+        if return_attention_scores:
+            return y, weights
+        return y

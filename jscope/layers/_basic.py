@@ -1,0 +1,387 @@
+"""Layers without variables: dropout, pooling and flatten, as in ``tf.layers``.
+
+They open a variable scope all the same (``dropout``, ``max_pooling2d``, ...), as
+TF1's layers did, so default names of later layers come out as in TF1 and each
+dropout draws its keys under its own scope path.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jscope as js
+from jscope.layers._conv import _SPATIAL, _ints, _padding
+
+# ---------------------------------------------------------------------- dropout
+
+
+def dropout(
+    inputs: Any,
+    rate: float = 0.5,
+    training: bool = False,
+    noise_shape: Sequence[int | None] | None = None,
+    name: str | None = None,
+) -> jax.Array:
+    """Zeroes each element with probability ``rate`` while training, as TF1.
+
+    Kept elements are scaled by ``1 / (1 - rate)`` so the expected value is
+    unchanged; with ``training=False`` (the default, as ``tf.layers.dropout``) or
+    ``rate=0`` the inputs come back as they are and no key is drawn. The key is
+    `js.next_rng_key("dropout")` in the scope ``dropout``, ``dropout_1``, ... or
+    ``name``: at `js.apply`, pass ``rngs={"dropout": key}`` (a missing key is a
+    `jscope.errors.MissingRngError`); at `js.init` it derives from the init rng.
+
+    Args:
+      inputs: An array.
+      rate: The drop probability, a Python float in ``[0, 1)``.
+      training: A Python bool (not a traced value: the key is drawn only when
+        training).
+      noise_shape: The shape of the keep mask, broadcast against ``inputs``:
+        each entry is ``inputs``' size on that axis, 1 (one mask value shared
+        along the axis), or None (``inputs``' size). E.g. ``(batch, 1, 1,
+        channels)`` drops whole feature maps.
+      name: The variable scope's name; None picks ``dropout``, ``dropout_1``, ...
+
+    Returns:
+      An array of the inputs' shape and dtype.
+
+    Raises:
+      ValueError: ``rate`` is not in ``[0, 1)``, ``noise_shape`` does not
+        broadcast to ``inputs``, or ``inputs`` are not floating point (TF1's
+        error).
+      TypeError: ``training`` or ``rate`` is a traced value.
+      MissingRngError: At apply, while training, ``rngs`` has no "dropout" key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.dropout(x, rate=0.5, training=True)
+      >>> y = js.apply(f, {}, jnp.ones(6), rngs={"dropout": jax.random.key(1)})
+      >>> bool(jnp.all((y == 0) | (y == 2)))
+      True
+    """
+    with js.variable_scope(name, default_name="dropout"):
+        path = js.get_variable_scope().name
+        if isinstance(training, jax.core.Tracer) or isinstance(rate, jax.core.Tracer):
+            raise TypeError(
+                f"Layer {path}: dropout needs a Python bool `training` and a Python "
+                "float `rate`, got a traced value. Mark them static (e.g. "
+                "jax.jit(..., static_argnames='training')) or use js.cond."
+            )
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(
+                f"Layer {path}: dropout rate must be in [0, 1), got {rate}."
+            )
+        x = jnp.asarray(inputs)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"Layer {path}: dropout needs floating-point inputs (kept values are "
+                f"scaled by 1 / (1 - rate)), got dtype {x.dtype}."
+            )
+        shape = _noise_shape(noise_shape, x.shape, path)
+        if not training or rate == 0.0:
+            return x
+        keep = jax.random.bernoulli(js.next_rng_key("dropout"), 1.0 - rate, shape)
+        return lax.select(
+            jnp.broadcast_to(keep, x.shape),
+            x / np.asarray(1.0 - rate, x.dtype),
+            jnp.zeros_like(x),
+        )
+
+
+def _noise_shape(noise_shape: Any, shape: tuple, path: str) -> tuple[int, ...]:
+    if noise_shape is None:
+        return shape
+    try:
+        out = tuple(
+            n if d is None else operator.index(d)
+            for d, n in zip(noise_shape, shape, strict=True)
+        )
+    except (TypeError, ValueError):
+        out = None
+    if out is None or any(d not in (1, n) for d, n in zip(out, shape, strict=True)):
+        raise ValueError(
+            f"Layer {path}: noise_shape {noise_shape!r} does not broadcast to the "
+            f"inputs' shape {shape}: give one entry per axis, each the inputs' size, "
+            "1 or None."
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- pooling
+
+
+def _pool(
+    kind: str,
+    inputs: Any,
+    pool_size: Any,
+    strides: Any,
+    padding: Any,
+    n: int | None,
+    name: str | None,
+) -> jax.Array:
+    x = jnp.asarray(inputs)
+    rank_n = x.ndim - 2 if n is None else n
+    default = f"{kind}_pooling{rank_n}d" if rank_n in _SPATIAL else f"{kind}_pooling"
+    with js.variable_scope(name, default_name=default):
+        path = js.get_variable_scope().name
+        what = "max_pool" if kind == "max" else "avg_pool"
+        if rank_n not in _SPATIAL or x.ndim != rank_n + 2:
+            expected = "3, 4 or 5" if n is None else str(n + 2)
+            raise ValueError(
+                f"Layer {path}: {what} needs channels-last inputs of rank {expected} "
+                f"(batch, spatial axes, channels), got shape {x.shape}."
+            )
+        window = _ints(pool_size, rank_n, "pool_size", path)
+        strides = window if strides is None else _ints(strides, rank_n, "strides", path)
+        pad = _padding(padding, rank_n, path)
+        if isinstance(pad, str):
+            pad = lax.padtype_to_pads(x.shape[1:-1], window, strides, pad)
+        pads = ((0, 0), *pad, (0, 0))
+        dims, steps = (1, *window, 1), (1, *strides, 1)
+        if kind == "max":
+            return lax.reduce_window(x, _lowest(x.dtype), lax.max, dims, steps, pads)
+        zero = np.zeros((), x.dtype)
+        total = lax.reduce_window(x, zero, lax.add, dims, steps, pads)
+        if all(lo == hi == 0 for lo, hi in pads):
+            return total / np.asarray(math.prod(window), x.dtype)
+        ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
+        count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
+        return total / count
+
+
+def _lowest(dtype: Any) -> np.ndarray:
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return np.asarray(-np.inf, dtype)
+    return np.asarray(jnp.iinfo(dtype).min, dtype)
+
+
+def max_pool(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """The maximum over each window, as ``tf.layers.max_pooling{1,2,3}d``.
+
+    The number of spatial axes comes from the rank of ``inputs`` (3, 4 or 5:
+    batch and channels are always present); `max_pool1d`, `max_pool2d` and
+    `max_pool3d` check it instead. Padded positions never win the maximum.
+    The scope is ``max_pooling2d`` (for 2-D), ... or ``name``.
+
+    Args:
+      inputs: An array ``[batch, *spatial, channels]`` (channels last).
+      pool_size: The window, an int or one int per spatial axis.
+      strides: An int or one per spatial axis; None (default) is ``pool_size``.
+      padding: ``"VALID"`` (default) or ``"SAME"`` (any case; TF1's rules, the
+        odd element of padding at the end), or ``(low, high)`` pairs.
+      name: The variable scope's name.
+
+    Returns:
+      An array ``[batch, *out_spatial, channels]``.
+
+    Raises:
+      ValueError: Wrong rank, unknown padding or non-positive sizes.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+      >>> js.layers.max_pool(x, 2)[0, ..., 0]
+      Array([[ 5.,  7.],
+             [13., 15.]], dtype=float32)
+    """
+    return _pool("max", inputs, pool_size, strides, padding, None, name)
+
+
+def avg_pool(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """The mean over each window, as ``tf.layers.average_pooling{1,2,3}d``.
+
+    As in TF1, a window that overlaps the padding averages only the inputs it
+    covers (padding is not counted). The number of spatial axes comes from the
+    rank of ``inputs`` (3, 4 or 5); `avg_pool1d`, `avg_pool2d` and `avg_pool3d`
+    check it instead. The scope is ``average_pooling2d`` (for 2-D), ... or
+    ``name``.
+
+    Args:
+      inputs: An array ``[batch, *spatial, channels]`` (channels last).
+      pool_size: The window, an int or one int per spatial axis.
+      strides: An int or one per spatial axis; None (default) is ``pool_size``.
+      padding: ``"VALID"`` (default) or ``"SAME"`` (any case; TF1's rules, the
+        odd element of padding at the end), or ``(low, high)`` pairs.
+      name: The variable scope's name.
+
+    Returns:
+      An array ``[batch, *out_spatial, channels]``.
+
+    Raises:
+      ValueError: Wrong rank, unknown padding or non-positive sizes.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> x = jnp.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
+      >>> js.layers.avg_pool(x, 2, padding="SAME")[0, :, 0]
+      Array([1.5, 3. ], dtype=float32)
+    """
+    return _pool("average", inputs, pool_size, strides, padding, None, name)
+
+
+def max_pool1d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`max_pool` over ``[batch, width, channels]`` inputs only.
+
+    The scope is ``max_pooling1d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.max_pool1d(jnp.ones((1, 4, 2)), 2).shape
+      (1, 2, 2)
+    """
+    return _pool("max", inputs, pool_size, strides, padding, 1, name)
+
+
+def max_pool2d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`max_pool` over ``[batch, height, width, channels]`` inputs only.
+
+    The scope is ``max_pooling2d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.max_pool2d(jnp.ones((1, 4, 4, 2)), 2).shape
+      (1, 2, 2, 2)
+    """
+    return _pool("max", inputs, pool_size, strides, padding, 2, name)
+
+
+def max_pool3d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`max_pool` over ``[batch, depth, height, width, channels]`` inputs only.
+
+    The scope is ``max_pooling3d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.max_pool3d(jnp.ones((1, 4, 4, 4, 2)), 2).shape
+      (1, 2, 2, 2, 2)
+    """
+    return _pool("max", inputs, pool_size, strides, padding, 3, name)
+
+
+def avg_pool1d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`avg_pool` over ``[batch, width, channels]`` inputs only.
+
+    The scope is ``average_pooling1d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.avg_pool1d(jnp.ones((1, 4, 2)), 2).shape
+      (1, 2, 2)
+    """
+    return _pool("average", inputs, pool_size, strides, padding, 1, name)
+
+
+def avg_pool2d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`avg_pool` over ``[batch, height, width, channels]`` inputs only.
+
+    The scope is ``average_pooling2d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.avg_pool2d(jnp.ones((1, 4, 4, 2)), 2).shape
+      (1, 2, 2, 2)
+    """
+    return _pool("average", inputs, pool_size, strides, padding, 2, name)
+
+
+def avg_pool3d(
+    inputs: Any,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+    name: str | None = None,
+) -> jax.Array:
+    """`avg_pool` over ``[batch, depth, height, width, channels]`` inputs only.
+
+    The scope is ``average_pooling3d``, ... or ``name``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.avg_pool3d(jnp.ones((1, 4, 4, 4, 2)), 2).shape
+      (1, 2, 2, 2, 2)
+    """
+    return _pool("average", inputs, pool_size, strides, padding, 3, name)
+
+
+# ---------------------------------------------------------------------- flatten
+
+
+def flatten(inputs: Any, name: str | None = None) -> jax.Array:
+    """Flattens every axis but the first (batch), as ``tf.layers.flatten``.
+
+    A rank-1 input ``[batch]`` becomes ``[batch, 1]`` (Keras's rule).
+
+    Args:
+      inputs: An array of rank >= 1.
+      name: The variable scope's name; None picks ``flatten``, ...
+
+    Returns:
+      An array ``[batch, prod(other axes)]``.
+
+    Raises:
+      ValueError: ``inputs`` is a scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> js.layers.flatten(jnp.ones((2, 3, 4))).shape
+      (2, 12)
+    """
+    with js.variable_scope(name, default_name="flatten"):
+        x = jnp.asarray(inputs)
+        if x.ndim < 1:
+            raise ValueError(
+                f"Layer {js.get_variable_scope().name}: flatten needs inputs with a "
+                f"batch axis (rank >= 1), got a scalar."
+            )
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))

@@ -1,0 +1,569 @@
+"""Convolutions, ``tf.layers.conv1d/2d/3d`` and their transposes (channels last).
+
+Kernels have TF1's layouts: ``[*kernel_size, in // groups, filters]`` for a
+convolution and ``[*kernel_size, filters, in]`` for a transposed one, so
+checkpoints and initial values (Glorot uniform with TF1's convolution fans) carry
+over from TF1.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import jscope as js
+from jscope.layers._dense import _positive_int
+
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def _dimension_numbers(n: int, kernel: str) -> tuple[str, str, str]:
+    s = _SPATIAL[n]
+    return f"N{s}C", f"{s}{kernel}", f"N{s}C"
+
+
+def _ints(
+    value: Any, n: int, what: str, path: str, minimum: int = 1
+) -> tuple[int, ...]:
+    """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints >= minimum."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * n
+    try:
+        out = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise TypeError(
+            f"Layer {path}: {what} must be an int or a sequence of {n} ints, "
+            f"got {value!r}."
+        ) from None
+    if len(out) != n or any(v < minimum for v in out):
+        raise ValueError(
+            f"Layer {path}: {what} must be an int >= {minimum} or {n} such ints, "
+            f"got {value!r}."
+        )
+    return out
+
+
+def _padding(
+    padding: Any, n: int, path: str, causal: bool = False
+) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``, ``"VALID"`` (``"CAUSAL"`` if allowed) or ``n`` (low, high) pairs."""
+    if isinstance(padding, str):
+        upper = padding.upper()
+        if upper in ("SAME", "VALID") or (causal and upper == "CAUSAL"):
+            return upper
+        allowed = '"SAME", "VALID"' + (', "CAUSAL"' if causal else "")
+        raise ValueError(
+            f"Layer {path}: unknown padding {padding!r}; use {allowed} or a "
+            f"sequence of {n} (low, high) pairs."
+        )
+    try:
+        pairs = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or len(pairs) != n or any(p < 0 for pair in pairs for p in pair):
+        raise ValueError(
+            f'Layer {path}: padding must be "SAME", "VALID" or a sequence of '
+            f"{n} (low, high) pairs of non-negative ints, one per spatial axis; "
+            f"got {padding!r}."
+        )
+    return pairs
+
+
+def _check_rank(x: jax.Array, n: int, kind: str, path: str) -> None:
+    if x.ndim != n + 2:
+        layout = "N" + _SPATIAL[n] + "C"
+        raise ValueError(
+            f"Layer {path}: {kind} needs inputs of rank {n + 2} ({layout}, channels "
+            f"last), got shape {x.shape}."
+        )
+
+
+def _bias_act(y, units, use_bias, init, reg, trainable, dtype, activation):
+    if use_bias:
+        bias = js.get_variable("bias", (units,), dtype, init, reg, trainable=trainable)
+        y = y + bias.astype(y.dtype)
+    return y if activation is None else activation(y)
+
+
+# ---------------------------------------------------------------- convolutions
+
+
+def _conv(
+    n: int,
+    kind: str,
+    inputs: Any,
+    filters: int,
+    kernel_size: Any,
+    strides: Any,
+    padding: Any,
+    dilation_rate: Any,
+    groups: int,
+    activation: Any,
+    use_bias: bool,
+    kernel_initializer: Any,
+    bias_initializer: Any,
+    kernel_regularizer: Any,
+    bias_regularizer: Any,
+    trainable: bool,
+    dtype: Any,
+    precision: Any,
+    name: str | None,
+    reuse: Any,
+) -> jax.Array:
+    with js.variable_scope(name, default_name=kind, reuse=reuse):
+        path = js.get_variable_scope().name
+        filters = _positive_int(filters, "filters", path)
+        groups = _positive_int(groups, "groups", path)
+        kernel_size = _ints(kernel_size, n, "kernel_size", path)
+        strides = _ints(strides, n, "strides", path)
+        dilation = _ints(dilation_rate, n, "dilation_rate", path)
+        pad = _padding(padding, n, path, causal=n == 1)
+        x = jnp.asarray(inputs)
+        _check_rank(x, n, kind, path)
+        channels = x.shape[-1]
+        if channels % groups or filters % groups:
+            raise ValueError(
+                f"Layer {path}: groups={groups} must divide both the input channels "
+                f"({channels}) and filters ({filters})."
+            )
+        if pad == "CAUSAL":
+            pad = (((kernel_size[0] - 1) * dilation[0], 0),)
+        kernel = js.get_variable(
+            "kernel", (*kernel_size, channels // groups, filters), dtype,
+            kernel_initializer, kernel_regularizer, trainable=trainable,
+        )  # fmt: skip
+        y = lax.conv_general_dilated(
+            x.astype(kernel.dtype),
+            kernel,
+            window_strides=strides,
+            padding=pad,
+            rhs_dilation=dilation,
+            dimension_numbers=_dimension_numbers(n, "IO"),
+            feature_group_count=groups,
+            precision=precision,
+        )
+        return _bias_act(
+            y, filters, use_bias, bias_initializer, bias_regularizer, trainable,
+            dtype, activation,
+        )  # fmt: skip
+
+
+def conv2d(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    dilation_rate: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A 2-D convolution over NHWC inputs, as ``tf.layers.conv2d``.
+
+    Variables (scope ``conv2d``, ``conv2d_1``, ... or ``name``): ``kernel`` of
+    shape ``[kh, kw, in // groups, filters]`` and ``bias`` of shape ``[filters]``.
+    The convolution runs in the kernel's dtype (inputs are cast to it). Unlike
+    TF1, strides and dilation may both exceed 1 at once.
+
+    Args:
+      inputs: An array ``[batch, height, width, in]`` (channels last).
+      filters: The number of output channels.
+      kernel_size: An int or 2 ints.
+      strides: An int or 2 ints.
+      padding: ``"SAME"`` or ``"VALID"`` (any case; TF1's rules, the odd pixel
+        of ``"SAME"`` padding at the end), or 2 ``(low, high)`` pairs.
+      dilation_rate: An int or 2 ints (atrous convolution).
+      groups: The number of feature groups (``feature_group_count``); it must
+        divide ``in`` and ``filters``.
+      activation: Applied to the result; None for linear.
+      use_bias: Whether to add ``bias``.
+      kernel_initializer: None uses the scope's, else Glorot uniform with TF1's
+        convolution fans.
+      bias_initializer: The bias's initializer (zeros).
+      kernel_regularizer: ``(kernel) -> scalar`` for `js.get_regularization_loss`.
+      bias_regularizer: ``(bias) -> scalar``, likewise.
+      trainable: Whether the variables go to ``params`` (else ``state``).
+      dtype: The variables' dtype; None uses the scope's, else float32.
+      precision: Passed to `jax.lax.conv_general_dilated`.
+      name: The variable scope's name; None picks ``conv2d``, ``conv2d_1``, ...
+      reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's variables.
+
+    Returns:
+      An array ``[batch, out_height, out_width, filters]``.
+
+    Raises:
+      ValueError: Wrong input rank, unknown padding, non-positive sizes, or
+        ``groups`` not dividing the channels.
+      TypeError: A size that is not an int.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv2d(x, 8, 3, strides=2, padding="SAME")
+      >>> x = jnp.ones((2, 5, 5, 3))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv2d"]["kernel"].shape
+      (3, 3, 3, 8)
+      >>> js.apply(f, v, x).shape
+      (2, 3, 3, 8)
+    """
+    return _conv(2, "conv2d", **locals())
+
+
+def conv1d(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    dilation_rate: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A 1-D convolution over NWC inputs, as ``tf.layers.conv1d``.
+
+    The arguments are `conv2d`'s with one spatial axis: ``inputs`` is
+    ``[batch, width, in]``, the kernel ``[k, in // groups, filters]`` (scope
+    ``conv1d``, ...). ``padding`` may also be ``"CAUSAL"`` (Keras): all padding
+    on the left, so output step ``t`` sees inputs up to ``t`` only.
+
+    Returns:
+      An array ``[batch, out_width, filters]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv1d(x, 4, 3, padding="causal")
+      >>> x = jnp.ones((2, 7, 3))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv1d"]["kernel"].shape, js.apply(f, v, x).shape
+      ((3, 3, 4), (2, 7, 4))
+    """
+    return _conv(1, "conv1d", **locals())
+
+
+def conv3d(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    dilation_rate: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A 3-D convolution over NDHWC inputs, as ``tf.layers.conv3d``.
+
+    The arguments are `conv2d`'s with three spatial axes: ``inputs`` is
+    ``[batch, depth, height, width, in]``, the kernel
+    ``[kd, kh, kw, in // groups, filters]`` (scope ``conv3d``, ...).
+
+    Returns:
+      An array ``[batch, out_depth, out_height, out_width, filters]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv3d(x, 4, (1, 2, 2), padding="VALID")
+      >>> x = jnp.ones((1, 3, 4, 4, 2))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv3d"]["kernel"].shape, js.apply(f, v, x).shape
+      ((1, 2, 2, 2, 4), (1, 3, 3, 3, 4))
+    """
+    return _conv(3, "conv3d", **locals())
+
+
+# ---------------------------------------------------------- transposed convolutions
+
+
+def _transpose_pads(
+    size: int, k: int, s: int, pad: Any, out_pad: int | None, path: str
+) -> tuple[int, int]:
+    """Padding of the dilated-input convolution computing TF1's transpose.
+
+    The output length follows Keras's ``deconv_output_length``; the result is the
+    gradient of the forward convolution (stride ``s``, padding ``pad``) that maps
+    that length back to ``size``, exactly as TF1's ``conv2d_transpose``.
+    """
+    if pad == "SAME":
+        if out_pad is None:
+            out = size * s
+        else:
+            out = (size - 1) * s + k - 2 * (k // 2) + out_pad
+        total = max((-(-out // s) - 1) * s + k - out, 0)
+        lo, hi = total // 2, total - total // 2
+    elif pad == "VALID":
+        extra = max(k - s, 0) if out_pad is None else k - s + out_pad
+        out = size * s + extra
+        lo = hi = 0
+    else:
+        lo, hi = pad
+        out = (size - 1) * s + k - lo - hi + (out_pad or 0)
+    rest = out + lo + hi - k - (size - 1) * s
+    if out <= 0 or not 0 <= rest < s:
+        raise ValueError(
+            f"Layer {path}: no output length maps back to input length {size} with "
+            f"kernel {k}, stride {s}, padding {pad!r} and output_padding "
+            f"{out_pad}; output_padding must be smaller than the stride ({s})."
+        )
+    return k - 1 - lo, k - 1 - hi + rest
+
+
+def _conv_transpose(
+    n: int,
+    kind: str,
+    inputs: Any,
+    filters: int,
+    kernel_size: Any,
+    strides: Any,
+    padding: Any,
+    output_padding: Any,
+    dilation_rate: Any,
+    activation: Any,
+    use_bias: bool,
+    kernel_initializer: Any,
+    bias_initializer: Any,
+    kernel_regularizer: Any,
+    bias_regularizer: Any,
+    trainable: bool,
+    dtype: Any,
+    precision: Any,
+    name: str | None,
+    reuse: Any,
+) -> jax.Array:
+    with js.variable_scope(name, default_name=kind, reuse=reuse):
+        path = js.get_variable_scope().name
+        filters = _positive_int(filters, "filters", path)
+        kernel_size = _ints(kernel_size, n, "kernel_size", path)
+        strides = _ints(strides, n, "strides", path)
+        dilation = _ints(dilation_rate, n, "dilation_rate", path)
+        pad = _padding(padding, n, path)
+        if output_padding is None:
+            out_pads = (None,) * n
+        else:
+            out_pads = _ints(output_padding, n, "output_padding", path, minimum=0)
+        x = jnp.asarray(inputs)
+        _check_rank(x, n, kind, path)
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+        pads = [
+            _transpose_pads(
+                x.shape[1 + i],
+                eff[i],
+                strides[i],
+                pad if isinstance(pad, str) else pad[i],
+                out_pads[i],
+                path,
+            )  # fmt: skip
+            for i in range(n)
+        ]
+        kernel = js.get_variable(
+            "kernel", (*kernel_size, filters, x.shape[-1]), dtype,
+            kernel_initializer, kernel_regularizer, trainable=trainable,
+        )  # fmt: skip
+        y = lax.conv_general_dilated(
+            x.astype(kernel.dtype),
+            lax.rev(kernel, tuple(range(n))),
+            window_strides=(1,) * n,
+            padding=pads,
+            lhs_dilation=strides,
+            rhs_dilation=dilation,
+            dimension_numbers=_dimension_numbers(n, "OI"),
+            precision=precision,
+        )
+        return _bias_act(
+            y, filters, use_bias, bias_initializer, bias_regularizer, trainable,
+            dtype, activation,
+        )  # fmt: skip
+
+
+def conv2d_transpose(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    output_padding: int | Sequence[int] | None = None,
+    dilation_rate: int | Sequence[int] = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A transposed 2-D convolution over NHWC inputs, ``tf.layers.conv2d_transpose``.
+
+    The result is TF1's: the gradient, with respect to its input, of a
+    `conv2d` with the same kernel, strides, dilation and padding whose input has
+    the output's size. Variables (scope ``conv2d_transpose``, ... or ``name``):
+    ``kernel`` of TF1's shape ``[kh, kw, filters, in]`` (output channels before
+    input channels) and ``bias`` of shape ``[filters]``.
+
+    The output size per spatial axis is Keras's rule, with ``k`` the dilated
+    kernel size ``(kernel_size - 1) * dilation_rate + 1``:
+
+    - ``output_padding=None``: ``"SAME"`` gives ``in * stride``, ``"VALID"``
+      ``in * stride + max(k - stride, 0)``;
+    - with ``output_padding=p`` (each ``p < stride``): ``"SAME"`` gives
+      ``(in - 1) * stride + k - 2 * (k // 2) + p``, ``"VALID"``
+      ``(in - 1) * stride + k + p``;
+    - explicit ``(low, high)`` pairs are the padding of that forward
+      convolution: ``(in - 1) * stride + k - low - high + p``.
+
+    Args:
+      inputs: An array ``[batch, height, width, in]`` (channels last).
+      filters: The number of output channels.
+      kernel_size: An int or 2 ints.
+      strides: An int or 2 ints (the upsampling factor).
+      padding: ``"SAME"``, ``"VALID"`` (any case) or 2 ``(low, high)`` pairs.
+      output_padding: None, or an int or 2 ints, each smaller than the stride,
+        that pick the output size among those mapping back to ``in``.
+      dilation_rate: An int or 2 ints.
+      activation: Applied to the result; None for linear.
+      use_bias: Whether to add ``bias``.
+      kernel_initializer: None uses the scope's, else Glorot uniform with TF1's
+        convolution fans.
+      bias_initializer: The bias's initializer (zeros).
+      kernel_regularizer: ``(kernel) -> scalar`` for `js.get_regularization_loss`.
+      bias_regularizer: ``(bias) -> scalar``, likewise.
+      trainable: Whether the variables go to ``params`` (else ``state``).
+      dtype: The variables' dtype; None uses the scope's, else float32.
+      precision: Passed to `jax.lax.conv_general_dilated`.
+      name: The variable scope's name; None picks ``conv2d_transpose``, ...
+      reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's variables.
+
+    Returns:
+      An array ``[batch, out_height, out_width, filters]``.
+
+    Raises:
+      ValueError: Wrong input rank, unknown padding, non-positive sizes, or an
+        ``output_padding`` not smaller than the stride.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv2d_transpose(x, 4, 3, strides=2)
+      >>> x = jnp.ones((2, 5, 5, 3))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv2d_transpose"]["kernel"].shape
+      (3, 3, 4, 3)
+      >>> js.apply(f, v, x).shape
+      (2, 11, 11, 4)
+    """
+    return _conv_transpose(2, "conv2d_transpose", **locals())
+
+
+def conv1d_transpose(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    output_padding: int | Sequence[int] | None = None,
+    dilation_rate: int | Sequence[int] = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A transposed 1-D convolution over NWC inputs (Keras's ``Conv1DTranspose``).
+
+    The arguments and size rules are `conv2d_transpose`'s with one spatial axis:
+    ``inputs`` is ``[batch, width, in]``, the kernel ``[k, filters, in]`` (scope
+    ``conv1d_transpose``, ...).
+
+    Returns:
+      An array ``[batch, out_width, filters]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv1d_transpose(x, 2, 4, strides=2, padding="SAME")
+      >>> x = jnp.ones((1, 5, 3))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv1d_transpose"]["kernel"].shape, js.apply(f, v, x).shape
+      ((4, 2, 3), (1, 10, 2))
+    """
+    return _conv_transpose(1, "conv1d_transpose", **locals())
+
+
+def conv3d_transpose(
+    inputs: Any,
+    filters: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "VALID",
+    output_padding: int | Sequence[int] | None = None,
+    dilation_rate: int | Sequence[int] = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    use_bias: bool = True,
+    kernel_initializer: Any = None,
+    bias_initializer: Any = js.initializers.zeros,
+    kernel_regularizer: Any = None,
+    bias_regularizer: Any = None,
+    trainable: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    name: str | None = None,
+    reuse: Any = None,
+) -> jax.Array:
+    """A transposed 3-D convolution, as ``tf.layers.conv3d_transpose``.
+
+    The arguments and size rules are `conv2d_transpose`'s with three spatial
+    axes: ``inputs`` is ``[batch, depth, height, width, in]``, the kernel
+    ``[kd, kh, kw, filters, in]`` (scope ``conv3d_transpose``, ...).
+
+    Returns:
+      An array ``[batch, out_depth, out_height, out_width, filters]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscope as js
+      >>> f = lambda x: js.layers.conv3d_transpose(x, 2, 2, strides=2)
+      >>> x = jnp.ones((1, 2, 3, 3, 4))
+      >>> v = js.init(f, jax.random.key(0), x)
+      >>> v["params"]["conv3d_transpose"]["kernel"].shape, js.apply(f, v, x).shape
+      ((2, 2, 2, 2, 4), (1, 4, 6, 6, 2))
+    """
+    return _conv_transpose(3, "conv3d_transpose", **locals())
