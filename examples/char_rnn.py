@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"text: {source}, {len(text)} characters, {len(chars)} distinct")
 
     key = jax.random.key(args.seed)
-    variables = js.init(language_model, key, cfg, jnp.zeros((1, 2), jnp.int32))
-    for path, value in js.flatten(variables).items():
-        print(f"  {path:<26} {tuple(value.shape)}")
+    example = jnp.zeros((1, 2), jnp.int32)
+    js.summary(language_model, key, cfg, example).print_rich()
+    variables = js.init(language_model, key, cfg, example)
 
     params, losses = train(
         cfg,

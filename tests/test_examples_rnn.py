@@ -63,17 +63,19 @@ def test_smoke_starts_near_a_uniform_guess(smoke_output):
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "shape"),
     [
-        "params/embedding ",
-        "params/rnn/lstm_cell/kernel ",
-        "params/rnn/lstm_cell/bias ",
-        "params/softmax/W ",
-        "params/softmax/b ",
+        ("embedding", r"\(\d+, \d+\)"),
+        ("rnn/lstm_cell/kernel", r"\(\d+, \d+\)"),
+        ("rnn/lstm_cell/bias", r"\(\d+,\)"),
+        ("softmax/W", r"\(\d+, \d+\)"),
+        ("softmax/b", r"\(\d+,\)"),
     ],
 )
-def test_smoke_lists_tf1_variable_paths(smoke_output, path):
-    assert path in smoke_output
+def test_smoke_summary_lists_tf1_variable_paths(smoke_output, path, shape):
+    # js.summary's table: path, shape, dtype, collection.
+    row = rf"\b{re.escape(path)}\s*\S?\s*{shape}\s*\S?\s*float32\s*\S?\s*params\b"
+    assert re.search(row, smoke_output), path
 
 
 def test_smoke_writes_a_sample(smoke_output):
