@@ -6,6 +6,14 @@ explicit variable tree of plain nested dicts, run by `init` and `apply`.
 
 from jscope import errors as errors
 from jscope import initializers as initializers
+from jscope._src.checkpoint import CheckpointError as CheckpointError
+from jscope._src.checkpoint import CheckpointMismatchError as CheckpointMismatchError
+from jscope._src.checkpoint import CheckpointNotFoundError as CheckpointNotFoundError
+from jscope._src.checkpoint import CheckpointTypeError as CheckpointTypeError
+from jscope._src.checkpoint import Saver as Saver
+from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
+from jscope._src.checkpoint import list_variables as list_variables
+from jscope._src.checkpoint import load_variable as load_variable
 from jscope._src.run import Transformed as Transformed
 from jscope._src.run import apply as apply
 from jscope._src.run import init as init
@@ -44,6 +52,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_REUSE",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "CheckpointTypeError",
+    "Saver",
     "Summary",
     "Transformed",
     "Variable",
@@ -64,6 +77,9 @@ __all__ = [
     "initializers",
     "is_initializing",
     "layers",
+    "latest_checkpoint",
+    "list_variables",
+    "load_variable",
     "make_template",
     "name_scope",
     "next_rng_key",

@@ -14,6 +14,10 @@ __all__ = [
     "AssignmentDtypeError",
     "AssignmentShapeError",
     "AssignmentTargetError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "CheckpointTypeError",
     "DtypeMismatchError",
     "InitializerArgumentError",
     "InitializerError",
@@ -132,3 +136,19 @@ class LiftError(JscopeError, ValueError):
     For example a bad ``variable_axes``, a body that creates different variables
     on different passes, or branches of `js.cond` that use different variables.
     """
+
+
+class CheckpointError(JscopeError, ValueError):
+    """A checkpoint cannot be saved or restored as asked."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """A path given as a checkpoint is None, missing, or not a checkpoint."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Variables are missing from a checkpoint or differ in shape or dtype."""
+
+
+class CheckpointTypeError(JscopeError, TypeError):
+    """A `Saver` argument, or a value to save or restore into, has the wrong type."""

@@ -20,6 +20,10 @@ EXPECTED_BUILTIN = {
     "AssignmentDtypeError": TypeError,
     "AssignmentShapeError": ValueError,
     "AssignmentTargetError": TypeError,
+    "CheckpointError": ValueError,
+    "CheckpointMismatchError": ValueError,
+    "CheckpointNotFoundError": ValueError,
+    "CheckpointTypeError": TypeError,
     "DtypeMismatchError": ValueError,
     "InitializerArgumentError": ValueError,
     "InitializerError": TypeError,
@@ -240,6 +244,15 @@ def _dropout():
         return js.next_rng_key("dropout")
 
 
+def _restore_mismatch():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        saver = js.Saver()
+        path = saver.save({"params": {"foo": {"v": jnp.ones(2)}}}, f"{d}/m")
+        saver.restore(path, {"params": {"foo": {"v": jnp.ones(3)}}})
+
+
 ERROR_PROGRAMS = {
     # name: (how to raise it, class, path named in the message or None)
     "exists": (lambda: js.init(_dup, KEY), errors.VariableExistsError, "foo/v"),
@@ -249,6 +262,18 @@ ERROR_PROGRAMS = {
         "foo/v",
     ),
     "shape": (lambda: js.init(_shape, KEY), errors.ShapeMismatchError, "foo/v"),
+    "checkpoint_empty": (lambda: js.Saver([]), errors.CheckpointError, None),
+    "checkpoint_type": (lambda: js.Saver(42), errors.CheckpointTypeError, None),
+    "checkpoint_none": (
+        lambda: js.Saver().restore(None, {}),
+        errors.CheckpointNotFoundError,
+        None,
+    ),
+    "checkpoint_mismatch": (
+        lambda: _restore_mismatch(),
+        errors.CheckpointMismatchError,
+        "params/foo/v",
+    ),
     "lift": (
         lambda: js.init(
             lambda: js.cond(

@@ -52,11 +52,27 @@ def test_seed_tour_counts_to_ten(seed_tour_output):
         "Variable foo/v does not exist",
         "reuse=True:               v1 == v is True",
         "scope.reuse_variables():  v1 == v is True",
-        "js.Saver",
+        "saved to       model.ckpt\n",
+        "checkpoint key state/counter    shape ()\n",
+        "fresh counter    = 0\n",
+        "restored counter = 10\n",
+        "restored params/W equals the saved one: True\n",
+        "restored from shapes only: counter = 10\n",
+        "subset checkpoint holds [('my_counter', ())]\n",
+        "my_counter restored into state/counter = 10\n",
+        "params/W keeps the fresh tree's value: True\n",
     ],
 )
 def test_seed_tour_prints(seed_tour_output, line):
     assert line in seed_tour_output
+
+
+def test_seed_tour_checkpoint_section_runs(seed_tour_output):
+    section = seed_tour_output.split("3. Saving and restoring variables", 1)[1]
+    section = section.split("\n4. ", 1)[0]
+    assert "Placeholder" not in section and "not run yet" not in section
+    keys = re.findall(r"^   checkpoint key (\S+)", section, re.MULTILINE)
+    assert keys == ["params/W", "params/b", "state/counter"]  # sorted, every path
 
 
 def test_seed_tour_sections_in_order(seed_tour_output):

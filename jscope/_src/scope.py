@@ -345,9 +345,9 @@ class name_scope:  # noqa: N801 (TF1's name)
 
     Example:
       >>> import jscope as js
-      >>> with js.name_scope("block") as ns:
+      >>> with js.name_scope("tour_block") as ns:
       ...     print(ns)
-      block/
+      tour_block/
     """
 
     __slots__ = ("_name", "_frame", "_saved")

@@ -1,0 +1,391 @@
+"""Checkpoint benchmarks: js.Saver against raw Orbax, and crash consistency.
+
+1. ``save``: a blocking save of a 256 MiB variable tree (16 float32 arrays of
+   2048x2048), through ``js.Saver().save`` and through Orbax's
+   ``StandardCheckpointer`` (``save`` + ``wait_until_finished``), in MB/s.
+2. ``restore``: the same checkpoints restored into a tree of
+   ``jax.ShapeDtypeStruct`` (``js.Saver().restore`` vs
+   ``StandardCheckpointer.restore``), in MB/s.
+3. ``nonblocking``: how long ``saver.save(..., blocking=False)`` blocks the caller,
+   how much of that is jscope's own work (outside Orbax's ``save``), and, for
+   reference, how long Orbax's own asynchronous ``save`` blocks.
+4. ``fault``: a child process saves a 32 MiB tree in a loop (``max_to_keep=2``)
+   and is killed with SIGKILL at a random moment, again and again in the same
+   directory; after each kill, ``js.latest_checkpoint`` must name a complete
+   checkpoint that restores bit-exactly.
+
+Contestants run side by side in one process, interleaved round by round (jscope
+first in even rounds, Orbax first in odd ones); each reports the median, and a
+ratio is the median of the per-round ratios.
+
+Usage::
+
+    python benchmarks/bench_checkpoint.py           # full run (about 3 minutes)
+    python benchmarks/bench_checkpoint.py --quick   # smoke run: 16 MiB, 3 kills
+
+The script exits non-zero when a correctness check fails (a restored tree
+differs from the saved one, or a killed save leaves no readable checkpoint).
+Missed timing targets are reported as FAIL but do not change the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+
+os.environ["JAX_PLATFORMS"] = "cpu"  # the benchmarks are defined on CPU
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+import jscope as js  # noqa: E402
+
+
+class CheckFailed(Exception):
+    """A correctness check of the benchmark failed."""
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+class Report:
+    """Collects result rows; prints a Markdown table at the end."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def value(self, bench: str, label: str, value: str) -> None:
+        self.rows.append((bench, label, value, "", ""))
+        print(f"  {label:<36} {value}")
+
+    def ratio(self, bench: str, label: str, ratio: float, at_least: float) -> None:
+        verdict = "PASS" if ratio >= at_least else "FAIL"
+        self.rows.append((bench, label, f"{ratio:.3f}x", f">= {at_least:.2f}", verdict))
+        print(
+            f"RATIO {bench} {label} = {ratio:.3f} (target >= {at_least:.2f}) {verdict}"
+        )
+
+    def limit(self, bench: str, label: str, ms: float, at_most_ms: float) -> None:
+        verdict = "PASS" if ms <= at_most_ms else "FAIL"
+        target = f"< {at_most_ms:g} ms"
+        self.rows.append((bench, label, f"{ms:.2f} ms", target, verdict))
+        print(f"BLOCK {bench} {label} = {ms:.2f} ms (target {target}) {verdict}")
+
+    def table(self) -> str:
+        head = ("benchmark", "contestant / ratio", "median", "target", "result")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def make_tree(mib: int) -> dict:
+    """A variable tree of ``mib`` MiB: float32 arrays of 2048x2048 (16 MiB each)."""
+    n = max(1, mib // 16)
+    keys = jax.random.split(jax.random.key(0), n)
+    layers = {
+        f"layer{i}": {"W": jax.random.normal(keys[i], (2048, 2048))} for i in range(n)
+    }
+    tree = {"params": layers, "state": {"step": jnp.array(7, jnp.int32)}}
+    return jax.block_until_ready(tree)
+
+
+def nbytes(tree: dict) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """Seconds that ``fn()`` takes (until its arrays are ready), and its result."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        return time.perf_counter() - start, result
+    finally:
+        gc.enable()
+
+
+@contextlib.contextmanager
+def orbax_timer():
+    """Times the Orbax checkpointer calls (outermost only) made inside the block."""
+    inner, depth = [0.0], [0]
+    cls = ocp.AsyncCheckpointer
+    originals = {n: getattr(cls, n) for n in ("save", "restore", "wait_until_finished")}
+
+    def timing(original):
+        def method(self, *args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    inner[0] += time.perf_counter() - start
+
+        return method
+
+    for name, original in originals.items():
+        setattr(cls, name, timing(original))
+    try:
+        yield inner
+    finally:
+        for name, original in originals.items():
+            setattr(cls, name, original)
+
+
+def same(a: dict, b: dict) -> bool:
+    fa, fb = js.flatten(a), js.flatten(b)
+    return sorted(fa) == sorted(fb) and all(
+        fa[k].dtype == fb[k].dtype and np.array_equal(np.asarray(fa[k]), fb[k])
+        for k in fa
+    )
+
+
+# ------------------------------------------------------ 1-3. save and restore
+
+
+def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> None:
+    tree = make_tree(mib)
+    size = nbytes(tree)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    print(
+        f"\n[1-3] save / restore of a {size / 2**20:.0f} MiB tree "
+        f"({len(jax.tree.leaves(tree))} arrays), {rounds} interleaved rounds"
+    )
+    saver = js.Saver(max_to_keep=None)  # deletion is not part of the timing
+    orbax = ocp.StandardCheckpointer()
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("js save", "ocp save", "js restore", "ocp restore")
+    }
+    blocks: dict[str, list[float]] = {"js": [], "ocp": []}
+    # jscope's own share of each of its calls: the time spent outside Orbax.
+    own: dict[str, list[float]] = {"save": [], "restore": [], "nonblocking": []}
+
+    def js_save(path):
+        return lambda: saver.save(tree, path)
+
+    def ocp_save(path):
+        def run():
+            orbax.save(path, tree)
+            orbax.wait_until_finished()
+
+        return run
+
+    for r in range(-1, rounds):  # round -1 warms up, untimed
+        d = os.path.join(workdir, f"round{r + 1}")
+        os.makedirs(d)
+        js_path, ocp_path = os.path.join(d, "js"), os.path.join(d, "ocp")
+        order = [("js", js_path), ("ocp", ocp_path)]
+        if r % 2:
+            order.reverse()
+        # Non-blocking saves: how long the caller is held. Measured first, with
+        # the disk flushed (as after a previous save that completed long ago).
+        for who, _ in order:
+            path = os.path.join(d, f"{who}-async")
+            os.sync()
+            if who == "js":
+                with orbax_timer() as inner:
+                    held = timed(lambda p=path: saver.save(tree, p, blocking=False))[0]
+                own["nonblocking"].append(held - inner[0])
+                saver.wait_until_finished()
+            else:
+                held = timed(lambda p=path: orbax.save(p, tree))[0]
+                orbax.wait_until_finished()
+            blocks[who].append(held)
+        for who, path in order:
+            fn = js_save(path) if who == "js" else ocp_save(path)
+            with orbax_timer() as inner:
+                samples[f"{who} save"].append(timed(fn)[0])
+            if who == "js":
+                own["save"].append(samples["js save"][-1] - inner[0])
+        for who, path in order:
+            restore = saver.restore if who == "js" else orbax.restore
+            with orbax_timer() as inner:
+                seconds, restored = timed(lambda p=path, f=restore: f(p, abstract))
+            samples[f"{who} restore"].append(seconds)
+            if who == "js":
+                own["restore"].append(seconds - inner[0])
+            check(same(restored, tree), f"{who} restore differs from the saved tree")
+        check(
+            same(saver.restore(os.path.join(d, "js-async"), abstract), tree),
+            "a non-blocking save did not restore to the saved tree",
+        )
+        shutil.rmtree(d)
+        if r == -1:
+            for s in (*samples.values(), *blocks.values(), *own.values()):
+                s.clear()
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    mbs = {k: size / 1e6 / v for k, v in med.items()}
+    for op in ("save", "restore"):
+        report.value(op, "jscope (js.Saver)", f"{mbs[f'js {op}']:.0f} MB/s")
+        report.value(op, "orbax (StandardCheckpointer)", f"{mbs[f'ocp {op}']:.0f} MB/s")
+        # The two contestants of a round run back to back, so the median of the
+        # per-round ratios is less sensitive to load drifting over the run.
+        js_s, ocp_s = samples[f"js {op}"], samples[f"ocp {op}"]
+        paired = [o / j for j, o in zip(js_s, ocp_s, strict=True)]
+        report.ratio(op, "jscope/orbax throughput", statistics.median(paired), 0.9)
+        report.value(
+            op,
+            "ratio of the median throughputs",
+            f"{mbs[f'js {op}'] / mbs[f'ocp {op}']:.3f}x",
+        )
+        share = 1e3 * statistics.median(own[op])
+        report.value(op, "jscope's own share (outside Orbax)", f"{share:.2f} ms")
+    js_ms = 1e3 * statistics.median(blocks["js"])
+    ocp_ms = 1e3 * statistics.median(blocks["ocp"])
+    report.limit("nonblocking", "js.Saver save(blocking=False)", js_ms, 10.0)
+    report.value("nonblocking", "orbax async save (reference)", f"{ocp_ms:.2f} ms")
+    own_ms = 1e3 * statistics.median(own["nonblocking"])
+    report.value(
+        "nonblocking", "jscope's own share (outside Orbax)", f"{own_ms:.2f} ms"
+    )
+
+
+# ------------------------------------------------------------- 4. fault test
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import jax.numpy as jnp
+    import jscope as js
+
+    directory, start, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    base = jnp.arange(n, dtype=jnp.float32)
+    saver = js.Saver(max_to_keep=2)
+    step = start
+    while True:
+        tree = {"params": {f"w{i}": base * (i + 1) + step for i in range(8)},
+                "state": {"step": jnp.array(step, jnp.int32)}}
+        saver.save(tree, directory + "/model", global_step=step)
+        print(f"saved {step}", flush=True)
+        step += 1
+    """
+)
+
+
+def expected_tree(step: int, n: int) -> dict:
+    base = np.arange(n, dtype=np.float32)
+    return {
+        "params": {f"w{i}": base * (i + 1) + step for i in range(8)},
+        "state": {"step": np.array(step, np.int32)},
+    }
+
+
+def bench_fault(report: Report, workdir: str, trials: int, mib: int) -> None:
+    n = mib * 2**20 // 4 // 8  # eight float32 arrays
+    directory = os.path.join(workdir, "fault")
+    os.makedirs(directory)
+    print(
+        f"\n[4] fault injection: {trials} SIGKILLs of a process saving a "
+        f"{8 * n * 4 / 2**20:.0f} MiB tree in a loop (max_to_keep=2)"
+    )
+    rng = random.Random(0)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    next_step, mid_save, mid_delete, restored = 0, 0, 0, 0
+    for trial in range(trials):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, directory, str(next_step), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            line = child.stdout.readline()
+            check(line.startswith("saved"), f"trial {trial}: child wrote {line!r}")
+            time.sleep(rng.uniform(0.0, 1.0))
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        latest = js.latest_checkpoint(directory)
+        check(latest is not None, f"trial {trial}: no checkpoint after the kill")
+        check(
+            os.path.isfile(os.path.join(latest, "_METADATA")),
+            f"trial {trial}: {latest} is not a complete checkpoint",
+        )
+        step = int(latest.rsplit("-", 1)[1])
+        check(step >= next_step, f"trial {trial}: latest is {latest}, an old one")
+        # What the kill interrupted: Orbax writes step s to "model-s<suffix>" and
+        # renames it when complete; old checkpoints are renamed to the same kind
+        # of name before they are deleted.
+        unfinished = {
+            int(name.split(suffix)[0].rsplit("-", 1)[1])
+            for name in os.listdir(directory)
+            if (suffix := ocp.utils.TMP_DIR_SUFFIX) in name
+        }
+        mid_save += step + 1 in unfinished
+        mid_delete += any(next_step - 2 <= s <= step - 2 for s in unfinished)
+        expected = expected_tree(step, n)
+        target = jax.tree.map(np.zeros_like, expected)
+        check(
+            same(js.Saver().restore(latest, target), expected),
+            f"trial {trial}: {latest} does not restore bit-exactly",
+        )
+        restored += 1
+        next_step = step + 1
+    report.value("fault", "SIGKILL trials", str(trials))
+    report.value("fault", "kills during a save (unfinished save left)", str(mid_save))
+    report.value(
+        "fault", "kills during a deletion (half-deleted left)", str(mid_delete)
+    )
+    report.value(
+        "fault", "latest checkpoint restored bit-exactly", f"{restored}/{trials}"
+    )
+    print(
+        f"FAULT trials={trials} mid_save={mid_save} mid_delete={mid_delete} "
+        f"restored={restored}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, seconds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--trials", type=int, default=None, help="SIGKILL trials")
+    parser.add_argument("--dir", default=None, help="where to write (default: temp)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 15)
+    trials = args.trials or (3 if args.quick else 24)
+    mib = 16 if args.quick else 256
+
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), orbax-checkpoint "
+        f"{ocp.__version__}, jscope {js.__version__}, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+    workdir = tempfile.mkdtemp(prefix="bench_checkpoint_", dir=args.dir)
+    report = Report()
+    try:
+        bench_throughput(report, workdir, rounds, mib)
+        bench_fault(report, workdir, trials, 32 if not args.quick else 8)
+    except CheckFailed as e:
+        print(f"\nCHECK FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n" + report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
