@@ -129,8 +129,9 @@ class Summary:
 
     def print_rich(self) -> None:
         """Prints the table with rich (falls back to plain text without rich)."""
-        try:
-            from rich.console import Console  # noqa: PLC0415 (optional dependency)
+        try:  # optional dependency; __rich__ needs rich.table too
+            from rich.console import Console  # noqa: PLC0415
+            from rich.table import Table  # noqa: F401, PLC0415
         except ImportError:
             print(self.to_text())
             return
