@@ -285,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
 
     key = jax.random.key(args.seed)
     example = jnp.zeros((1, 2), jnp.int32)
-    js.summary(language_model, key, cfg, example).print_rich()
+    summary = js.summary(language_model, key, cfg, example)
+    try:  # the same check as the progress bar's: rich or plain text
+        import rich.progress  # noqa: F401
+
+        summary.print_rich()
+    except ImportError:
+        print(summary)
     variables = js.init(language_model, key, cfg, example)
 
     params, losses = train(
