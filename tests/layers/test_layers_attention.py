@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import close, tree_close
+from layer_checks import init_fast as _init
+from layer_checks import jit_fast as _jit
 
 import jscope as js
 from jscope import layers
@@ -26,29 +29,11 @@ def _tol(dtype):
 
 
 def _close(a, b, dtype=F32):
-    np.testing.assert_allclose(
-        np.asarray(a, np.float32), np.asarray(b, np.float32), **_tol(dtype)
-    )
+    close(a, b, _tol(dtype))
 
 
 def _tree_close(a, b, dtype=F32):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert u.shape == w.shape
-        _close(u, w, dtype)
-
-
-# The test programs are tiny: compile them fast rather than optimise them.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def _jit(f):
-    return jax.jit(f, compiler_options=FAST)
-
-
-def _init(fn, *args, seed=0, **kwargs):
-    """`js.init` under one `jax.jit` (one compilation instead of one per op)."""
-    return _jit(lambda key: js.init(fn, key, *args, **kwargs))(jax.random.key(seed))
+    tree_close(a, b, _tol(dtype), same="shape")
 
 
 def _check_against(ours, theirs, args, dtype=F32):

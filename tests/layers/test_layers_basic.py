@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import close, path_match
 
 import jscope as js
 from jscope import errors, layers
@@ -31,14 +32,7 @@ def _tol(dtype):
 
 
 def _close(a, b, dtype=F32):
-    np.testing.assert_allclose(
-        np.asarray(a, np.float32), np.asarray(b, np.float32), **_tol(dtype)
-    )
-
-
-def path_match(phrase, path):
-    """A regex matching ``phrase`` and ``path`` in a message, in any order."""
-    return rf"(?s)(?=.*{re.escape(phrase)})(?=.*(?<![\w/]){re.escape(path)}\b)"
+    close(a, b, _tol(dtype))
 
 
 # ------------------------------------------------------------------- dropout

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from layer_checks import close, path_match, tree_close
 
 import jscope as js
 from jscope import errors, layers
@@ -44,21 +45,11 @@ def _tol(dtype):
 
 
 def _close(a, b, dtype=F32):
-    np.testing.assert_allclose(
-        np.asarray(a, np.float32), np.asarray(b, np.float32), **_tol(dtype)
-    )
+    close(a, b, _tol(dtype))
 
 
 def _tree_close(a, b, dtype=F32):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert u.dtype == w.dtype
-        _close(u, w, dtype)
-
-
-def path_match(phrase, path):
-    """A regex matching ``phrase`` and ``path`` in a message, in any order."""
-    return rf"(?s)(?=.*{re.escape(phrase)})(?=.*(?<![\w/]){re.escape(path)}\b)"
+    tree_close(a, b, _tol(dtype), same="dtype")
 
 
 def _loss(f, ct):

@@ -1,12 +1,11 @@
 """`layers.embedding` and `layers.embedding_attend` against Flax's ``nn.Embed``."""
 
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_checks import close, path_match
 
 import jscope as js
 from jscope import errors, layers
@@ -34,14 +33,7 @@ def _tol(dtype):
 
 
 def _close(a, b, dtype=F32):
-    np.testing.assert_allclose(
-        np.asarray(a, np.float32), np.asarray(b, np.float32), **_tol(dtype)
-    )
-
-
-def path_match(phrase, path):
-    """A regex matching ``phrase`` and ``path`` in a message, in any order."""
-    return rf"(?s)(?=.*{re.escape(phrase)})(?=.*(?<![\w/]){re.escape(path)}\b)"
+    close(a, b, _tol(dtype))
 
 
 def _init(f, *args):
