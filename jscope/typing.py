@@ -1,0 +1,65 @@
+"""Type aliases of jscope's public API, for annotations in user code and in jscope.
+
+Every alias is a plain `typing` construct over JAX's own types, so annotating with
+them needs nothing at run time:
+
+  >>> import jscope.typing as jst
+  >>> def my_dense(x, units: int, kernel_initializer: jst.Initializer | None = None):
+  ...     ...
+
+This module imports nothing from `jscope._src` at run time; `jscope/_src` imports
+from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import jax
+
+if TYPE_CHECKING:  # only for the type checker: no import cycle at run time
+    from jscope._src.scope import VariableScope, _AutoReuse
+
+__all__ = [
+    "ArrayLike",
+    "CustomGetter",
+    "DTypeLike",
+    "Initializer",
+    "InitializerLike",
+    "Regularizer",
+    "Reuse",
+    "Scope",
+    "Shape",
+    "VariableTree",
+]
+
+ArrayLike: TypeAlias = jax.typing.ArrayLike
+"""A value jscope accepts where an array is meant: arrays, NumPy and Python scalars."""
+
+DTypeLike: TypeAlias = jax.typing.DTypeLike
+"""A dtype as JAX accepts one: ``jnp.float32``, ``"bfloat16"``, ``np.int32``."""
+
+Shape: TypeAlias = Sequence[int | None]
+"""A variable's shape; None (whole, or in a dimension) matches any size on reuse."""
+
+Initializer: TypeAlias = Callable[..., jax.Array]
+"""``(key, shape, dtype[, out_sharding]) -> jax.Array``, as `jax.nn.initializers`."""
+
+InitializerLike: TypeAlias = "Initializer | ArrayLike"
+"""An initializer, or a concrete value that gives the variable its shape and dtype."""
+
+Regularizer: TypeAlias = Callable[[jax.Array], jax.Array]
+"""``(value) -> scalar`` loss term, summed by `js.get_regularization_loss`."""
+
+CustomGetter: TypeAlias = Callable[..., Any]
+"""``(getter, name, *args, **kwargs) -> value``, wrapping every `get_variable`."""
+
+Reuse: TypeAlias = "bool | _AutoReuse | None"
+"""A reuse flag: None/False (inherit, create), True (must exist), `AUTO_REUSE`."""
+
+Scope: TypeAlias = "str | VariableScope | None"
+"""What `variable_scope` opens: a name, a captured `VariableScope`, or None."""
+
+VariableTree: TypeAlias = dict[str, Any]
+"""A plain nested dict ``{collection: {scope: {...: {name: jax.Array}}}}``."""
