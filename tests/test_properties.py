@@ -242,8 +242,10 @@ class Model:
     - Entering a scope *by object* reopens its path, wherever we are; its flag is
       the argument if True or AUTO, else the object's. Like every entry it opens a
       new name scope, ``unique_name(<name scope>/<last path component>)`` (TF1),
-      and counts one opening of its path; leaving it restores the counts below
-      the path to what they were just after it was entered (DESIGN §3).
+      and counts one opening of its path; leaving it restores the whole count
+      store -- every path's count, not only those below its own -- to what it
+      was just after it was entered (DESIGN §3; TF1's
+      ``_pure_variable_scope.__exit__``).
     - ``reuse_variables()`` sets the open scope object's flag to True.
     - ``get_variable(name)`` at ``scope/name``: a path held by a `Variable` is
       invisible to it (with the flag True it "does not exist") and cannot be
@@ -344,10 +346,9 @@ class Model:
         last = path.rsplit("/", 1)[-1]
         name_scope = self.unique_name(_join(self.name_scope, last))
         self.counts[path] = self.counts.get(path, 0) + 1
-        saved = {k: v for k, v in self.counts.items() if _below(k, path)}
+        saved = dict(self.counts)  # TF1: copy.copy(variable_scopes_count)
         self._open(_ScopeObject(path, flag), name_scope, body)
-        self.counts = {k: v for k, v in self.counts.items() if not _below(k, path)}
-        self.counts.update(saved)
+        self.counts = saved
 
     # -- variables
 
@@ -664,6 +665,14 @@ DOCUMENTED = [
                 DefaultScope("d", None, (GetVar("v", (2,)),)),
             ),
         ),
+    ),
+    _case(
+        "leaving-by-object-restores-every-scopes-counts",
+        ["p/t/w"],
+        Scope("o", None, ()),
+        Scope("p", None, (Scope("t", None, ()),)),
+        Reenter(0, None, (Reenter(2, None, ()),)),
+        Scope("p", None, (DefaultScope("t", None, (_W,)),)),
     ),
     _case(
         "variable-names-are-uniquified",

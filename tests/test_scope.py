@@ -317,6 +317,50 @@ def test_leaving_a_scope_entered_by_object_restores_counts_below_it():
     assert names == ["outer/dense", "outer/dense_1", "outer/dense_2", "outer/dense_1"]
 
 
+def test_leaving_a_scope_entered_by_object_restores_every_scopes_counts():
+    # TF1 snapshots the whole count store after entering a scope by object and
+    # puts the snapshot back when leaving it: counts outside the scope (here
+    # `p/t`, reopened through its object inside `o`) come back too.
+    def f():
+        with vs("o") as o:
+            pass
+        with vs("p"), vs("t") as t:
+            pass
+        with vs(o), vs(t):
+            pass
+        with vs("p"), vs(None, default_name="t") as s:
+            first = s.name
+        with vs("p"), vs(t):
+            pass  # entered by object under `p`: leaving `p` forgets `p/t` again
+        with vs("p"), vs(None, default_name="t") as s:
+            return first, s.name
+
+    assert run(f)[0] == ("p/t", "p/t")
+
+
+def test_leaving_nested_scopes_entered_by_object_restores_in_turn():
+    def f():
+        out = []
+        with vs("o") as o:
+            pass
+        with vs("p") as p, vs("t") as t:
+            pass
+        with vs(o):
+            with vs(o), vs(t):
+                pass  # `p/t` opened once more until the inner `o` is left
+            with vs(p), vs(None, default_name="t") as s:
+                out.append(s.name)
+            with vs(t):
+                pass  # `p/t` opened once more until the outer `o` is left
+            with vs(p), vs(None, default_name="t") as s:
+                out.append(s.name)
+        with vs("p"), vs(None, default_name="t") as s:
+            out.append(s.name)
+        return out
+
+    assert run(f)[0] == ["p/t", "p/t_1", "p/t"]
+
+
 def test_root_counts_last_for_the_whole_run():
     def f():
         out = []
