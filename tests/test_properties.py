@@ -32,6 +32,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from helpers import examples
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
@@ -767,7 +768,7 @@ def test_documented_programs(program, expected):
     _check_init(program)
 
 
-@settings(max_examples=2500)
+@settings(max_examples=examples(12.5))
 @given(programs)
 def test_init_matches_model(program):
     note(to_source(program))
@@ -803,7 +804,7 @@ def _check_seen(seen, events, tree):
         np.testing.assert_array_equal(value, flat[path])
 
 
-@settings(max_examples=1000)
+@settings(max_examples=examples(5))
 @given(programs)
 def test_apply_reproduces_init(program):
     note(to_source(program))
@@ -872,7 +873,7 @@ def _swaps(draw_program):
     return strategy()
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(4))
 @given(_swaps(safe_programs))
 def test_values_do_not_depend_on_call_order(pair):
     program, swapped = pair
@@ -887,7 +888,7 @@ def test_values_do_not_depend_on_call_order(pair):
             np.testing.assert_array_equal(first[path], second[path], err_msg=path)
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(4))
 @given(programs, st.data())
 def test_an_unrelated_variable_changes_nothing_else(program, data):
     note(to_source(program))
@@ -905,7 +906,7 @@ def test_an_unrelated_variable_changes_nothing_else(program, data):
         np.testing.assert_array_equal(grown_flat[path], value, err_msg=path)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(2.5))
 @given(safe_programs, st.data())
 def test_flatten_unflatten_round_trip(program, data):
     note(to_source(program))
