@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 import jscope as js
 from jscope import errors
@@ -31,26 +32,13 @@ PATTERN = re.escape("[A-Za-z0-9_.\\-]+")
 # ----------------------------------------------------------------------- helpers
 
 
-def assert_same(a, b):
-    """Asserts two run outputs are equal: same structure, leaves and dtypes."""
-    leaves_a, def_a = jax.tree.flatten(a)
-    leaves_b, def_b = jax.tree.flatten(b)
-    assert def_a == def_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        if isinstance(x, jax.Array | np.ndarray):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(x, y)
-        else:
-            assert x is y or x == y
-
-
 def run(fn, *args):
     """Runs ``fn`` at init, then at apply on the tree init made.
 
     Both runs must return the same output. Returns ``(output, variables)``.
     """
     out, variables = js.init_with_output(fn, KEY, *args)
-    assert_same(out, js.apply(fn, variables, *args))
+    assert_trees_equal(out, js.apply(fn, variables, *args))
     return out, variables
 
 
