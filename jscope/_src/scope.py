@@ -120,11 +120,20 @@ class VariableScope:
         self.custom_getter = custom_getter
 
     def get_variable(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """`js.get_variable` with ``name`` taken relative to this scope."""
+        """`js.get_variable` with ``name`` taken relative to this scope.
+
+        As in TF1, the variable is made under this scope's path, flag and
+        defaults without entering the scope: no default-name count, no name scope.
+        """
         from jscope._src.variables import get_variable  # noqa: PLC0415 (cycle)
 
-        with variable_scope(self):
+        frame = context.current()
+        caller = frame.scope
+        frame.scope = self
+        try:
             return get_variable(name, *args, **kwargs)
+        finally:
+            frame.scope = caller
 
     def __repr__(self) -> str:
         return f"VariableScope(name={self.name!r}, reuse={self._reuse!r})"
