@@ -5,8 +5,8 @@ import pickle
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from helpers import as_numpy, assert_trees_equal, dict_ids
 
 import jscope as js
 from jscope import errors
@@ -44,30 +44,6 @@ EXPECTED_BUILTIN = {
 }
 
 CLASS_NAMES = sorted(n for n in errors.__all__ if n != "JscopeError")
-
-
-def as_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-def assert_trees_equal(a, b):
-    assert isinstance(a, dict) and isinstance(b, dict)
-    assert list(a) == list(b)
-    for k in a:
-        if isinstance(a[k], dict):
-            assert_trees_equal(a[k], b[k])
-        else:
-            x, y = np.asarray(a[k]), np.asarray(b[k])
-            assert x.dtype == y.dtype and x.shape == y.shape, k
-            np.testing.assert_array_equal(x, y)
-
-
-def dict_ids(tree, prefix=""):
-    out = {prefix: id(tree)}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(dict_ids(v, f"{prefix}/{k}"))
-    return out
 
 
 # ---------------------------------------------------------------------- classes

@@ -1,13 +1,12 @@
 """The example scripts run, and print what they promise."""
 
 import importlib.util
-import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+from helpers import run_script
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 SEED_TOUR = EXAMPLES / "seed_tour.py"
@@ -15,18 +14,7 @@ SEED_TOUR = EXAMPLES / "seed_tour.py"
 
 @pytest.fixture(scope="module")
 def seed_tour_output():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run(
-        [sys.executable, str(SEED_TOUR)],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_script(SEED_TOUR, timeout=120).stdout
 
 
 def test_seed_tour_counts_to_ten(seed_tour_output):

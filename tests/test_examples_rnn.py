@@ -2,13 +2,12 @@
 
 import importlib.util
 import math
-import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+from helpers import run_script
 
 CHAR_RNN = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_rnn.py"
 
@@ -18,18 +17,7 @@ EPOCH_LINE = re.compile(r"mean loss: first epoch ([0-9.]+) -> last epoch ([0-9.]
 
 @pytest.fixture(scope="module")
 def smoke_output():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run(
-        [sys.executable, str(CHAR_RNN), "--smoke"],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=env,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_script(CHAR_RNN, "--smoke", timeout=180).stdout
 
 
 def _losses(output):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_no_shared_dicts, assert_trees_equal, dict_ids
 
 import jscope as js
 
@@ -75,39 +76,6 @@ def _x(batch=4, seed=1):
 # ----------------------------------------------------------------------- helpers
 
 
-def _dicts(node, path=""):
-    """Every dict in a tree, keyed by its path."""
-    out = {path: node}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_dicts(v, f"{path}/{k}"))
-    return out
-
-
-def assert_trees_equal(a, b, ordered=True):
-    """Same nesting, same keys (in the same order), every array equal.
-
-    Trees that come back through a JAX transform (`jax.jit`, `jax.vmap`, ...) have
-    their dict keys sorted by JAX's pytree handling: compare those unordered.
-    """
-    assert isinstance(a, dict) and isinstance(b, dict)
-    assert (list(a) if ordered else sorted(a)) == (list(b) if ordered else sorted(b))
-    for k in a:
-        if isinstance(a[k], dict):
-            assert_trees_equal(a[k], b[k], ordered)
-        else:
-            assert not isinstance(b[k], dict), k
-            assert np.shape(a[k]) == np.shape(b[k]), k
-            assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype, k
-            assert np.array_equal(a[k], b[k]), k
-
-
-def assert_no_shared_dicts(a, b):
-    ids_a = {id(d) for d in _dicts(a).values()}
-    ids_b = {id(d) for d in _dicts(b).values()}
-    assert not ids_a & ids_b
-
-
 # -------------------------------------------------------------- immutability
 
 
@@ -126,12 +94,12 @@ def test_apply_never_mutates_its_input(fn, mutable):
     x = _x()
     variables = js.init(mlp_with_counter, _key(), x)
     before = copy.deepcopy(variables)
-    ids_before = {p: id(d) for p, d in _dicts(variables).items()}
+    ids_before = dict_ids(variables)
 
     result = js.apply(fn, variables, x, mutable=mutable)
 
     assert_trees_equal(variables, before)
-    assert {p: id(d) for p, d in _dicts(variables).items()} == ids_before
+    assert dict_ids(variables) == ids_before
     out = result[0] if mutable else result
     np.testing.assert_allclose(
         out, plain_mlp(before["params"], x), rtol=1e-6, atol=1e-6
@@ -169,11 +137,11 @@ def test_apply_that_raises_leaves_its_input_untouched():
     x = _x()
     variables = js.init(mlp_with_counter, _key(), x)
     before = copy.deepcopy(variables)
-    ids_before = {p: id(d) for p, d in _dicts(variables).items()}
+    ids_before = dict_ids(variables)
     with pytest.raises(RuntimeError, match="boom"):
         js.apply(fn, variables, x, mutable=True)
     assert_trees_equal(variables, before)
-    assert {p: id(d) for p, d in _dicts(variables).items()} == ids_before
+    assert dict_ids(variables) == ids_before
 
 
 def test_init_returns_fresh_trees():

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 import jscope as js
 from jscope import errors
@@ -31,26 +32,13 @@ PATTERN = re.escape("[A-Za-z0-9_.\\-]+")
 # ----------------------------------------------------------------------- helpers
 
 
-def assert_same(a, b):
-    """Asserts two run outputs are equal: same structure, leaves and dtypes."""
-    leaves_a, def_a = jax.tree.flatten(a)
-    leaves_b, def_b = jax.tree.flatten(b)
-    assert def_a == def_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        if isinstance(x, jax.Array | np.ndarray):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(x, y)
-        else:
-            assert x is y or x == y
-
-
 def run(fn, *args):
     """Runs ``fn`` at init, then at apply on the tree init made.
 
     Both runs must return the same output. Returns ``(output, variables)``.
     """
     out, variables = js.init_with_output(fn, KEY, *args)
-    assert_same(out, js.apply(fn, variables, *args))
+    assert_trees_equal(out, js.apply(fn, variables, *args))
     return out, variables
 
 
@@ -315,6 +303,50 @@ def test_leaving_a_scope_entered_by_object_restores_counts_below_it():
 
     names, _ = run(f)
     assert names == ["outer/dense", "outer/dense_1", "outer/dense_2", "outer/dense_1"]
+
+
+def test_leaving_a_scope_entered_by_object_restores_every_scopes_counts():
+    # TF1 snapshots the whole count store after entering a scope by object and
+    # puts the snapshot back when leaving it: counts outside the scope (here
+    # `p/t`, reopened through its object inside `o`) come back too.
+    def f():
+        with vs("o") as o:
+            pass
+        with vs("p"), vs("t") as t:
+            pass
+        with vs(o), vs(t):
+            pass
+        with vs("p"), vs(None, default_name="t") as s:
+            first = s.name
+        with vs("p"), vs(t):
+            pass  # entered by object under `p`: leaving `p` forgets `p/t` again
+        with vs("p"), vs(None, default_name="t") as s:
+            return first, s.name
+
+    assert run(f)[0] == ("p/t", "p/t")
+
+
+def test_leaving_nested_scopes_entered_by_object_restores_in_turn():
+    def f():
+        out = []
+        with vs("o") as o:
+            pass
+        with vs("p") as p, vs("t") as t:
+            pass
+        with vs(o):
+            with vs(o), vs(t):
+                pass  # `p/t` opened once more until the inner `o` is left
+            with vs(p), vs(None, default_name="t") as s:
+                out.append(s.name)
+            with vs(t):
+                pass  # `p/t` opened once more until the outer `o` is left
+            with vs(p), vs(None, default_name="t") as s:
+                out.append(s.name)
+        with vs("p"), vs(None, default_name="t") as s:
+            out.append(s.name)
+        return out
+
+    assert run(f)[0] == ["p/t", "p/t_1", "p/t"]
 
 
 def test_root_counts_last_for_the_whole_run():

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal, path_match
 
 import jscope as js
 from jscope import errors
@@ -43,26 +44,6 @@ RUNNERS = [_identity, jax.jit]
 RUNNER_IDS = ["eager", "jit"]
 
 
-def assert_trees_equal(a, b, exact=True, ordered=True):
-    """Same nesting, keys (in order), dtypes, shapes and values.
-
-    ``jax.jit`` returns dicts with sorted keys: pass ``ordered=False`` for them.
-    """
-    assert isinstance(a, dict) and isinstance(b, dict), (a, b)
-    assert (list(a) == list(b)) if ordered else (sorted(a) == sorted(b))
-    for k in a:
-        if isinstance(a[k], dict):
-            assert_trees_equal(a[k], b[k], exact, ordered)
-        else:
-            x, y = np.asarray(a[k]), np.asarray(b[k])
-            assert x.dtype == y.dtype, k
-            assert x.shape == y.shape, k
-            if exact:
-                np.testing.assert_array_equal(x, y, err_msg=k)
-            else:
-                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=k)
-
-
 def assert_close(a, b):
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(
@@ -75,12 +56,6 @@ def assert_close(a, b):
 
 def shapes(tree):
     return jax.tree.map(lambda a: (a.shape, a.dtype), tree)
-
-
-def path_match(phrase, path):
-    """A regex matching ``phrase`` and the full ``path`` in a message, any order."""
-    full = rf"(?<![\w./-]){re.escape(path)}(?![\w/-])"
-    return rf"(?s)(?=.*{re.escape(phrase)})(?=.*{full})"
 
 
 # ------------------------------------------------------------------ the RNN

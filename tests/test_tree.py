@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,20 +17,6 @@ import jscope as js
 from jscope import errors
 
 KEY = jax.random.key(0)
-
-
-def assert_tree_equal(a, b):
-    """Same nested structure, same key order at every level, equal leaves."""
-    assert isinstance(a, dict) == isinstance(b, dict)
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        for k in a:
-            assert_tree_equal(a[k], b[k])
-    elif isinstance(a, jax.Array | np.ndarray):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 def sample_tree():
@@ -76,7 +63,7 @@ def test_flatten_rejects_non_trees(bad):
 
 def test_unflatten_builds_nested_dicts_in_path_order():
     flat = {"params/n2/W": 1, "params/n1/w": 2, "params/n2/b": 3, "state/c": 4}
-    assert_tree_equal(
+    assert_trees_equal(
         js.unflatten(flat),
         {"params": {"n2": {"W": 1, "b": 3}, "n1": {"w": 2}}, "state": {"c": 4}},
     )
@@ -84,13 +71,13 @@ def test_unflatten_builds_nested_dicts_in_path_order():
 
 def test_unflatten_takes_pairs():
     pairs = (p for p in [("a/x", 1), ("b", 2), ("a/y", 3)])
-    assert_tree_equal(js.unflatten(pairs), {"a": {"x": 1, "y": 3}, "b": 2})
+    assert_trees_equal(js.unflatten(pairs), {"a": {"x": 1, "y": 3}, "b": 2})
 
 
 def test_round_trip_from_tree():
     tree = sample_tree()
     back = js.unflatten(js.flatten(tree))
-    assert_tree_equal(back, tree)
+    assert_trees_equal(back, tree)
     assert back is not tree
     assert back["params"] is not tree["params"]
 
@@ -109,7 +96,7 @@ def test_round_trip_of_an_init_tree():
         js.get_variable("step", (), jnp.int32)
 
     tree = js.init(f, KEY)
-    assert_tree_equal(js.unflatten(js.flatten(tree)), tree)
+    assert_trees_equal(js.unflatten(js.flatten(tree)), tree)
 
 
 KEYS = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1)
@@ -124,9 +111,9 @@ TREES = st.recursive(
 def test_round_trip_property(tree):
     before = copy.deepcopy(tree)
     flat = js.flatten(tree)
-    assert_tree_equal(js.unflatten(flat), tree)
+    assert_trees_equal(js.unflatten(flat), tree)
     assert list(js.flatten(js.unflatten(flat)).items()) == list(flat.items())
-    assert_tree_equal(tree, before)
+    assert_trees_equal(tree, before)
 
 
 # ------------------------------------------------------------- creation order
@@ -222,7 +209,7 @@ def test_flatten_leaves_its_input_unchanged():
     flat = js.flatten(tree)
     flat["params/new"] = jnp.zeros(1)
     del flat["params/n2/W"]
-    assert_tree_equal(tree, before)
+    assert_trees_equal(tree, before)
 
 
 def test_unflatten_leaves_its_input_unchanged():

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import as_numpy, assert_trees_equal, dict_ids
 
 import jscope as js
 from jscope import errors
@@ -31,33 +32,6 @@ MSG_NOT_FOUND = (
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def as_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-def assert_trees_equal(a, b):
-    """Same nesting, keys (in order), dtypes, shapes and values."""
-    assert isinstance(a, dict) and isinstance(b, dict)
-    assert list(a) == list(b)
-    for k in a:
-        if isinstance(a[k], dict):
-            assert_trees_equal(a[k], b[k])
-        else:
-            x, y = np.asarray(a[k]), np.asarray(b[k])
-            assert x.dtype == y.dtype, k
-            assert x.shape == y.shape, k
-            np.testing.assert_array_equal(x, y)
-
-
-def dict_ids(tree):
-    """The ids of every dict in a tree, with their paths."""
-    out = {"": id(tree)}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update({f"{k}/{p}".rstrip("/"): i for p, i in dict_ids(v).items()})
-    return out
 
 
 def uniform_limit(fan_in, fan_out):

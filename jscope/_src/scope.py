@@ -120,11 +120,20 @@ class VariableScope:
         self.custom_getter = custom_getter
 
     def get_variable(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """`js.get_variable` with ``name`` taken relative to this scope."""
+        """`js.get_variable` with ``name`` taken relative to this scope.
+
+        As in TF1, the variable is made under this scope's path, flag and
+        defaults without entering the scope: no default-name count, no name scope.
+        """
         from jscope._src.variables import get_variable  # noqa: PLC0415 (cycle)
 
-        with variable_scope(self):
+        frame = context.current()
+        caller = frame.scope
+        frame.scope = self
+        try:
             return get_variable(name, *args, **kwargs)
+        finally:
+            frame.scope = caller
 
     def __repr__(self) -> str:
         return f"VariableScope(name={self.name!r}, reuse={self._reuse!r})"
@@ -297,13 +306,10 @@ class variable_scope:  # noqa: N801 (TF1's name)
             else:
                 name_scope = frame.name_scope
                 original = name_scope + "/" if name_scope else ""
-        node = frame.counts.node(name)
-        node.count += 1
-        if by_object:
-            self._saved_counts = (node, node.children)
-            node.children = {k: v.copy() for k, v in node.children.items()}
-        else:
-            self._saved_counts = (node, None)
+        frame.counts.node(name).count += 1
+        # TF1's `_pure_variable_scope`: entering by object snapshots the whole
+        # count store, just after counting this opening.
+        self._saved_counts = frame.counts.copy() if by_object else None
         new = VariableScope(flag, name, init, reg, dtype, getter, original)
         self._new = new
         frame.scope = new
@@ -313,10 +319,17 @@ class variable_scope:  # noqa: N801 (TF1's name)
     def __exit__(self, *exc_info: Any) -> None:
         frame = self._frame
         frame.scope, frame.name_scope = self._saved
-        node, saved_children = self._saved_counts
-        # Leaving a scope entered by name forgets the counts below it (TF1);
-        # leaving one entered by object restores them.
-        node.children = {} if saved_children is None else saved_children
+        saved = self._saved_counts
+        self._saved_counts = None
+        if saved is None:
+            # Leaving a scope entered by name forgets the counts below it (TF1's
+            # `close_variable_subscopes`), found by path: a scope entered by
+            # object inside may have put back another copy of the store.
+            frame.counts.node(self._new.name).children = {}
+        else:
+            # Leaving one entered by object puts the whole store back as it was
+            # just after entry: every scope's counts, not only those below it.
+            frame.counts = saved
         self._frame = None
 
 

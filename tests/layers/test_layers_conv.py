@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import path_match
 from jax import lax
-from layer_checks import close, path_match, tree_close
+from layer_checks import close, tree_close
 
 import jscope as js
 from jscope import errors, layers

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import close, path_match, tree_close
+from helpers import path_match
+from layer_checks import close, tree_close
 
 import jscope as js
 from jscope import errors, layers

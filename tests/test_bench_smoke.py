@@ -1,0 +1,221 @@
+"""Smoke test: every benchmark runs end to end (``--quick``) and reports every line.
+
+Each benchmark is one `Bench` of the table below: the lines its report must
+contain (a missing line means a benchmark stopped running or stopped reporting)
+and the checks its numbers must pass. Every script exits with 1 when one of its
+own correctness checks fails, printing ``CHECK FAILED``; both are asserted for
+all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from collections.abc import Callable
+
+import pytest
+from helpers import ROOT, run_script
+
+TMP = "<tmp>"  # replaced by the test's temporary directory in `Bench.args`
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """A benchmark script and what its quick run must report.
+
+    Attributes:
+      script: The file in ``benchmarks/``.
+      args: Its arguments after ``--quick``; `TMP` stands for a fresh directory.
+      lines: Substrings its stdout must contain.
+      check: ``check(stdout, out, tmp)`` with ``out`` stdout and stderr together
+        and ``tmp`` the directory given as `TMP`: further assertions.
+    """
+
+    script: str
+    args: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()
+    check: Callable[[str, str, pathlib.Path], None] | None = None
+
+
+# --------------------------------------------------------------------- core
+# Exit code 1: contestants disagreeing on outputs or shapes, or jscope's jitted
+# step compiling to different HLO.
+
+
+def _core(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    # The HLO comparison ran and found equal flops and instruction counts.
+    assert "| jit_step | flops (jscope, hand) |" in stdout
+    assert "| jit_step | HLO instructions (jscope, hand) |" in stdout
+
+
+CORE = Bench(
+    "bench_core.py",
+    lines=(
+        "RATIO init_trace jscope/haiku = ",
+        "RATIO init_trace jscope/flax core = ",
+        "RATIO apply_eager jscope/hand-written = ",
+        "RATIO jit_step jscope/hand-written = ",
+        "RATIO get_variable reads jscope/hand-written = ",
+    ),
+    check=_core,
+)
+
+# --------------------------------------------------------------- checkpoint
+# Exit code 1: a restored tree differed from the saved one, or a killed save
+# left no readable checkpoint.
+
+
+def _checkpoint(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    fault = re.search(
+        r"^FAULT trials=(\d+) mid_save=\d+ mid_delete=\d+ restored=(\d+)$",
+        stdout,
+        re.M,
+    )
+    assert fault and fault.group(1) == fault.group(2) == "3", out
+    assert os.listdir(tmp) == []  # the script cleans up after itself
+
+
+CHECKPOINT = Bench(
+    "bench_checkpoint.py",
+    args=("--dir", TMP),
+    lines=(
+        "RATIO save jscope/orbax throughput = ",
+        "RATIO restore jscope/orbax throughput = ",
+        "BLOCK nonblocking js.Saver save(blocking=False) = ",
+        "| save | jscope (js.Saver) | ",
+        "| restore | orbax (StandardCheckpointer) | ",
+    ),
+    check=_checkpoint,
+)
+
+# ------------------------------------------------------------------- layers
+# Exit code 1: a contestant's variables, loss, updated params or moving
+# averages differ, or the compiled steps no longer do the same arithmetic.
+
+MATCHED = ["jscope", "flax linen", "haiku", "hand-written"]
+STOCK = ["flax linen (stock BatchNorm)", "haiku (stock BatchNorm, hk.dropout)"]
+
+
+def _flops(output):
+    rows = re.findall(
+        r"^\| train_step \| flops (.+?) \| (\d+) \(([+-]\d+)\), (\d+) HLO instructions",
+        output,
+        re.MULTILINE,
+    )
+    return {name: (int(f), int(diff), int(n)) for name, f, diff, n in rows}
+
+
+def _layers(output: str, out: str, tmp: pathlib.Path) -> None:
+    # The checks ran before timing.
+    assert re.search(r"flax, haiku and jscope make the same 14 variables", output)
+    assert "agree with the hand-written step for every contestant" in output
+
+    # jscope compiles to the hand-written step.
+    flops = _flops(output)
+    assert set(flops) == set(MATCHED + STOCK), output
+    js_flops, diff, js_hlo = flops["jscope"]
+    assert js_flops > 0 and diff == 0 and js_hlo > 0
+    assert flops["hand-written"] == flops["jscope"]
+    for name in ("flax linen", "haiku"):  # only their dropout keys may differ
+        assert abs(flops[name][0] - js_flops) < 64 * 10, flops
+    for f, d, _ in flops.values():
+        assert f - js_flops == d
+
+    # Every contestant's step time and ratio to the fastest are reported.
+    for name in MATCHED + STOCK:
+        time_row = rf"^\| train_step \| {re.escape(name)} \| [0-9.]+ us/step \|"
+        assert re.search(time_row, output, re.MULTILINE), output
+        ratio = re.search(
+            rf"^RATIO train_step {re.escape(name)}/fastest \((.+?)\) = ([0-9.]+) (.*)$",
+            output,
+            re.MULTILINE,
+        )
+        assert ratio, output
+        fastest, value, verdict = ratio.groups()
+        assert fastest in MATCHED
+        assert float(value) > 0
+        if name == "jscope":
+            assert re.fullmatch(r"\(target <= 1\.02\) (PASS|FAIL)", verdict)
+        else:
+            assert verdict == "(info)"
+
+    # The fastest has ratio one.
+    fastest = re.search(r"^RATIO train_step jscope/fastest \((.+?)\)", output, re.M)
+    line = re.search(
+        rf"^RATIO train_step {re.escape(fastest.group(1))}/fastest \(.+?\) = "
+        r"([0-9.]+)",
+        output,
+        re.MULTILINE,
+    )
+    assert float(line.group(1)) == 1.0
+
+    # The summary of a thousand variables is timed.
+    line = re.search(r"^SUMMARY 1000 variables = ([0-9.]+) ms", output, re.M)
+    assert line, output
+    assert float(line.group(1)) > 0
+
+
+LAYERS = Bench("bench_layers.py", check=_layers)
+
+# --------------------------------------------------------------------- scan
+# Exit code 1: a contestant's loss or gradients differ from the plain jax.numpy
+# loop, or its params' shapes.
+
+CONTESTANTS = ["js.scan", "unrolled", "flax nn.scan", "haiku layer_stack"]
+SCAN_RATIOS = (
+    "RATIO compile js.scan 64/4 = ",
+    "RATIO compile unrolled 64/4 = ",
+    "RATIO compile flax nn.scan 64/4 = ",
+    "RATIO compile haiku layer_stack 64/4 = ",
+    "RATIO compile js.scan/unrolled at 64 = ",
+    "RATIO step js.scan/unrolled depth 16 = ",
+)
+
+
+def _scan(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    for line in SCAN_RATIOS:
+        value = re.search(re.escape(line) + r"([0-9.]+)", stdout)
+        assert value and float(value.group(1)) > 0, line
+
+    # The numerics check ran at every depth, for every contestant.
+    for depth in (4, 16, 64):
+        assert re.search(rf"depth +{depth}: loss js\.scan [0-9.]+, unrolled", out)
+
+    # The compile table has one row per depth and contestant, and js.scan's
+    # compiled step does not grow with depth while the unrolled one does.
+    hlo = {}
+    for depth in (4, 16, 64):
+        for name in CONTESTANTS:
+            row = re.search(
+                rf"^\| {depth} \| {re.escape(name)} (\| \d+ ){{4}}\| (\d+) \|$",
+                stdout,
+                re.MULTILINE,
+            )
+            assert row, f"no compile row for {name} at depth {depth}:\n{out}"
+            hlo[depth, name] = int(row.group(2))
+    assert hlo[4, "js.scan"] == hlo[16, "js.scan"] == hlo[64, "js.scan"]
+    assert hlo[4, "unrolled"] < hlo[16, "unrolled"] < hlo[64, "unrolled"]
+
+
+SCAN = Bench("bench_scan.py", lines=SCAN_RATIOS, check=_scan)
+
+BENCHES = {"core": CORE, "checkpoint": CHECKPOINT, "layers": LAYERS, "scan": SCAN}
+
+
+def test_every_benchmark_script_is_in_the_table():
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("bench_*.py")}
+    assert scripts == {bench.script for bench in BENCHES.values()}
+
+
+@pytest.mark.parametrize("bench", list(BENCHES.values()), ids=list(BENCHES))
+def test_quick_run_reports_every_line(bench: Bench, tmp_path: pathlib.Path):
+    args = [str(tmp_path) if a == TMP else a for a in bench.args]
+    proc = run_script(ROOT / "benchmarks" / bench.script, "--quick", *args)
+    out = proc.stdout + proc.stderr
+    assert "CHECK FAILED" not in out
+    missing = [line for line in bench.lines if line not in proc.stdout]
+    assert not missing, f"missing lines {missing} in:\n{out}"
+    if bench.check is not None:
+        bench.check(proc.stdout, out, tmp_path)
