@@ -22,6 +22,7 @@ _TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
 # jax's own initializers that ignore their key: no key is derived for them.
 _KEYLESS = (jax.nn.initializers.zeros, jax.nn.initializers.ones)
 
+
 def path_key(rng: jax.Array, path: str) -> jax.Array:
     """The key of the variable at ``path``: ``fold_in(rng, stable_hash(path))``.
 
