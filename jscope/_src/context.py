@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import enum
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from jscope import errors
 from jscope._src import names
@@ -173,11 +173,11 @@ class Frame:
         rng: Any = None,
         rngs: Any = None,
         given_tree: dict[str, Any] | None = None,
-        mutable: frozenset[str] | bool = False,
+        mutable: frozenset[str] | Literal[True] = frozenset(),
     ):
         self.is_run = is_run
         self.initializing = initializing
-        self.mutable = mutable
+        self.mutable: frozenset[str] | Literal[True] = mutable
         self.trace_state = trace_state() if is_run else None
         self.scope = scope
         self.name_scope = ""

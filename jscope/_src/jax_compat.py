@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 try:  # jax >= 0.7
@@ -81,7 +82,7 @@ def fold_in(key: jax.Array, data: int) -> jax.Array:
         _raw_fold_in is not None
         and isinstance(key, jax.Array)
         and key.ndim == 0
-        and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     ):
         return _raw_fold_in(key, np.uint32(data))
     return jax.random.fold_in(key, data)

@@ -29,7 +29,7 @@ runs once per trace of a body.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,7 @@ class Lift:
         index: Any,
         length: int | None,
         shared: dict[str, Any],
-        parent: context.Crossing | None,
+        parent: Lift | None,
         discovering: bool = False,
         may_create: bool = True,
     ):
@@ -341,6 +341,11 @@ class LiftedCall:
         self.makes: dict[str, tuple] = {}  # of the last pass's stacked variables
 
     @property
+    def parent(self) -> Lift | None:
+        """The lift of the transform this one is nested in, or None."""
+        return cast("Lift | None", self.outer.lift)  # only Lifts are installed
+
+    @property
     def initializing(self) -> bool:
         """Whether the run is `js.init`."""
         return self.outer.initializing
@@ -351,7 +356,7 @@ class LiftedCall:
             axes=self.axes,
             split=self.split,
             length=self.length,
-            parent=self.outer.lift,
+            parent=self.parent,
             **kwargs,
         )
 
@@ -490,8 +495,8 @@ class LiftedCall:
                 value = outer.given_tree[coll][path]
             elif path in crossed.created:
                 value = jnp.moveaxis(crossed.created[path], 0, axes[coll])
-                if outer.lift is not None:
-                    value = outer.lift.take_nested(
+                if self.parent is not None:
+                    value = self.parent.take_nested(
                         outer, path, coll, value, axes[coll], nested
                     )
             else:

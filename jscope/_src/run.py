@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
@@ -29,7 +30,7 @@ def _check_key(rng: Any, where: str) -> None:
     """Raises `RngTypeError` unless ``rng`` is a typed key or legacy key data."""
     dtype = getattr(rng, "dtype", None)
     if dtype is not None and hasattr(rng, "ndim"):
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
             return
         if dtype == np.uint32 and rng.ndim >= 1:  # jax.random.PRNGKey(0)'s data
             return
@@ -129,7 +130,7 @@ def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
     return init_with_output(fn, rng, *args, **kwargs)[1]
 
 
-def _mutable_set(mutable: Any) -> frozenset[str] | bool:
+def _mutable_set(mutable: Any) -> frozenset[str] | Literal[True]:
     if mutable is True:
         return True
     if mutable is False or mutable is None:
