@@ -30,9 +30,11 @@ __all__ = [
     "NotMutableError",
     "PathConflictError",
     "ReuseFlagError",
+    "RngTypeError",
     "ScopeArgumentError",
     "ShapeMismatchError",
     "UninitializedVariableError",
+    "UnknownCollectionWarning",
     "UnsupportedArgumentError",
     "VariableExistsError",
     "VariableNotFoundError",
@@ -135,6 +137,19 @@ class LiftError(JscopeError, ValueError):
 
     For example a bad ``variable_axes``, a body that creates different variables
     on different passes, or branches of `js.cond` that use different variables.
+    """
+
+
+class RngTypeError(JscopeError, TypeError):
+    """The rng given to `js.init` or `js.apply` is not a JAX key (an int, say)."""
+
+
+class UnknownCollectionWarning(JscopeError, UserWarning):
+    """`js.apply`'s ``mutable`` names a collection the tree lacks, likely misspelt.
+
+    Nothing can be assigned in such a collection (apply creates no variable),
+    so nothing comes back for it. Only names close to a collection the tree
+    has are reported (``"stat"`` for ``"state"``).
     """
 
 

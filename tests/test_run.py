@@ -10,6 +10,8 @@ import copy
 import gc
 import hashlib
 import os
+import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -841,3 +843,103 @@ def test_assigning_a_collection_that_is_not_mutable_under_jit():
     step = jax.jit(lambda v, x: js.apply(mlp_with_counter, v, x, mutable=["params"]))
     with pytest.raises(js.errors.NotMutableError, match=r"stats/counter.*'state'"):
         step(variables, x)
+
+
+# -------------------------------------------------- keys and mutable, checked
+
+
+@pytest.mark.parametrize(
+    "rng, found",
+    [
+        (0, "int 0"),
+        (True, "bool True"),
+        (1.5, "float 1.5"),
+        ("key", "str 'key'"),
+        (np.uint32(0), "shape () and dtype uint32"),
+        (jnp.uint32(7), "shape () and dtype uint32"),
+        (jnp.arange(2, dtype=jnp.int32), "shape (2,) and dtype int32"),
+        (np.zeros(2, np.float32), "shape (2,) and dtype float32"),
+    ],
+)
+def test_init_with_a_seed_instead_of_a_key_names_jax_random_key(rng, found):
+    with pytest.raises(js.errors.RngTypeError, match=re.escape(found)) as info:
+        js.init(mlp, rng, _x())
+    assert isinstance(info.value, TypeError)
+    assert "jax.random.key(0)" in str(info.value)
+    assert "js.init's rng" in str(info.value)
+
+
+def test_a_seed_in_a_dict_of_rngs_names_the_stream():
+    with pytest.raises(js.errors.RngTypeError, match=r"rng\['dropout'\] got int 3"):
+        js.init(mlp, {"params": _key(), "dropout": 3}, _x())
+    with pytest.raises(js.errors.RngTypeError, match=r"rng\['params'\] got int 0"):
+        js.init(mlp, {"params": 0}, _x())
+
+
+def test_apply_with_a_seed_as_rngs_names_jax_random_key():
+    variables = js.init(mlp, _key(), _x())
+    with pytest.raises(js.errors.RngTypeError, match=r"js.apply's rngs got int 0"):
+        js.apply(mlp, variables, _x(), rngs=0)
+    with pytest.raises(js.errors.RngTypeError, match=r"rngs\['dropout'\] got"):
+        js.apply(mlp, variables, _x(), rngs={"dropout": 1})
+
+
+def test_legacy_raw_keys_and_traced_keys_are_still_keys():
+    x = _x()
+    legacy = js.init(mlp, jax.random.PRNGKey(0), x)
+    typed = js.init(mlp, jax.random.wrap_key_data(jax.random.PRNGKey(0)), x)
+    assert_trees_equal(legacy, typed)
+    shapes = jax.eval_shape(lambda k: js.init(mlp, k, x), _key())
+    assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(jnp.shape, typed)
+    out = js.apply(mlp, typed, x, rngs={"dropout": None})  # None: no key, no error
+    np.testing.assert_allclose(out, js.apply(mlp, typed, x), rtol=0, atol=0)
+
+
+def test_mutable_naming_a_misspelt_collection_warns_with_the_collections():
+    x = _x()
+    variables = js.init(mlp_with_counter, _key(), x)
+    with pytest.warns(js.errors.UnknownCollectionWarning) as record:
+        out, updated = js.apply(
+            mlp_with_counter, variables, x, mutable=["stat", "state", "batch"]
+        )
+    (warning,) = record  # 'batch' is close to no collection: not reported
+    message = str(warning.message)
+    assert "names 'stat'" in message and "['params', 'state']" in message
+    assert "did you mean 'state'?" in message and "batch" not in message
+    assert warning.filename == __file__  # points at the caller of js.apply
+    assert int(updated["state"]["stats"]["counter"]) == 1  # 'state' still updated
+    np.testing.assert_allclose(out, plain_mlp(variables["params"], x), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mutable", [True, ["state"], "params", [], ["state", "batch_norm"]]
+)
+def test_mutable_naming_present_or_unrelated_collections_does_not_warn(mutable):
+    # A stateless tree with mutable=["state"] is generic code: no warning (and
+    # warnings are errors here).
+    x = _x()
+    variables = js.init(mlp, _key(), x)
+    _, updated = js.apply(mlp, variables, x, mutable=mutable)
+    assert list(updated) == ["params"]
+
+
+def _count():
+    c = js.get_variable("c", (), jnp.int32)
+    js.assign(c, c + 1)
+
+
+def test_a_failed_run_reports_its_error_not_the_unknown_collection():
+    variables = js.init(_count, _key())
+    assert list(variables) == ["state"]
+    with pytest.raises(js.errors.NotMutableError, match=r"c: collection 'state'"):
+        js.apply(_count, variables, mutable=["params"])
+
+
+@pytest.mark.parametrize(
+    "cls", [js.errors.RngTypeError, js.errors.UnknownCollectionWarning]
+)
+def test_new_run_errors_pickle_and_are_jscope_errors(cls):
+    e = cls("js.init's rng got int 0 where a JAX random key belongs.", "a/b")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is cls and str(back) == str(e) and back.path == "a/b"
+    assert isinstance(back, js.errors.JscopeError)

@@ -1187,3 +1187,195 @@ def test_no_tracer_leaks_from_jitted_runs(fn, args, mutable):
         )
     assert_trees_equal(vi, v, exact=False, ordered=False)
     assert_close(out, expected)
+
+
+# ------------------------------------------------- the frame's life, the lift
+
+
+def _frame(**kwargs):
+    from jscope._src import context
+    from jscope._src.scope import VariableScope
+
+    return context.Frame(is_run=True, scope=VariableScope(False, ""), **kwargs)
+
+
+def test_fork_sets_every_slot_and_copies_the_rule_state():
+    from jscope._src import context
+    from jscope._src.lift import Lift
+
+    outer = _frame(initializing=True, rng=KEY)
+    outer.kind_of["a/w"] = context.Kind.GET
+    outer.collection_of["a/w"] = "params"
+    outer.prefixes.add("a")
+    outer.values["a/w"] = jnp.ones(2)
+    outer.used_names.mark("a")
+    outer.scope_counts.node("a").count = 1
+    lift = Lift(
+        what="js.scan", axes={}, split={}, index=0, length=1, shared={}, parent=None
+    )
+    child = outer.fork(lift=lift, given_tree=None, carried={"a/w": jnp.zeros(2)})
+    assert all(hasattr(child, slot) for slot in context.Frame.__slots__)
+    assert child.lift is lift and child.initializing and child.rng is KEY
+    assert child.scope is outer.scope
+    for slot in (
+        "kind_of",
+        "collection_of",
+        "prefixes",
+        "rng_counts",
+        "templates",
+        "used_names",
+        "scope_counts",
+    ):
+        assert getattr(child, slot) is not getattr(outer, slot), slot
+    assert child.kind_of == outer.kind_of and child.prefixes == outer.prefixes
+    assert child.scope_counts.node("a").count == 1
+    np.testing.assert_array_equal(child.values["a/w"], jnp.zeros(2))  # carried wins
+    child.kind_of["a/v"] = context.Kind.VAR
+    assert "a/v" not in outer.kind_of
+
+
+def test_detach_drops_values_keeps_rule_state_and_adopt_takes_it():
+    from jscope._src import context
+
+    outer = _frame(initializing=True, rng=KEY)
+    outer.kind_of["old"] = context.Kind.GET
+    child = outer.fork(lift=None, given_tree=None, carried={})
+    for path, kind in [("b/w", context.Kind.GET), ("a/v", context.Kind.VAR)]:
+        child.kind_of[path] = kind
+        child.collection_of[path] = "params"
+        child.values[path] = jnp.ones(())
+    child.assigned["b/w"] = jnp.ones(())
+    child.prefixes.update({"a", "b"})
+    child.scope_counts.node("b").count = 2
+    child.detach()
+    assert not child.alive and child.values == {} and child.lift is None
+    assert child.rng is None and child.given_tree is None
+    assert child.assigned == {"b/w": None}  # which paths, not their values
+    kept = outer.scope_counts.node("b")
+    assert outer.adopt(child) == ["b/w", "a/v"]  # creation order
+    assert outer.kind_of == {
+        "old": context.Kind.GET,
+        "b/w": context.Kind.GET,
+        "a/v": context.Kind.VAR,
+    }
+    assert outer.prefixes == {"a", "b"}
+    assert outer.scope_counts.node("b") is kept and kept.count == 2  # same nodes
+
+
+def test_old_slot_names_are_the_same_slots():
+    frame = _frame()
+    for old, new in [
+        ("kinds", "kind_of"),
+        ("inner", "prefixes"),
+        ("names", "used_names"),
+        ("counts", "scope_counts"),
+        ("source", "given_tree"),
+        ("returned", "path_of_array"),
+    ]:
+        assert getattr(frame, old) is getattr(frame, new), old
+        setattr(frame, old, marker := object())
+        assert getattr(frame, new) is marker, old
+
+
+def test_entered_restores_the_frame_and_runs_on_exit_when_the_body_raises():
+    from jscope._src import context
+
+    before = context.peek()
+    frame, ended = _frame(), []
+    with pytest.raises(KeyError), frame.entered(on_exit=lambda: ended.append(1)):
+        assert context.peek() is frame
+        assert context.current_run("test") is frame
+        raise KeyError("x")
+    assert context.peek() is before and ended == [1]
+
+
+def test_paths_record_their_kind_as_an_enum():
+    from jscope._src import context
+
+    def f():
+        js.get_variable("w", (1,))
+        js.Variable(1.0, name="v")
+        frame = context.peek()
+        return dict(frame.kind_of)
+
+    kinds, _ = js.init_with_output(f, KEY)
+    assert kinds == {"w": context.Kind.GET, "v": context.Kind.VAR}
+    assert context.GET is context.Kind.GET and context.VAR is context.Kind.VAR
+
+
+def test_lift_is_built_from_keywords_only():
+    from jscope._src.lift import Lift
+
+    with pytest.raises(TypeError):
+        Lift("js.scan", {}, {}, 0, 1, {}, None)  # the old positional form
+
+
+def test_lift_offers_what_the_crossing_protocol_declares():
+    from jscope._src import context
+    from jscope._src.lift import Lift
+
+    declared = {n for n in vars(context.Crossing) if not n.startswith("_")}
+    assert declared == {"create", "fold_rng"}
+    assert all(callable(getattr(Lift, n, None)) for n in declared)
+
+
+def test_each_lifted_transform_is_a_short_function_over_the_lift():
+    import ast
+    import inspect
+
+    from jscope._src import transforms
+
+    source = inspect.getsource(transforms)
+    module = ast.parse(source)
+    for fn in [n for n in module.body if isinstance(n, ast.FunctionDef)]:
+        if fn.name.startswith("_"):
+            continue
+        body = fn.body[1:] if ast.get_docstring(fn) else fn.body
+        lines = body[-1].end_lineno - body[0].lineno + 1
+        assert lines <= 40, (fn.name, lines)
+        assert "LiftedCall(" in ast.get_source_segment(source, fn), fn.name
+
+
+def test_jax_internals_are_touched_in_jax_compat_only():
+    import pathlib
+
+    root = pathlib.Path(js.__file__).parent
+    touching = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "jax._src" in p.read_text() or "jax.extend" in p.read_text()
+    )
+    assert touching == ["_src/jax_compat.py"]
+
+
+def test_context_imports_no_scope_and_no_module_imports_inside_functions():
+    import ast
+    import inspect
+
+    from jscope._src import context, lift, run, transforms
+
+    for module in (context, lift, run, transforms):
+        tree = ast.parse(inspect.getsource(module))
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                assert id(node) in top, (module.__name__, node.lineno)
+                names = [a.name for a in node.names]
+                if isinstance(node, ast.ImportFrom):
+                    assert not any(n.startswith("_") for n in names), names
+                if module is context and isinstance(node, ast.ImportFrom):
+                    assert node.module not in (
+                        "jscope._src.scope",
+                        "jscope._src.variables",
+                    )
+
+
+@pytest.mark.parametrize("key", [jax.random.key(3), jax.random.PRNGKey(3)])
+def test_jax_compat_fold_in_equals_jax_random_fold_in(key):
+    from jscope._src import jax_compat
+
+    for data in (0, 7, 2**32 - 1):
+        got, want = jax_compat.fold_in(key, data), jax.random.fold_in(key, data)
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(got, want)

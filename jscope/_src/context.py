@@ -1,51 +1,58 @@
 """The one per-thread context: the frame of the run in progress.
 
-A *frame* records everything one `init` or `apply` knows: the variables it has
-seen, the scope and name-scope stacks, default-name counters and rng counters.
-Outside a run, a lighter frame records only scopes, so TF1-style code can capture
-a `VariableScope` while it builds model objects. The `ContextVar` below is the only
-global in jscope; each thread and each asyncio task sees its own value.
+A *frame* records everything one `init` or `apply` knows: the TF1 rule state
+(scopes, names, counters, the paths seen) and the run's values. Outside a run,
+a lighter frame records only scopes, so TF1-style code can capture a
+`VariableScope` while it builds model objects. The `ContextVar` below is the
+only global in jscope; each thread and each asyncio task sees its own value.
+
+The frame owns its life: `Frame.entered` makes it current for a block, and
+the body of a lifted transform runs in a child made by `Frame.fork`, cut from
+its trace by `Frame.detach` and taken back by `Frame.adopt`. `Crossing` is
+what a frame's ``lift`` offers to `get_variable` inside such a body.
+
+Imports: `errors`, `names`, `jax_compat`. The root `VariableScope` of a frame
+is passed in by its maker (`scope.current`, `run`), so this module does not
+import `scope`. Hot path: `peek` and the slot reads of `get_variable`.
 """
 
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+import enum
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 from jscope import errors
 from jscope._src import names
-
-try:  # jax >= 0.7
-    from jax.extend.core import get_opaque_trace_state as _opaque_trace_state
-except ImportError:  # pragma: no cover - older jax
-    from jax import core as _jax_core
-
-    def _opaque_trace_state():
-        return _jax_core.get_opaque_trace_state(None)
-
-
-try:  # The trace object itself: an identity check is the cheapest comparison.
-    from jax._src.core import trace_ctx as _trace_ctx
-
-    def trace_state() -> Any:
-        """The current JAX trace, compared by identity or equality."""
-        return _trace_ctx.trace
-
-except ImportError:  # pragma: no cover - other jax versions
-    trace_state = _opaque_trace_state
-
-
-def same_trace(a: Any, b: Any) -> bool:
-    """Whether two values of `trace_state` denote the same JAX trace."""
-    return a is b or a == b
-
+from jscope._src.jax_compat import (
+    is_staged_trace_of_its_own as is_staged_trace_of_its_own,
+)
+from jscope._src.jax_compat import same_trace as same_trace
+from jscope._src.jax_compat import trace_state as trace_state
 
 _FRAME: contextvars.ContextVar[Frame | None] = contextvars.ContextVar(
     "jscope_frame", default=None
 )
 
-GET = 1  # a path created by get_variable
-VAR = 2  # a path created by Variable
+#: This thread's frame, or None: nothing is created (the `get_variable` path).
+peek = _FRAME.get
+
+
+def install(frame: Frame) -> None:
+    """Makes ``frame`` this thread's frame for good (the outside-of-run frame)."""
+    _FRAME.set(frame)
+
+
+class Kind(enum.Enum):
+    """What created a path in a run: TF1 keeps the two kinds apart."""
+
+    GET = 1  # `get_variable`: shared by name under the reuse rules
+    VAR = 2  # `Variable`: always new, invisible to `get_variable`
+
+
+GET = Kind.GET
+VAR = Kind.VAR
 
 
 class Counts:
@@ -89,136 +96,246 @@ class Counts:
         return new
 
 
+class Crossing(Protocol):
+    """How variables cross a lifted transform: what ``frame.lift`` offers.
+
+    Inside the body of `js.scan`, `js.vmap`, ... the frame's ``lift`` is one of
+    these (`jscope._src.lift.Lift`); elsewhere it is None. `get_variable`,
+    `Variable` and `next_rng_key` call only the two methods below.
+    """
+
+    def create(
+        self,
+        frame: Frame,
+        path: str,
+        coll: str,
+        make: Callable[[Any], Any] | None,
+        keyed: bool,
+    ) -> Any:
+        """The value a variable created in the body starts with.
+
+        Args:
+          frame: The body's frame.
+          path: The variable's full path.
+          coll: Its collection.
+          make: ``make(key) -> array``, its initial value from its key.
+          keyed: Whether ``make`` uses its key (else it gets None).
+        """
+
+    def fold_rng(self, key: Any, stream: str) -> Any:
+        """The key of ``stream`` for this pass of the body (split or not)."""
+
+
 class Frame:
     """What one run (or the code outside any run) knows.
 
-    Attributes are plain and public to the private modules of jscope only.
+    Attributes are plain and public to the private modules of jscope only. A
+    new slot: give it a value in `__init__`, say in `fork` whether a body's
+    child copies it, and in `detach`/`close` whether it is dropped.
     """
 
     __slots__ = (
-        "is_run",
-        "initializing",
-        "alive",
-        "rng",
-        "rngs",
-        "source",
-        "mutable",
-        "scope",
-        "name_scope",
-        "names",
-        "counts",
-        "kinds",
-        "values",
-        "collection_of",
-        "created",
-        "inner",
-        "assigned",
-        "returned",
-        "regularizers",
-        "rng_counts",
-        "templates",
-        "trace_state",
-        "lift",
+        # -- what kind of frame; fixed when it is made
+        "is_run",  # a run (init/apply), or the scope record outside any run
+        "initializing",  # js.init (True) or js.apply (False)
+        "mutable",  # collections whose assignments apply returns; True for all
+        "trace_state",  # the JAX trace the run (or body) runs under
+        # -- rule state: what TF1's rules consult; a lifted body's child starts
+        #    from a copy, and the run adopts the child's after the transform
+        "scope",  # the VariableScope open now (root: name "")
+        "name_scope",  # the name scope open now, without trailing "/"
+        "used_names",  # names.Uniquifier of name scopes and Variable paths
+        "scope_counts",  # Counts: how often each variable scope was opened
+        "kind_of",  # path -> Kind, for every variable of the run so far
+        "collection_of",  # path -> the collection holding it
+        "prefixes",  # every proper prefix of those paths ("a" for "a/w")
+        "rng_counts",  # (stream, scope) -> keys drawn so far by next_rng_key
+        "templates",  # id(template) -> (template, its VariableScope)
+        # -- run values: arrays of this run's trace; dropped when it ends
+        "alive",  # False once closed or detached: handles then refuse use
+        "rng",  # init: the params key every variable key derives from
+        "rngs",  # the rngs given: one key or {stream: key}
+        "given_tree",  # apply: {collection: {path: array}} of the given tree
+        "values",  # path -> current value (after assignments)
+        "created",  # init: path -> (collection, initial value), creation order
+        "assigned",  # apply: path -> assigned value (what apply returns)
+        "path_of_array",  # id(array) -> (array, path or None if ambiguous)
+        "regularizers",  # (path, regularizer) in creation order
+        "lift",  # a Crossing inside a lifted transform's body, else None
     )
 
     def __init__(
         self,
         *,
         is_run: bool,
+        scope: Any,
         initializing: bool = False,
         rng: Any = None,
         rngs: Any = None,
-        source: dict[str, dict[str, Any]] | None = None,
-        mutable: frozenset[str] | bool = False,
+        given_tree: dict[str, Any] | None = None,
+        mutable: frozenset[str] | Literal[True] = frozenset(),
     ):
-        from jscope._src.scope import VariableScope  # noqa: PLC0415 (cycle)
-
         self.is_run = is_run
         self.initializing = initializing
+        self.mutable: frozenset[str] | Literal[True] = mutable
+        self.trace_state = trace_state() if is_run else None
+        self.scope = scope
+        self.name_scope = ""
+        self.used_names = names.Uniquifier()
+        self.scope_counts = Counts()
+        self.kind_of: dict[str, Kind] = {}
+        self.collection_of: dict[str, str] = {}
+        self.prefixes: set[str] = set()
+        self.rng_counts: dict[tuple[str, str], int] = {}
+        self.templates: dict[int, Any] = {}
         self.alive = True
         self.rng = rng
         self.rngs = rngs
-        self.source = source
-        self.mutable = mutable
-        self.scope = VariableScope(False, "")
-        self.name_scope = ""
-        self.names = names.Uniquifier()
-        self.counts = Counts()
-        self.kinds: dict[str, int] = {}
+        self.given_tree = given_tree
         self.values: dict[str, Any] = {}
-        self.collection_of: dict[str, str] = {}
         self.created: dict[str, Any] = {}
-        self.inner: set[str] = set()
         self.assigned: dict[str, Any] = {}
-        self.returned: dict[int, tuple[Any, str | None]] = {}
+        self.path_of_array: dict[int, tuple[Any, str | None]] = {}
         self.regularizers: list[tuple[str, Any]] = []
-        self.rng_counts: dict[tuple[str, str], int] = {}
-        self.templates: dict[int, Any] = {}
-        self.trace_state = trace_state() if is_run else None
-        self.lift = None  # set in the bodies of lifted transforms
+        self.lift: Crossing | None = None
+
+    def entered(self, *, on_exit: Callable[[], None] | None = None) -> _Entered:
+        """``with frame.entered(on_exit=...):`` makes this frame current.
+
+        Leaving the block restores the frame current before and then calls
+        ``on_exit`` (`close` for a run, `detach` for a lifted body), also when
+        the block raises.
+        """
+        return _Entered(self, on_exit)
+
+    def fork(self, *, lift: Crossing, given_tree: Any, carried: dict) -> Frame:
+        """A child frame for one pass of a lifted transform's body.
+
+        It starts from a copy of this frame's rule state and values, traced
+        under the current trace, with ``carried`` values over this frame's.
+
+        Args:
+          lift: How variables cross the transform.
+          given_tree: The given tree as the body sees it (sliced, carried).
+          carried: Values the body starts from instead of this frame's.
+        """
+        child = Frame(
+            is_run=True,
+            scope=self.scope,
+            initializing=self.initializing,
+            rng=self.rng,
+            rngs=self.rngs,
+            given_tree=given_tree,
+            mutable=self.mutable,
+        )
+        child.name_scope = self.name_scope
+        child.used_names = self.used_names.copy()
+        child.scope_counts = self.scope_counts.copy()
+        child.kind_of = dict(self.kind_of)
+        child.collection_of = dict(self.collection_of)
+        child.prefixes = set(self.prefixes)
+        child.rng_counts = dict(self.rng_counts)
+        child.templates = dict(self.templates)
+        child.values = {**self.values, **carried}
+        child.lift = lift
+        return child
+
+    def detach(self) -> None:
+        """Drops a body's traced values, keeping its rule state for `adopt`.
+
+        The child outlives the body's trace, so it must not keep the trace's
+        values: no tracer may leak out of a run. Which paths were assigned is
+        kept (without values), and so are the regularizers.
+        """
+        self.assigned = dict.fromkeys(self.assigned)
+        self.values = {}
+        self.given_tree = None
+        self.path_of_array = {}
+        self.created = {}
+        self.rng = self.rngs = None
+        self.lift = None
+        self.trace_state = None
+        self.alive = False
+
+    def adopt(self, child: Frame) -> list[str]:
+        """Makes a detached child's rule state this frame's.
+
+        Afterwards names, counters and paths are as if the body had run here
+        once. The values of the paths the body created are the caller's to set.
+
+        Returns:
+          The paths the body created, in creation order.
+        """
+        new = self.new_paths(child)
+        self.scope_counts.assign_from(child.scope_counts)
+        self.used_names = child.used_names
+        self.prefixes = child.prefixes
+        self.rng_counts = child.rng_counts
+        self.templates = child.templates
+        for path in new:
+            self.kind_of[path] = child.kind_of[path]
+            self.collection_of[path] = child.collection_of[path]
+        return new
+
+    def new_paths(self, child: Frame) -> list[str]:
+        """The paths ``child`` has and this frame has not, in creation order."""
+        return [p for p in child.kind_of if p not in self.kind_of]
 
     def close(self) -> None:
         """Ends the run: drops every value so no tracer outlives it."""
         self.alive = False
-        self.source = None
+        self.given_tree = None
         self.values = {}
         self.created = {}
         self.assigned = {}
-        self.returned = {}
+        self.path_of_array = {}
         self.regularizers = []
         self.templates = {}
         self.rng = None
         self.rngs = None
 
 
-def is_staged_trace_of_its_own(run_state: Any) -> bool:
-    """Whether the current trace is a staging (jaxpr) trace other than the run's.
-
-    Such traces (``jax.jit``, ``jax.checkpoint``, ``jax.lax.scan``, ...) are cached
-    by JAX. Batching and differentiation traces are not, and return False.
-    """
-    trace = trace_state()
-    ref = getattr(trace, "_trace_ref", None)  # an opaque state wraps a weakref
-    if callable(ref):
-        trace = ref()
-    if trace is None or same_trace(trace, run_state):
-        return False
-    return "Jaxpr" in type(trace).__name__
+# Older names of renamed slots, kept for callers not yet moved to the new ones:
+# each is the very slot descriptor of the new name, so either name reads and
+# writes the same slot at no extra cost.
+Frame.kinds = Frame.kind_of  # type: ignore[attr-defined]
+Frame.inner = Frame.prefixes  # type: ignore[attr-defined]
+Frame.names = Frame.used_names  # type: ignore[attr-defined]
+Frame.counts = Frame.scope_counts  # type: ignore[attr-defined]
+Frame.source = Frame.given_tree  # type: ignore[attr-defined]
+Frame.returned = Frame.path_of_array  # type: ignore[attr-defined]
 
 
-def current() -> Frame:
-    """Returns this thread's frame, creating the outside-of-run one if needed."""
-    frame = _FRAME.get()
-    if frame is None:
-        frame = Frame(is_run=False)
-        _FRAME.set(frame)
-    return frame
+class _Entered:
+    """The context manager of `Frame.entered`."""
+
+    __slots__ = ("_frame", "_on_exit", "_token")
+
+    def __init__(self, frame: Frame, on_exit: Callable[[], None] | None):
+        self._frame = frame
+        self._on_exit = on_exit
+
+    def __enter__(self) -> Frame:
+        self._token = _FRAME.set(self._frame)
+        return self._frame
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _FRAME.reset(self._token)
+        if self._on_exit is not None:
+            self._on_exit()
+
+
+_MSG_NOT_IN_RUN = (
+    "{what} was called outside a run. Call it inside a function run by "
+    "js.init(fn, rng, ...) or js.apply(fn, variables, ...) (or "
+    "js.transform(fn).init/.apply): variables only exist while a run is in "
+    "progress."
+)
 
 
 def current_run(what: str) -> Frame:
     """Returns the frame of the run in progress, or raises `NotInRunError`."""
     frame = _FRAME.get()
     if frame is None or not frame.is_run:
-        raise errors.NotInRunError(
-            f"{what} was called outside a run. Call it inside a function run by "
-            "js.init(fn, rng, ...) or js.apply(fn, variables, ...) (or "
-            "js.transform(fn).init/.apply): variables only exist while a run is in "
-            "progress."
-        )
+        raise errors.NotInRunError(_MSG_NOT_IN_RUN.format(what=what))
     return frame
-
-
-def enter(frame: Frame) -> contextvars.Token:
-    """Makes ``frame`` current; give the token to `leave`."""
-    return _FRAME.set(frame)
-
-
-def leave(token: contextvars.Token) -> None:
-    """Restores the frame that was current before `enter`."""
-    _FRAME.reset(token)
-
-
-def in_run() -> Frame | None:
-    """The frame of the run in progress, or None (no error)."""
-    frame = _FRAME.get()
-    return frame if frame is not None and frame.is_run else None

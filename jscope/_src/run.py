@@ -1,30 +1,77 @@
-"""`init`, `apply`, `transform` and `make_template`."""
+"""`init`, `apply`, `transform` and `make_template`: the runs.
+
+Each run makes a `context.Frame` with a fresh root scope, runs the function in
+it (`Frame.entered`) and closes it, whatever happens. Imports: `errors`,
+`context`, `names`, `tree`, `scope`. Hot path: `apply` without jit.
+"""
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jscope import errors
 from jscope._src import context, names, tree
 from jscope._src.scope import VariableScope, variable_scope
 
+_MSG_NOT_A_KEY = (
+    "{where} got {got} where a JAX random key belongs. Pass a key such as "
+    "jax.random.key(0) (jax.random.key(seed) turns an int seed into one)."
+)
+
+
+def _check_key(rng: Any, where: str) -> None:
+    """Raises `RngTypeError` unless ``rng`` is a typed key or legacy key data."""
+    dtype = getattr(rng, "dtype", None)
+    if dtype is not None and hasattr(rng, "ndim"):
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            return
+        if dtype == np.uint32 and rng.ndim >= 1:  # jax.random.PRNGKey(0)'s data
+            return
+        got = f"an array of shape {tuple(rng.shape)} and dtype {dtype}"
+    else:
+        got = f"{type(rng).__name__} {rng!r}"
+    raise errors.RngTypeError(_MSG_NOT_A_KEY.format(where=where, got=got))
+
+
+def _check_rngs(rngs: Any, where: str) -> None:
+    """Checks one key, or each key of a dict ``{stream: key}`` (None skipped)."""
+    if isinstance(rngs, Mapping):
+        for stream, key in rngs.items():
+            if key is not None:
+                _check_key(key, f"{where}[{stream!r}]")
+    else:
+        _check_key(rngs, where)
+
 
 def _init_frame(rng: Any) -> context.Frame:
+    root = VariableScope(False, "")
     if isinstance(rng, Mapping):
         if "params" not in rng:
             raise errors.MissingRngError(
                 "js.init got a dict of rngs without a 'params' key; initializers need "
                 f"one. Got keys {sorted(rng)}."
             )
+        _check_rngs(rng, "js.init's rng")
         return context.Frame(
-            is_run=True, initializing=True, rng=rng["params"], rngs=dict(rng)
+            is_run=True,
+            scope=root,
+            initializing=True,
+            rng=rng["params"],
+            rngs=dict(rng),
         )
     if rng is None:
         raise errors.MissingRngError(
             "js.init needs a random key, e.g. jax.random.key(0); got None."
         )
-    return context.Frame(is_run=True, initializing=True, rng=rng)
+    _check_key(rng, "js.init's rng")
+    return context.Frame(is_run=True, scope=root, initializing=True, rng=rng)
 
 
 def init_with_output(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any):
@@ -33,15 +80,11 @@ def init_with_output(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any
     See `init`.
     """
     frame = _init_frame(rng)
-    token = context.enter(frame)
-    try:
+    with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
         built = tree.unflatten(
             (f"{coll}/{path}", value) for path, (coll, value) in _ordered(frame)
         )
-    finally:
-        context.leave(token)
-        frame.close()
     return out, built
 
 
@@ -69,6 +112,11 @@ def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
       A new variable tree ``{collection: {scope: {name: array}}}`` of initial
       values; assignments made while ``fn`` ran are not kept.
 
+    Raises:
+      RngTypeError: ``rng`` is not a JAX key, e.g. an int seed: pass
+        ``jax.random.key(seed)``.
+      MissingRngError: ``rng`` is None, or a dict without ``"params"``.
+
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
       >>> def f(x):
@@ -82,7 +130,7 @@ def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
     return init_with_output(fn, rng, *args, **kwargs)[1]
 
 
-def _mutable_set(mutable: Any) -> frozenset[str] | bool:
+def _mutable_set(mutable: Any) -> frozenset[str] | Literal[True]:
     if mutable is True:
         return True
     if mutable is False or mutable is None:
@@ -141,6 +189,15 @@ def apply(
       ``fn``'s output; with ``mutable``, ``(output, updated_variables)`` where the
       updated tree is a new tree (the whole tree, with assignments applied).
 
+    Raises:
+      RngTypeError: ``rngs`` holds something other than a JAX key (an int).
+
+    Warns:
+      UnknownCollectionWarning: After a run that did not fail, ``mutable``
+        names a collection the tree lacks whose name is close to one it has
+        (``"stat"`` for ``"state"``): most likely misspelt. Other names the
+        tree lacks are accepted silently (nothing comes back for them).
+
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
       >>> def f(x):
@@ -150,20 +207,50 @@ def apply(
       Array(3., dtype=float32)
     """
     mut = _mutable_set(mutable)
-    frame = context.Frame(is_run=True, source=_index(variables), mutable=mut, rngs=rngs)
-    token = context.enter(frame)
-    try:
+    given = _index(variables)
+    if rngs is not None:
+        _check_rngs(rngs, "js.apply's rngs")
+    frame = context.Frame(
+        is_run=True,
+        scope=VariableScope(False, ""),
+        given_tree=given,
+        mutable=mut,
+        rngs=rngs,
+    )
+    with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
         if mutable is False or mutable is None:
             return out
+        if mut is not True and not mut <= given.keys():
+            _warn_misspelt(mut, given)
         updates = {
             f"{frame.collection_of[path]}/{path}": value
             for path, value in frame.assigned.items()
         }
         return out, tree.replace_leaves(_copy_dicts(variables), updates)
-    finally:
-        context.leave(token)
-        frame.close()
+
+
+def _warn_misspelt(mutable: frozenset[str], given: Mapping[str, Any]) -> None:
+    """Warns of names in ``mutable`` that look like misspelt collections.
+
+    A name the tree lacks is allowed: generic training code passes
+    ``mutable=["state"]`` to models with and without state. A name close to a
+    collection the tree has (``"stat"`` for ``"state"``) is most likely a slip:
+    nothing can be assigned in it, so nothing comes back for it.
+    """
+    have = sorted(given)
+    for name in sorted(mutable - given.keys()):
+        close = difflib.get_close_matches(name, have, n=1)
+        if close:
+            warnings.warn(
+                errors.UnknownCollectionWarning(
+                    f"js.apply(mutable=...) names {name!r}, which the variable tree "
+                    f"does not have (it has {have}); did you mean {close[0]!r}? "
+                    "js.apply creates no variable, so nothing can be assigned in "
+                    f"{name!r} and nothing comes back for it. Fix the spelling."
+                ),
+                stacklevel=3,
+            )
 
 
 def _copy_dicts(node: Mapping[str, Any]) -> dict[str, Any]:

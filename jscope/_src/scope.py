@@ -243,7 +243,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
             except errors.InvalidNameError:
                 # Components are valid or not wherever the scope opens; show the
                 # full path below the current scope in the message.
-                prefix = context.current().scope.name
+                prefix = current().scope.name
                 names.validate(names.join(prefix, given), "variable scope")
         for arg, value in (
             ("caching_device", caching_device),
@@ -267,7 +267,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
     def __enter__(self) -> VariableScope:
         (obj, default, init, reg, getter, reuse, dtype, aux) = self._args
-        frame = context.current()
+        frame = current()
         parent = frame.scope
         self._frame = frame
         self._saved = (parent, frame.name_scope)
@@ -372,7 +372,7 @@ class name_scope:  # noqa: N801 (TF1's name)
         self._name = name
 
     def __enter__(self) -> str:
-        frame = context.current()
+        frame = current()
         self._frame = frame
         self._saved = frame.name_scope
         name = self._name
@@ -391,6 +391,15 @@ class name_scope:  # noqa: N801 (TF1's name)
         self._frame = None
 
 
+def current() -> context.Frame:
+    """Returns this thread's frame, creating the outside-of-run one if needed."""
+    frame = context.peek()
+    if frame is None:
+        frame = context.Frame(is_run=False, scope=VariableScope(False, ""))
+        context.install(frame)
+    return frame
+
+
 def get_variable_scope() -> VariableScope:
     """Returns the variable scope open at this point (the root has name ``""``).
 
@@ -399,4 +408,4 @@ def get_variable_scope() -> VariableScope:
       >>> js.get_variable_scope().name
       ''
     """
-    return context.current().scope
+    return current().scope
