@@ -29,7 +29,7 @@ from jax import lax
 
 from jscope import errors
 from jscope._src import context
-from jscope._src.variables import path_key
+from jscope._src.rng import path_key
 
 _MISSING = object()
 
