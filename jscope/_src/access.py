@@ -88,8 +88,9 @@ def register(frame: context.Frame, value: Any, path: str) -> None:
     key = id(value)
     seen = frame.returned.get(key)
     if seen is not None and seen[1] != path:
-        path = None  # the same array for two variables: ambiguous
-    frame.returned[key] = (value, path)
+        frame.returned[key] = (value, None)  # one array, two paths: ambiguous
+    else:
+        frame.returned[key] = (value, path)
 
 
 def returned_path(frame: context.Frame, target: Any) -> str | None:

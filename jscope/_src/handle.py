@@ -5,9 +5,10 @@ scope plus its name, uniquified in the run, invisible to `get_variable`; and
 `assign`/`assign_add`/`assign_sub`, which take such a handle, a name, or the
 very array `get_variable` returned.
 
-Imports: `jscope.errors`, `jscope.initializers` (via `values`), `context`,
-`names`, `tree`, `values`, `rng`, `access`. Nothing imports it but the public
-API: `get_variable` lives in `variables.py` and never needs a handle.
+Imports: `jscope.errors`, `jscope.initializers` (its check that a Python scalar
+fits a dtype), `context`, `names`, `tree`, `values`, `rng`, `access`. Only the
+public API imports it: `get_variable` lives in `variables.py` and never needs a
+handle.
 
 No hot path: the handle's operators read ``self.value`` (a property and two
 dict lookups) and delegate to `jax.Array`.
@@ -216,67 +217,67 @@ class Variable:
         return self.value + _raw(other)
 
     def __radd__(self, other: ArrayLike) -> jax.Array:
-        return other + self.value
+        return self.value.__radd__(other)
 
     def __sub__(self, other: Operand) -> jax.Array:
         return self.value - _raw(other)
 
     def __rsub__(self, other: ArrayLike) -> jax.Array:
-        return other - self.value
+        return self.value.__rsub__(other)
 
     def __mul__(self, other: Operand) -> jax.Array:
         return self.value * _raw(other)
 
     def __rmul__(self, other: ArrayLike) -> jax.Array:
-        return other * self.value
+        return self.value.__rmul__(other)
 
     def __matmul__(self, other: Operand) -> jax.Array:
         return self.value @ _raw(other)
 
     def __rmatmul__(self, other: ArrayLike) -> jax.Array:
-        return other @ self.value
+        return self.value.__rmatmul__(other)
 
     def __truediv__(self, other: Operand) -> jax.Array:
         return self.value / _raw(other)
 
     def __rtruediv__(self, other: ArrayLike) -> jax.Array:
-        return other / self.value
+        return self.value.__rtruediv__(other)
 
     def __floordiv__(self, other: Operand) -> jax.Array:
         return self.value // _raw(other)
 
     def __rfloordiv__(self, other: ArrayLike) -> jax.Array:
-        return other // self.value
+        return self.value.__rfloordiv__(other)
 
     def __mod__(self, other: Operand) -> jax.Array:
         return self.value % _raw(other)
 
     def __rmod__(self, other: ArrayLike) -> jax.Array:
-        return other % self.value
+        return self.value.__rmod__(other)
 
     def __pow__(self, other: Operand) -> jax.Array:
         return self.value ** _raw(other)
 
     def __rpow__(self, other: ArrayLike) -> jax.Array:
-        return other**self.value
+        return self.value.__rpow__(other)
 
     def __and__(self, other: Operand) -> jax.Array:
         return self.value & _raw(other)
 
     def __rand__(self, other: ArrayLike) -> jax.Array:
-        return other & self.value
+        return self.value.__rand__(other)
 
     def __or__(self, other: Operand) -> jax.Array:
         return self.value | _raw(other)
 
     def __ror__(self, other: ArrayLike) -> jax.Array:
-        return other | self.value
+        return self.value.__ror__(other)
 
     def __xor__(self, other: Operand) -> jax.Array:
         return self.value ^ _raw(other)
 
     def __rxor__(self, other: ArrayLike) -> jax.Array:
-        return other ^ self.value
+        return self.value.__rxor__(other)
 
     def __lt__(self, other: Operand) -> jax.Array:
         return self.value < _raw(other)

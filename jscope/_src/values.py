@@ -103,15 +103,13 @@ def _shape_ok(requested: tuple | None, found: tuple) -> bool:
     return all(r is None or r == f for r, f in zip(requested, found, strict=True))
 
 
-def as_shape(shape: Shape | int | None, path: str) -> tuple | None:
-    """Returns ``shape`` as a tuple of ints and Nones (None stays None).
+def as_shape(shape: Shape | int, path: str) -> tuple:
+    """Returns ``shape`` as a tuple of ints and Nones (None: any size on reuse).
 
     Raises:
       ShapeTypeError: A dimension is not an int or None.
       InvalidShapeError: A dimension is negative.
     """
-    if shape is None:
-        return None
     if isinstance(shape, int):
         shape = (shape,)
     try:
@@ -197,6 +195,7 @@ def check_meta(
       ShapeMismatchError: The shapes differ (None dimensions match any size).
       DtypeMismatchError: The dtypes differ.
     """
+    req_shape: Any
     if initializer is not None and not callable(initializer):
         req_shape, req_dtype = value_meta(initializer, path)
         if shape is not None:
@@ -330,7 +329,7 @@ def initial_value(
 ) -> jax.Array:
     """A `js.Variable`'s initial value: ``value(key)`` or ``value``, cast to dtype."""
     if callable(value):
-        out = value(key)
+        out: Any = value(key)
         if not hasattr(out, "dtype"):
             out = _as_returned_array(out, path, "any shape and dtype")
         if dtype is not None:

@@ -148,7 +148,7 @@ def get_variable(
     """
     frame = context._FRAME.get()
     if frame is None or not frame.is_run:
-        context.current_run("get_variable")
+        frame = context.current_run("get_variable")  # raises NotInRunError
     scope = frame.scope
     if trainable is None:
         trainable = True
