@@ -14,6 +14,11 @@ from jscope._src.checkpoint import Saver as Saver
 from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
 from jscope._src.checkpoint import load_variable as load_variable
+from jscope._src.handle import Variable as Variable
+from jscope._src.handle import assign as assign
+from jscope._src.handle import assign_add as assign_add
+from jscope._src.handle import assign_sub as assign_sub
+from jscope._src.rng import next_rng_key as next_rng_key
 from jscope._src.run import Transformed as Transformed
 from jscope._src.run import apply as apply
 from jscope._src.run import init as init
@@ -35,14 +40,9 @@ from jscope._src.transforms import while_loop as while_loop
 from jscope._src.tree import VariableTree as VariableTree
 from jscope._src.tree import flatten as flatten
 from jscope._src.tree import unflatten as unflatten
-from jscope._src.variables import Variable as Variable
-from jscope._src.variables import assign as assign
-from jscope._src.variables import assign_add as assign_add
-from jscope._src.variables import assign_sub as assign_sub
 from jscope._src.variables import get_regularization_loss as get_regularization_loss
 from jscope._src.variables import get_variable as get_variable
 from jscope._src.variables import is_initializing as is_initializing
-from jscope._src.variables import next_rng_key as next_rng_key
 
 # isort: split
 # Last: the layers are written with the public API above.

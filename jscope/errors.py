@@ -19,11 +19,15 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointTypeError",
     "DtypeMismatchError",
+    "InitialValueError",
     "InitializerArgumentError",
     "InitializerError",
+    "InvalidDtypeError",
     "InvalidNameError",
+    "InvalidShapeError",
     "JaxTransformError",
     "JscopeError",
+    "LeafTypeError",
     "LiftError",
     "MissingRngError",
     "NotInRunError",
@@ -33,8 +37,10 @@ __all__ = [
     "RngTypeError",
     "ScopeArgumentError",
     "ShapeMismatchError",
+    "ShapeTypeError",
     "UninitializedVariableError",
     "UnknownCollectionWarning",
+    "UnknownArgumentError",
     "UnsupportedArgumentError",
     "VariableExistsError",
     "VariableNotFoundError",
@@ -129,7 +135,59 @@ class NotInRunError(JscopeError, RuntimeError):
 
 
 class JaxTransformError(JscopeError, ValueError):
-    """A variable is created inside a plain JAX transform opened within a run."""
+    """A variable is created, read or assigned inside a plain JAX transform.
+
+    Build one with `JaxTransformError.inside_plain_transform`, which holds the one
+    wording of this mistake for each of the three actions.
+    """
+
+    # action: (the transforms that refuse it, what would go wrong, how to fix it)
+    _ACTIONS = {
+        "created": (
+            "jax.vmap, jax.lax.scan, jax.checkpoint, jax.jit, ...",
+            "it would be silently shared or duplicated",
+            "Use jscope's lifted transforms (js.scan, js.vmap, js.remat, js.cond, "
+            "js.while_loop), or create the variable outside the transform and read "
+            "it inside.",
+        ),
+        "read": (
+            "a staged one: jax.jit, jax.checkpoint, jax.lax.scan, jax.lax.cond, ...",
+            "JAX caches the traced function, so the variable's value would be baked "
+            "in and reused by later runs",
+            "Read the variable before the transform and pass it in as an argument, "
+            "or use jscope's lifted transforms (js.remat, js.scan, js.cond, "
+            "js.while_loop).",
+        ),
+        "assigned": (
+            "jax.vmap, jax.jit, jax.lax.scan, jax.checkpoint, ...",
+            "the new value would be a tracer of that transform and leak out of it",
+            "Return the value from the transform and assign it outside, or use "
+            "jscope's lifted transforms (js.scan, js.vmap, js.remat).",
+        ),
+    }
+
+    @classmethod
+    def inside_plain_transform(
+        cls, path: str, action: str, what: str = "Variable"
+    ) -> JaxTransformError:
+        """The error for ``what`` at ``path`` being ``action`` in a plain transform.
+
+        Args:
+          path: The variable's full path.
+          action: ``"created"``, ``"read"`` or ``"assigned"``.
+          what: How the variable is named in the message (``"js.Variable"``).
+
+        Example:
+          >>> e = JaxTransformError.inside_plain_transform("n1/w", "assigned")
+          >>> e.path, str(e)[:40]
+          ('n1/w', 'Variable n1/w is assigned inside a plain')
+        """
+        transforms, why, fix = cls._ACTIONS[action]
+        return cls(
+            f"{what} {path} is {action} inside a plain JAX transform ({transforms}) "
+            f"opened within the run: {why}. {fix}",
+            path,
+        )
 
 
 class LiftError(JscopeError, ValueError):
@@ -151,6 +209,30 @@ class UnknownCollectionWarning(JscopeError, UserWarning):
     so nothing comes back for it. Only names close to a collection the tree
     has are reported (``"stat"`` for ``"state"``).
     """
+
+
+class InvalidShapeError(JscopeError, ValueError):
+    """A new variable's shape is missing, not fully defined or has a negative size."""
+
+
+class ShapeTypeError(JscopeError, TypeError):
+    """A shape is not a sequence of ints (None for any size on reuse)."""
+
+
+class InvalidDtypeError(JscopeError, TypeError):
+    """A dtype is not understood, or is not a numeric dtype a jax.Array can hold."""
+
+
+class InitialValueError(JscopeError, ValueError):
+    """A value given as initializer is ragged or not numeric (None, a string)."""
+
+
+class LeafTypeError(JscopeError, TypeError):
+    """A leaf of the tree given to `js.apply` is not an array (a float, list, None)."""
+
+
+class UnknownArgumentError(JscopeError, TypeError):
+    """A function got a keyword argument it does not know (Python's TypeError)."""
 
 
 class CheckpointError(JscopeError, ValueError):

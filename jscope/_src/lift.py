@@ -22,7 +22,7 @@ exactly as if the body had run once: the same names, the same reuse checks,
 the same errors. Flax core's `pack` and Haiku's `temporary_internal_state`
 play the same part there.
 
-Imports: `errors`, `context`, `variables` (`path_key`). Not a hot path: this
+Imports: `errors`, `context`, `rng` (`path_key`). Not a hot path: this
 runs once per trace of a body.
 """
 
@@ -37,7 +37,7 @@ from jax import lax
 
 from jscope import errors
 from jscope._src import context
-from jscope._src.variables import path_key
+from jscope._src.rng import path_key
 
 _MISSING = object()
 

@@ -127,7 +127,7 @@ class VariableScope:
         """
         from jscope._src.variables import get_variable  # noqa: PLC0415 (cycle)
 
-        frame = context.current()
+        frame = current()
         caller = frame.scope
         frame.scope = self
         try:

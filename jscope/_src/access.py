@@ -1,0 +1,115 @@
+"""Rules shared by every way a run reaches a variable.
+
+`get_variable` (`variables.py`), `js.Variable` and `js.assign` (`handle.py`) all
+read values from the tree given to `js.apply` (`lookup`), refuse to create, read
+or assign variables inside a plain JAX transform opened within the run
+(`check_trace`, `check_staged_read`, `check_assign_trace`), and record which
+array was returned for which path, so that `js.assign` accepts that very array
+as its target (`register`, `returned_path`).
+
+Imports: `jscope.errors`, `context`, `jax_compat`, `values`.
+
+Hot path: `lookup` and `register` run for every `get_variable` at apply; keep
+them to dict operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jscope import errors
+from jscope._src import context, jax_compat, values
+
+
+def check_trace(frame: context.Frame, path: str, what: str) -> None:
+    """Refuses creating a variable inside a plain JAX transform within the run."""
+    if not jax_compat.same_trace(jax_compat.trace_state(), frame.trace_state):
+        raise errors.JaxTransformError.inside_plain_transform(path, "created", what)
+
+
+def check_staged_read(frame: context.Frame, path: str) -> None:
+    """Refuses reads inside a staged plain JAX transform opened within the run.
+
+    ``jax.jit``, ``jax.checkpoint``, ``jax.lax.scan`` and friends cache the traced
+    function, so a value read from the run by closure would be baked into the
+    cache and silently reused by later runs with other variables.
+    """
+    if jax_compat.is_staged_trace_of_its_own(frame.trace_state):
+        raise errors.JaxTransformError.inside_plain_transform(path, "read")
+
+
+def check_assign_trace(frame: context.Frame, path: str) -> None:
+    """Refuses an assignment inside a plain JAX transform opened within the run."""
+    if not jax_compat.same_trace(jax_compat.trace_state(), frame.trace_state):
+        raise errors.JaxTransformError.inside_plain_transform(path, "assigned")
+
+
+def lookup(frame: context.Frame, path: str, coll: str) -> Any:
+    """The value at ``coll/path`` in the tree given to `js.apply`.
+
+    Raises:
+      UninitializedVariableError: The tree has no ``coll/path``.
+      LeafTypeError: The tree holds None there.
+    """
+    flat = frame.source.get(coll)
+    value = None if flat is None else flat.get(path)
+    if value is None:
+        if flat is not None and path in flat:
+            raise values.leaf_error(path, coll, None)
+        elsewhere = [c for c, f in frame.source.items() if path in f]
+        hint = (
+            f" It is in collection {elsewhere[0]!r}: check trainable=/collection=."
+            if elsewhere
+            else " Run js.init on this function to create it, or restore it from a "
+            "checkpoint."
+        )
+        raise errors.UninitializedVariableError(
+            f"Variable {path} is uninitialized: the tree given to js.apply has no "
+            f"{coll}/{path}.{hint}",
+            path,
+        )
+    return value
+
+
+def lookup_array(frame: context.Frame, path: str, coll: str) -> Any:
+    """`lookup`, refusing a leaf that is not an array (a float, list, string).
+
+    Raises:
+      LeafTypeError: The leaf has no shape or dtype.
+    """
+    value = lookup(frame, path, coll)
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise values.leaf_error(path, coll, value)
+    return value
+
+
+def register(frame: context.Frame, value: Any, path: str) -> None:
+    """Records that ``value`` was returned for ``path`` (see `returned_path`)."""
+    key = id(value)
+    seen = frame.returned.get(key)
+    if seen is not None and seen[1] != path:
+        frame.returned[key] = (value, None)  # one array, two paths: ambiguous
+    else:
+        frame.returned[key] = (value, path)
+
+
+def returned_path(frame: context.Frame, target: Any) -> str | None:
+    """The path ``target`` was returned for in this run, or None if it was not.
+
+    Raises:
+      AssignmentTargetError: The same array was returned for two paths, so the
+        target is ambiguous.
+    """
+    seen = frame.returned.get(id(target))
+    if seen is None or seen[0] is not target:
+        return None
+    if seen[1] is None:
+        paths = [p for p, v in frame.values.items() if v is target]
+        raise errors.AssignmentTargetError(
+            "This array was returned for more than one variable "
+            f"({', '.join(paths) or 'since reassigned'}), so the target is "
+            "ambiguous. Pass the variable's name or js.Variable handle to js.assign "
+            "instead.",
+            paths[0] if paths else None,
+        )
+    return seen[1]

@@ -1,0 +1,352 @@
+"""Values of variables: dtypes, shapes, value initializers and initializer calls.
+
+This module owns what a variable's value must be, and knows nothing of runs: it
+turns the ``shape``/``dtype``/``initializer`` arguments into a checked shape, a
+NumPy dtype JAX can hold and an initializer or concrete value
+(`resolve_creation`), calls initializers and checks what they return
+(`call_initializer`, `initial_value`), infers a value initializer's shape and
+dtype as TF1 did (`value_meta`), and compares a requested shape/dtype with a
+stored value (`check_meta`).
+
+Imports: `jscope.errors`, `jscope.initializers`, JAX and NumPy only.
+
+Hot paths: `canon_dtype` and `is_float` run for every `get_variable` and are
+cached by dtype; everything else runs once per variable at init, or at apply
+only when a check fails or a value initializer is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscope import errors, initializers
+from jscope.typing import DTypeLike, Initializer, InitializerLike, Shape
+
+F32 = np.dtype(np.float32)
+
+# Kinds NumPy gives values JAX cannot hold: object, strings, bytes, datetimes.
+NOT_NUMERIC = frozenset("OUSMm")
+
+
+def _holdable(dtype: np.dtype) -> bool:
+    """Whether a jax.Array can hold ``dtype`` (bool, ints, floats, complex, ...)."""
+    if dtype.kind in "biufc":
+        return True
+    # ml_dtypes (bfloat16, float8_*, int4) are kind "V", like structured dtypes.
+    return dtype.kind == "V" and bool(jnp.issubdtype(dtype, np.number))
+
+
+@functools.lru_cache(maxsize=256)
+def _canon(dtype: Any) -> np.dtype:
+    canon = np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
+    if not _holdable(canon):
+        raise TypeError(canon)  # reported with its path by `canon_dtype`
+    return canon
+
+
+def canon_dtype(dtype: DTypeLike, path: str | None = None) -> np.dtype:
+    """Returns ``dtype`` as a NumPy dtype JAX can hold (float64 → float32 w/o x64).
+
+    Raises:
+      InvalidDtypeError: ``dtype`` is not a dtype, or not a numeric one.
+    """
+    try:
+        return _canon(dtype)
+    except TypeError:  # unhashable dtype-like, or not a dtype a jax.Array holds
+        pass
+    try:
+        canon = np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
+    except TypeError:
+        canon = None
+    if canon is None or not _holdable(canon):
+        where = f"variable {path}" if path is not None else "a variable"
+        raise errors.InvalidDtypeError(
+            f"The dtype of {where} must be a numeric dtype a jax.Array can hold "
+            f"(bool, int, float, complex), got dtype={dtype!r}. Pass one such as "
+            "jnp.float32, jnp.int32 or 'bfloat16'.",
+            path,
+        )
+    return canon
+
+
+@functools.lru_cache(maxsize=256)
+def is_float(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a floating-point dtype (bfloat16 and float8 included)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16" or "float8" in dtype.name
+
+
+def default_collection(trainable: bool, dtype: np.dtype) -> str:
+    """``params`` for a trainable floating-point variable, else ``state``."""
+    return "params" if trainable and is_float(dtype) else "state"
+
+
+def is_python_scalar(value: Any) -> bool:
+    """Whether ``value`` is a Python bool, int, float or complex."""
+    return isinstance(value, bool | int | float | complex)
+
+
+def _fmt_shape(shape: tuple) -> str:
+    return str(tuple(shape))
+
+
+def _shape_ok(requested: tuple | None, found: tuple) -> bool:
+    if requested is None or requested == found:
+        return True
+    if len(requested) != len(found):
+        return False
+    return all(r is None or r == f for r, f in zip(requested, found, strict=True))
+
+
+def as_shape(shape: Shape | int, path: str) -> tuple:
+    """Returns ``shape`` as a tuple of ints and Nones (None: any size on reuse).
+
+    Raises:
+      ShapeTypeError: A dimension is not an int or None.
+      InvalidShapeError: A dimension is negative.
+    """
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        dims = tuple(None if d is None else operator.index(d) for d in shape)
+    except TypeError:
+        raise errors.ShapeTypeError(
+            f"The shape of variable {path} must be a sequence of ints (None for "
+            f"any size on reuse), got {shape!r}. Pass e.g. shape=(3, 4).",
+            path,
+        ) from None
+    if any(d is not None and d < 0 for d in dims):
+        raise errors.InvalidShapeError(
+            f"The shape of variable {path} has a negative size: {dims}. Every "
+            "dimension must be >= 0 (None for any size on reuse).",
+            path,
+        )
+    return dims
+
+
+def _not_an_array(path: str, value: Any, why: str) -> errors.InitialValueError:
+    return errors.InitialValueError(
+        f"The initial value of variable {path} is {why}: {value!r:.80}. Give a "
+        "number, a rectangular (nested) list of numbers or an array, or a callable "
+        "initializer.",
+        path,
+    )
+
+
+def value_meta(value: Any, path: str) -> tuple[tuple, np.dtype]:
+    """Shape and TF1-inferred dtype of a value initializer, without a device copy.
+
+    Raises:
+      InitialValueError: The value is ragged, or not numeric (None, a string).
+    """
+    if isinstance(value, bool):
+        return (), np.dtype(np.bool_)
+    if isinstance(value, int):
+        return (), np.dtype(np.int32)
+    if isinstance(value, float):
+        return (), F32
+    if isinstance(value, complex):
+        return (), np.dtype(np.complex64)
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        return tuple(value.shape), canon_dtype(value.dtype, path)
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # NumPy: "inhomogeneous shape"
+        raise _not_an_array(path, value, "ragged (rows of different lengths)") from None
+    if arr.dtype.kind in NOT_NUMERIC:
+        raise _not_an_array(path, value, f"not numeric (NumPy makes it {arr.dtype})")
+    if arr.dtype == np.float64:
+        return arr.shape, F32
+    if arr.dtype == np.int64:
+        return arr.shape, np.dtype(np.int32)
+    if arr.dtype == np.complex128:
+        return arr.shape, np.dtype(np.complex64)
+    return arr.shape, canon_dtype(arr.dtype, path)
+
+
+def convert_value(value: Any, dtype: np.dtype, path: str) -> jax.Array:
+    """A value initializer as an array of ``dtype`` (Python values must fit it)."""
+    if is_python_scalar(value) or isinstance(value, list | tuple):
+        arr = np.asarray(value)
+        try:
+            arr = initializers._check_representable(arr, dtype)
+        except errors.InitializerError as e:
+            raise errors.InitializerError(f"Variable {path}: {e}", path) from None
+        return jnp.asarray(arr, dtype)
+    return jnp.asarray(value, dtype)
+
+
+def check_meta(
+    path: str,
+    shape: Shape | None,
+    dtype: DTypeLike | None,
+    initializer: InitializerLike | None,
+    value: Any,
+    verb: str,
+) -> None:
+    """Checks a requested shape/dtype against a variable's value.
+
+    Raises:
+      ShapeMismatchError: The shapes differ (None dimensions match any size).
+      DtypeMismatchError: The dtypes differ.
+    """
+    req_shape: Any
+    if initializer is not None and not callable(initializer):
+        req_shape, req_dtype = value_meta(initializer, path)
+        if shape is not None:
+            req_shape = shape
+    else:
+        req_shape = as_shape(shape, path) if shape is not None else None
+        req_dtype = F32 if dtype is None else canon_dtype(dtype, path)
+    found_shape = value.shape
+    if not _shape_ok(req_shape, found_shape):
+        raise errors.ShapeMismatchError(
+            f"Trying to {verb} variable {path}, but specified shape "
+            f"{_fmt_shape(req_shape)} and found shape {_fmt_shape(found_shape)}. "
+            "Request the stored shape (or None to accept any), or use another name.",
+            path,
+        )
+    if value.dtype != req_dtype:
+        raise errors.DtypeMismatchError(
+            f"Trying to {verb} variable {path}, but specified dtype {req_dtype} and "
+            f"found dtype {value.dtype}. Pass dtype={value.dtype.name} (the "
+            "requested dtype is the argument, else the scope's, else float32).",
+            path,
+        )
+
+
+def resolve_creation(
+    path: str,
+    shape: Shape | None,
+    dtype: DTypeLike | None,
+    initializer: InitializerLike | None,
+) -> tuple[tuple, np.dtype, Initializer | None, Any]:
+    """Returns (shape, dtype, initializer or None, value or None) for a new variable.
+
+    Raises:
+      InvalidShapeError: No shape without a value initializer, a shape with one,
+        or a shape not fully defined.
+      DtypeMismatchError: ``dtype`` disagrees with a value initializer's dtype.
+      InitializerArgumentError: ``dtype`` has no default initializer.
+    """
+    if initializer is not None and not callable(initializer):
+        if shape is not None:
+            raise errors.InvalidShapeError(
+                f"Variable {path}: do not specify a shape with a value initializer "
+                f"(got shape={shape!r}); the value's shape is used.",
+                path,
+            )
+        vshape, vdtype = value_meta(initializer, path)
+        if dtype is not None:
+            want = canon_dtype(dtype, path)
+            if want != vdtype and not is_python_scalar(initializer):
+                raise errors.DtypeMismatchError(
+                    f"Variable {path}: dtype={want} disagrees with the initializer "
+                    f"value's dtype {vdtype}. Drop dtype=, or cast the value.",
+                    path,
+                )
+            vdtype = want
+        return vshape, vdtype, None, initializer
+    if shape is None:
+        raise errors.InvalidShapeError(
+            f"Variable {path} did not get an initializer, so its shape argument must "
+            "be specified. Pass shape=..., or a value as initializer.",
+            path,
+        )
+    shape = as_shape(shape, path)
+    if any(d is None for d in shape):
+        raise errors.InvalidShapeError(
+            f"Shape of a new variable ({path}) must be fully defined, but instead "
+            f"was {shape}. Give every dimension a size.",
+            path,
+        )
+    dtype = F32 if dtype is None else canon_dtype(dtype, path)
+    if initializer is None:
+        initializer = initializers.default_initializer(dtype)
+        if initializer is None:
+            raise errors.InitializerArgumentError(
+                f"An initializer for variable {path} of dtype {dtype} is required: "
+                "there is no default for it. Pass initializer=...",
+                path,
+            )
+    return shape, dtype, initializer, None
+
+
+def _as_returned_array(value: Any, path: str, expected: str) -> jax.Array:
+    """What an initializer returned, as an array; refuses None, strings, ..."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return value
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged
+        arr = None
+    if value is None or arr is None or arr.dtype.kind in NOT_NUMERIC:
+        raise errors.InitializerError(
+            f"The initializer of variable {path} returned {value!r:.80} "
+            f"({type(value).__name__}), expected an array of {expected}. An "
+            "initializer must return an array, e.g. jnp.zeros(shape, dtype).",
+            path,
+        )
+    return jnp.asarray(value)
+
+
+def call_initializer(
+    initializer: Initializer, key: Any, shape: tuple, dtype: np.dtype, path: str
+) -> jax.Array:
+    """Calls ``initializer(key, shape, dtype)`` and checks what it returns.
+
+    Raises:
+      InitializerError: It returned no array, or one of another shape or dtype.
+    """
+    try:
+        value = initializer(key, shape, dtype)
+    except errors.JscopeError as e:
+        if e.path is not None:
+            raise
+        raise type(e)(f"Variable {path}: {e}", path) from None
+    vshape = getattr(value, "shape", None)
+    vdtype = getattr(value, "dtype", None)
+    if vshape is None or vdtype is None:
+        value = _as_returned_array(value, path, f"shape {shape} and dtype {dtype}")
+        vshape, vdtype = value.shape, value.dtype
+    if tuple(vshape) != shape or vdtype != dtype:
+        raise errors.InitializerError(
+            f"The initializer of variable {path} returned shape {tuple(vshape)} and "
+            f"dtype {vdtype}, expected shape {shape} and dtype {dtype}. An "
+            "initializer must honour the shape and dtype it is given.",
+            path,
+        )
+    return value
+
+
+def initial_value(
+    key: Any, path: str, value: Any, dtype: DTypeLike | None
+) -> jax.Array:
+    """A `js.Variable`'s initial value: ``value(key)`` or ``value``, cast to dtype."""
+    if callable(value):
+        out: Any = value(key)
+        if not hasattr(out, "dtype"):
+            out = _as_returned_array(out, path, "any shape and dtype")
+        if dtype is not None:
+            out = jnp.asarray(out, canon_dtype(dtype, path))
+        return out
+    _, vdtype = value_meta(value, path)
+    if dtype is not None:
+        vdtype = canon_dtype(dtype, path)
+    return convert_value(value, vdtype, path)
+
+
+def leaf_error(path: str, coll: str, value: Any) -> errors.LeafTypeError:
+    """The error for a tree leaf at ``coll/path`` that is not an array."""
+    return errors.LeafTypeError(
+        f"Variable {path} is not an array in the tree given to js.apply: "
+        f"{coll}/{path} holds {value!r:.60} ({type(value).__name__}). Every leaf "
+        "must be a jax or NumPy array, e.g. from js.init; convert Python values "
+        "with jnp.asarray.",
+        path,
+    )
