@@ -144,11 +144,12 @@ class Frame:
         #    from a copy, and the run adopts the child's after the transform
         "scope",  # the VariableScope open now (root: name "")
         "name_scope",  # the name scope open now, without trailing "/"
-        "used_names",  # names.Uniquifier of name scopes and Variable paths
+        "used_names",  # names.Uniquifier: name scopes and variable paths taken
         "scope_counts",  # Counts: how often each variable scope was opened
         "kind_of",  # path -> Kind, for every variable of the run so far
         "collection_of",  # path -> the collection holding it
-        "prefixes",  # every proper prefix of those paths ("a" for "a/w")
+        "prefixes",  # every proper prefix of those paths ("a" for "a/w"): no
+        #              variable may be created at one
         "rng_counts",  # (stream, scope) -> keys drawn so far by next_rng_key
         "templates",  # id(template) -> (template, its VariableScope)
         # -- run values: arrays of this run's trace; dropped when it ends
