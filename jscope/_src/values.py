@@ -120,12 +120,13 @@ def as_shape(shape: Shape | int, path: str) -> tuple:
             f"any size on reuse), got {shape!r}. Pass e.g. shape=(3, 4).",
             path,
         ) from None
-    if any(d is not None and d < 0 for d in dims):
-        raise errors.InvalidShapeError(
-            f"The shape of variable {path} has a negative size: {dims}. Every "
-            "dimension must be >= 0 (None for any size on reuse).",
-            path,
-        )
+    for d in dims:  # a loop, not any(): no generator per variable at init
+        if d is not None and d < 0:
+            raise errors.InvalidShapeError(
+                f"The shape of variable {path} has a negative size: {dims}. Every "
+                "dimension must be >= 0 (None for any size on reuse).",
+                path,
+            )
     return dims
 
 
