@@ -115,7 +115,7 @@ def _noise_shape(noise_shape: Shape | None, shape: tuple) -> tuple[int, ...]:
             LayerArgumentError,
             "dropout",
             f"noise_shape {noise_shape!r} does not broadcast to the inputs' shape "
-            f"{shape}: give one entry per axis, each the inputs' size, 1 or None.",
+            f"{shape}. Give one entry per axis: the inputs' size, 1 or None.",
         )
     return out
 

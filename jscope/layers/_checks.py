@@ -83,7 +83,7 @@ def ints(
             LayerArgumentError,
             layer,
             f"{what} must be an int >= {minimum} or {n} such ints (one per spatial "
-            f"axis), got {value!r}. Pass e.g. {what}={max(minimum, 1)}.",
+            f"axis), got {value!r}. Pass e.g. {what}={(minimum + 1,) * n}.",
         )
     return out
 
@@ -129,7 +129,8 @@ def rank(x: jax.Array, layer: str, expected: str, layout: str) -> None:
             LayerArgumentError,
             layer,
             f"needs inputs of rank {expected} ({layout}), got shape "
-            f"{tuple(x.shape)} of rank {x.ndim}. Reshape the inputs to {layout}.",
+            f"{tuple(x.shape)} of rank {x.ndim}. Reshape the inputs to that "
+            "layout.",
         )
 
 
