@@ -26,7 +26,9 @@ from jscope import errors
 
 def tower(x: jax.Array, units: int, initializer: jst.Initializer | None = None):
     """Two dense layers under one scope; called twice with reuse below."""
-    h = js.layers.dense(x, units, activation=jax.nn.relu, kernel_initializer=initializer)
+    h = js.layers.dense(
+        x, units, activation=jax.nn.relu, kernel_initializer=initializer
+    )
     h = js.layers.layer_norm(h)
     return js.layers.dense(h, 2, name="logits")
 
@@ -87,7 +89,7 @@ def rnn_model(xs: jax.Array) -> jax.Array:
         y = js.layers.dense(carry + x, 4, name="step")
         return y, y
 
-    final, _ = js.scan(body)(jnp.zeros(4), jnp.moveaxis(outputs, 1, 0))
+    final, _ = js.scan(body)(jnp.zeros((xs.shape[0], 4)), jnp.moveaxis(outputs, 1, 0))
     return final
 
 
@@ -98,7 +100,7 @@ def main() -> None:
     key = jax.random.key(0)
     x = jnp.ones((4, 3))
     variables: jst.VariableTree = js.init(model, key, x, False)
-    print(js.summary(model, x, False))
+    print(js.summary(model, key, x, False))
 
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(variables["params"])
@@ -136,8 +138,12 @@ def main() -> None:
         print(sorted(js.flatten(restored)))
         print(js.list_variables(latest)[:2])
 
+    def missing() -> jax.Array:
+        with js.variable_scope("missing", reuse=True):
+            return js.get_variable("w", (2,))
+
     try:
-        js.init(lambda: js.get_variable("w", (2,), reuse=True), key)
+        js.init(missing, key)
     except errors.VariableNotFoundError as e:
         print(type(e).__name__, e.path)
     except ValueError:
