@@ -67,10 +67,10 @@ def ints(
     value: Any, n: int, what: str, layer: str, minimum: int = 1
 ) -> tuple[int, ...]:
     """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints >= minimum."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * n
+    one = isinstance(value, int) and not isinstance(value, bool)
+    items: Any = (value,) * n if one else value
     try:
-        out = tuple(operator.index(v) for v in value)
+        out = tuple(operator.index(v) for v in items)
     except TypeError:
         raise error(
             LayerTypeError,
