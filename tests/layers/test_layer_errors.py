@@ -7,6 +7,9 @@ phrase of the message. The same checks cover the small modules' argument errors
 (names, trees, scopes, initializers).
 """
 
+import ast
+import builtins
+import pathlib
 import pickle
 import re
 
@@ -273,3 +276,40 @@ def test_small_module_errors_are_named_classes(case):
     assert "." in str(e).split(phrase, 1)[1]  # a fix follows what was found
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is cls and str(back) == str(e)
+
+
+# ------------------------------------------------------ no bare builtin raises
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NAMED_ONLY = [
+    *sorted((ROOT / "jscope" / "layers").glob("*.py")),
+    *(ROOT / "jscope" / f for f in ("initializers.py", "errors.py")),
+    *(ROOT / "jscope" / "_src" / f for f in ("names.py", "tree.py", "summary.py")),
+    ROOT / "jscope" / "_src" / "scope.py",
+]
+
+
+def _bare_raises(path):
+    """``raise Name(...)`` / ``raise Name`` of a builtin exception, by line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Raise) or node.exc is None:
+            continue
+        exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        if isinstance(exc, ast.Name) and isinstance(
+            getattr(builtins, exc.id, None), type
+        ):
+            found.append(f"{path.name}:{node.lineno} raise {exc.id}")
+    return found
+
+
+@pytest.mark.parametrize("path", NAMED_ONLY, ids=lambda p: p.name)
+def test_no_bare_builtin_raise(path):
+    """Each raise names a jscope.errors class (that is also the builtin)."""
+    assert _bare_raises(path) == []
+
+
+def test_bare_raise_finder_finds_them(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(x):\n    if x:\n        raise ValueError('no')\n")
+    assert _bare_raises(bad) == ["bad.py:3 raise ValueError"]
