@@ -41,7 +41,7 @@ def _check_state(x: jax.Array, part: ArrayLike, units: int, label: str, kind: st
             kind,
             f"state {label} must have shape {want} (the inputs' batch shape "
             f"{tuple(x.shape[:-1])} and units={units}), got {tuple(part.shape)}. "
-            f"Make the state with js.layers.{kind[:-5]}_zero_state("
+            f"Make the state with js.layers.{kind.removesuffix('_cell')}_zero_state("
             f"{tuple(x.shape[:-1])}, {units}).",
         )
     return part
