@@ -11,6 +11,7 @@ message and attributes when pickled.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentTypeError",
     "AssignmentDtypeError",
     "AssignmentShapeError",
     "AssignmentTargetError",
@@ -28,6 +29,8 @@ __all__ = [
     "JaxTransformError",
     "JscopeError",
     "LeafTypeError",
+    "LayerArgumentError",
+    "LayerTypeError",
     "LiftError",
     "MissingRngError",
     "NotInRunError",
@@ -108,6 +111,32 @@ class InitializerArgumentError(JscopeError, ValueError):
 
 class UnsupportedArgumentError(JscopeError, ValueError):
     """A TF1 keyword argument has a value that jscope does not support."""
+
+
+class ArgumentTypeError(JscopeError, TypeError):
+    """An argument has the wrong type, as TF1's ``TypeError``s.
+
+    For example a variable name that is not a str, a variable tree that is not a
+    dict, or a ``variable_scope`` given neither a name nor a default name.
+    """
+
+
+class LayerArgumentError(JscopeError, ValueError):
+    """A layer got an argument or input value it cannot use.
+
+    For example a size that is not positive, an unknown padding, inputs of the
+    wrong rank, or a rate outside ``[0, 1)``. ``path`` is the layer's scope path
+    (``dense_1``, ``net/conv2d``) and the message starts ``Layer <path>:``.
+    """
+
+
+class LayerTypeError(ArgumentTypeError):
+    """A layer argument or input has the wrong type.
+
+    For example a size that is not an int, integer inputs to a layer that needs
+    floating point, or a traced ``training`` flag. ``path`` is the layer's scope
+    path and the message starts ``Layer <path>:``.
+    """
 
 
 class NotMutableError(JscopeError, ValueError):

@@ -21,8 +21,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from jscope import errors
+from jscope.typing import DTypeLike, Initializer, Shape
 
 __all__ = [
     "Initializer",
@@ -57,7 +58,6 @@ __all__ = [
     "zeros_initializer",
 ]
 
-Initializer = Callable[..., jax.Array]
 _F32 = jnp.float32
 
 
@@ -105,7 +105,9 @@ def _float_dtype(dtype: Any, name: str) -> np.dtype:
     return dtype
 
 
-def random_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
+def random_normal(
+    mean: float = 0.0, stddev: float = 1.0, dtype: DTypeLike = _F32
+) -> Initializer:
     """Normal values with the given mean and standard deviation (TF1's default 1.0).
 
     Example:
@@ -121,7 +123,9 @@ def random_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
     return init
 
 
-def truncated_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
+def truncated_normal(
+    mean: float = 0.0, stddev: float = 1.0, dtype: DTypeLike = _F32
+) -> Initializer:
     """Normal values redrawn beyond two standard deviations, as TF1's.
 
     The standard deviation is that of the normal before truncation (TF1's rule).
@@ -141,7 +145,9 @@ def truncated_normal(mean: float = 0.0, stddev: float = 1.0, dtype: Any = _F32):
     return init
 
 
-def random_uniform(minval: float = 0.0, maxval: float | None = None, dtype: Any = _F32):
+def random_uniform(
+    minval: float = 0.0, maxval: float | None = None, dtype: DTypeLike = _F32
+) -> Initializer:
     """Uniform values in ``[minval, maxval)``; ``maxval`` defaults to 1 for floats.
 
     Integer variables need an explicit ``maxval`` (TF1's rule).
@@ -193,7 +199,7 @@ def _check_representable(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return cast
 
 
-def constant(value: Any = 0, dtype: Any = None):
+def constant(value: Any = 0, dtype: DTypeLike | None = None) -> Initializer:
     """Fills the variable with ``value``, row-major, as TF1's constant initializer.
 
     A scalar fills everything; a list shorter than the variable fills row-major
@@ -242,7 +248,16 @@ def _ones(key, shape, dtype=_F32, out_sharding=None):
     return lax.broadcast_in_dim(np.ones((), dtype), tuple(shape), ())
 
 
-def zeros(*args, **kwargs):
+@overload
+def zeros(dtype: DTypeLike = _F32) -> Initializer: ...
+@overload
+def zeros(
+    key: jax.Array | None,
+    shape: Shape,
+    dtype: DTypeLike = _F32,
+    out_sharding: Any = None,
+) -> jax.Array: ...
+def zeros(*args: Any, **kwargs: Any) -> Any:
     """Zeros; works called (``zeros()``) and uncalled (``zeros(key, shape, dtype)``).
 
     Example:
@@ -254,7 +269,16 @@ def zeros(*args, **kwargs):
     return _factory_or_call(_zeros, args, kwargs)
 
 
-def ones(*args, **kwargs):
+@overload
+def ones(dtype: DTypeLike = _F32) -> Initializer: ...
+@overload
+def ones(
+    key: jax.Array | None,
+    shape: Shape,
+    dtype: DTypeLike = _F32,
+    out_sharding: Any = None,
+) -> jax.Array: ...
+def ones(*args: Any, **kwargs: Any) -> Any:
     """Ones; works called (``ones()``) and uncalled (``ones(key, shape, dtype)``).
 
     Example:
@@ -284,8 +308,8 @@ def variance_scaling(
     scale: float = 1.0,
     mode: str = "fan_in",
     distribution: str = "truncated_normal",
-    dtype: Any = _F32,
-):
+    dtype: DTypeLike = _F32,
+) -> Initializer:
     """Scaled random values with TF1's fans (see `compute_fans`).
 
     Args:
@@ -296,7 +320,8 @@ def variance_scaling(
       dtype: Default dtype.
 
     Raises:
-      ValueError: An unknown mode or distribution, or a scale that is not positive.
+      InitializerArgumentError: An unknown mode or distribution, or a scale that
+        is not positive (a ``ValueError``).
 
     Example:
       >>> import jax
@@ -305,13 +330,22 @@ def variance_scaling(
       True
     """
     if scale <= 0.0:
-        raise ValueError(f"variance_scaling needs a positive scale, got {scale}.")
+        raise errors.InitializerArgumentError(
+            f"variance_scaling needs a positive scale, got {scale}. Pass e.g. "
+            "scale=1.0 (Glorot/LeCun) or scale=2.0 (He)."
+        )
     modes = ("fan_in", "fan_out", "fan_avg")
     if mode not in modes:
-        raise ValueError(f"Invalid mode {mode!r}; expected one of {modes}.")
+        raise errors.InitializerArgumentError(
+            f"Invalid mode {mode!r} for variance_scaling; expected one of {modes}. "
+            "Pass e.g. mode='fan_in'."
+        )
     dists = ("truncated_normal", "untruncated_normal", "normal", "uniform")
     if distribution not in dists:
-        raise ValueError(f"Invalid distribution {distribution!r}; expected {dists}.")
+        raise errors.InitializerArgumentError(
+            f"Invalid distribution {distribution!r} for variance_scaling; expected "
+            f"one of {dists}. Pass e.g. distribution='truncated_normal'."
+        )
 
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = _float_dtype(dtype, "variance_scaling")
@@ -330,7 +364,7 @@ def variance_scaling(
     return init
 
 
-def glorot_uniform(dtype: Any = _F32):
+def glorot_uniform(dtype: DTypeLike = _F32) -> Initializer:
     """Uniform in ``±sqrt(6 / (fan_in + fan_out))``: TF1's default initializer.
 
     Unlike `jax.nn.initializers.glorot_uniform`, scalars and vectors are allowed
@@ -345,12 +379,12 @@ def glorot_uniform(dtype: Any = _F32):
     return variance_scaling(1.0, "fan_avg", "uniform", dtype)
 
 
-def glorot_normal(dtype: Any = _F32):
+def glorot_normal(dtype: DTypeLike = _F32) -> Initializer:
     """Truncated normal with variance ``2 / (fan_in + fan_out)``, as TF1's."""
     return variance_scaling(1.0, "fan_avg", "truncated_normal", dtype)
 
 
-def orthogonal(gain: float = 1.0, dtype: Any = _F32):
+def orthogonal(gain: float = 1.0, dtype: DTypeLike = _F32) -> Initializer:
     """A (semi-)orthogonal matrix over the last axis, times ``gain``.
 
     Example:
@@ -376,7 +410,7 @@ def orthogonal(gain: float = 1.0, dtype: Any = _F32):
     return init
 
 
-def default_initializer(dtype: Any) -> Initializer | None:
+def default_initializer(dtype: DTypeLike) -> Initializer | None:
     """TF1's default for a dtype: Glorot uniform, zeros for ints, False for bool.
 
     Returns None for dtypes with no default (complex), which then need an explicit

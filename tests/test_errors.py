@@ -17,6 +17,7 @@ KEY = jax.random.key(0)
 # dtype-on-reuse and name errors, TypeError for assignment dtypes and
 # unrepresentable initializer values; the rest follow what TF1 raised.
 EXPECTED_BUILTIN = {
+    "ArgumentTypeError": TypeError,
     "AssignmentDtypeError": TypeError,
     "AssignmentShapeError": ValueError,
     "AssignmentTargetError": TypeError,
@@ -33,6 +34,8 @@ EXPECTED_BUILTIN = {
     "InvalidShapeError": ValueError,
     "JaxTransformError": ValueError,
     "LeafTypeError": TypeError,
+    "LayerArgumentError": ValueError,
+    "LayerTypeError": TypeError,
     "LiftError": ValueError,
     "MissingRngError": ValueError,
     "NotInRunError": RuntimeError,
@@ -377,6 +380,17 @@ ERROR_PROGRAMS = {
         lambda: js.init(lambda: js.get_variable("foo/v", [1], shapes=[1]), KEY),
         errors.UnknownArgumentError,
         "foo/v",
+    ),
+    "argument_type": (lambda: js.flatten([1]), errors.ArgumentTypeError, None),
+    "layer_argument": (
+        lambda: js.init(lambda: js.layers.dense(jnp.ones((1, 2)), 0, name="fc"), KEY),
+        errors.LayerArgumentError,
+        "fc",
+    ),
+    "layer_type": (
+        lambda: js.init(lambda: js.layers.dense(jnp.ones((1, 2)), 2.5), KEY),
+        errors.LayerTypeError,
+        "dense",
     ),
 }
 

@@ -29,10 +29,10 @@ def validate(name: str, what: str = "variable") -> str:
     Raises:
       InvalidNameError: An empty name or component, or a character outside the
         allowed pattern.
-      TypeError: ``name`` is not a string.
+      ArgumentTypeError: ``name`` is not a string (a ``TypeError``).
     """
     if type(name) is not str and not isinstance(name, str):
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"A {what} name must be a str, got {type(name).__name__}: {name!r}. "
             "Pass the name as a string, e.g. 'w' or 'layer/w'."
         )

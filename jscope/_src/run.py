@@ -172,7 +172,7 @@ def apply(
     rngs: Any = None,
     mutable: Any = False,
     **kwargs: Any,
-):
+) -> Any:
     """Runs ``fn`` reading every variable from ``variables``; creates nothing.
 
     Args:

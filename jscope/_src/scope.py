@@ -219,7 +219,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
     ):
         check_reuse(reuse)
         if name_or_scope is None and default_name is None:
-            raise TypeError(
+            raise errors.ArgumentTypeError(
                 "variable_scope needs name_or_scope or default_name; got neither. "
                 "Pass a name, e.g. variable_scope('layer'), or a default_name."
             )
@@ -232,9 +232,11 @@ class variable_scope:  # noqa: N801 (TF1's name)
         if not (
             name_or_scope is None or isinstance(name_or_scope, str | VariableScope)
         ):
-            raise TypeError(
+            raise errors.ArgumentTypeError(
                 "name_or_scope must be a str, a VariableScope or None, got "
-                f"{type(name_or_scope).__name__}: {name_or_scope!r}."
+                f"{type(name_or_scope).__name__}: {name_or_scope!r}. Pass the "
+                "scope's name, e.g. variable_scope('layer'), or a scope object "
+                "captured with `with variable_scope(...) as scope`."
             )
         if type(name_or_scope) is str or name_or_scope is None:
             given = default_name if name_or_scope is None else name_or_scope

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -24,11 +24,13 @@ class Row(NamedTuple):
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
         n /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 class Summary:
@@ -148,7 +150,11 @@ class Summary:
 
 
 def summary(
-    fn: Callable[..., Any], rng: Any, *args: Any, depth: int = 1, **kwargs: Any
+    fn: Callable[..., Any],
+    rng: jax.Array | Mapping[str, jax.Array],
+    *args: Any,
+    depth: int = 1,
+    **kwargs: Any,
 ) -> Summary:
     """Summarises the variables ``fn`` creates, from a shape-only init (no FLOPs).
 

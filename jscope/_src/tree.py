@@ -6,8 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jscope import errors
-
-VariableTree = dict[str, Any]
+from jscope.typing import VariableTree
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -24,7 +23,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
       A new dict in creation (insertion) order.
 
     Raises:
-      TypeError: ``tree`` is not a mapping.
+      ArgumentTypeError: ``tree`` is not a mapping (a ``TypeError``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -32,8 +31,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
       {'params/n1/w': Array([0., 0.], dtype=float32)}
     """
     if not isinstance(tree, Mapping):
-        raise TypeError(
-            f"Expected a variable tree (a nested dict), got {type(tree).__name__}."
+        raise errors.ArgumentTypeError(
+            f"Expected a variable tree (a nested dict such as js.init returns), got "
+            f"{type(tree).__name__}. Pass the dict itself, e.g. "
+            "js.flatten(variables), not a list of its leaves or a single array."
         )
     out: dict[str, Any] = {}
     _flatten_into(tree, prefix, out)
@@ -78,7 +79,11 @@ def unflatten(flat: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> VariableTr
         if leaf in node:
             if isinstance(node[leaf], dict):
                 raise _conflict(path, _first_leaf(path, node[leaf]))
-            raise errors.PathConflictError(f"Path {path!r} is given twice.", path)
+            raise errors.PathConflictError(
+                f"Path {path!r} is given twice: unflatten got two values for it. "
+                "Give each path once.",
+                path,
+            )
         node[leaf] = value
     return root
 

@@ -4,6 +4,11 @@ Every layer is a plain function taking ``name=None, reuse=None``; it opens
 ``js.variable_scope(name, default_name=<kind>, reuse=reuse)``, so variables are
 named as TF1 named them (``dense/kernel``, ``dense_1/bias``, ...), and sharing a
 layer is calling it again with the same ``name`` and ``reuse=True``.
+
+A bad argument or input raises `jscope.errors.LayerArgumentError` (a
+``ValueError``) or `jscope.errors.LayerTypeError` (a ``TypeError``) whose message
+starts with the layer's scope path (``Layer net/dense_1: ...``); the checks and
+their messages live in ``_checks.py``.
 """
 
 # Each group of layers is re-exported from its private module below.

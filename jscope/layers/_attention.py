@@ -2,94 +2,82 @@
 
 from __future__ import annotations
 
-import operator
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 import jscope as js
+from jscope.errors import LayerArgumentError, LayerTypeError
+from jscope.layers import _checks
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Reuse
 
-
-def _path() -> str:
-    return js.get_variable_scope().name
-
-
-def _err(msg: str) -> str:
-    return f"Layer {_path()}: multi_head_attention {msg}"
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(_err(f"{what} must be an int, got {value!r}."))
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(_err(f"{what} must be an int, got {value!r}.")) from None
-    if value <= 0:
-        raise ValueError(_err(f"{what} must be positive, got {value}."))
-    return value
+_MHA = "multi_head_attention"
 
 
 def _check_inputs(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
     for label, a in (("query", q), ("key", k), ("value", v)):
         if a.ndim < 2:
-            raise ValueError(
-                _err(
-                    f"{label} must have rank >= 2 ([batch..., length, features]), "
-                    f"got shape {tuple(a.shape)}."
-                )
+            raise _checks.error(
+                LayerArgumentError,
+                _MHA,
+                f"{label} must have rank >= 2 ([batch..., length, features]), "
+                f"got shape {tuple(a.shape)}. Add a length axis, e.g. "
+                f"{label}[None] for a single position.",
             )
     if k.shape[:-1] != v.shape[:-1]:
-        raise ValueError(
-            _err(
-                f"key and value must agree on [batch..., length], got shapes "
-                f"{tuple(k.shape)} and {tuple(v.shape)}."
-            )
+        raise _checks.error(
+            LayerArgumentError,
+            _MHA,
+            f"key and value must agree on [batch..., length], got shapes "
+            f"{tuple(k.shape)} and {tuple(v.shape)}. Pass one value per key.",
         )
     if q.shape[:-2] != k.shape[:-2]:
-        raise ValueError(
-            _err(
-                f"query and key must have the same batch shape, got shapes "
-                f"{tuple(q.shape)} and {tuple(k.shape)}."
-            )
+        raise _checks.error(
+            LayerArgumentError,
+            _MHA,
+            f"query and key must have the same batch shape, got shapes "
+            f"{tuple(q.shape)} and {tuple(k.shape)}. Broadcast them to one batch "
+            "shape first.",
         )
 
 
-def _mask(mask: Any, causal: bool, logits_shape: tuple[int, ...]) -> jax.Array | None:
+def _mask(
+    mask: ArrayLike | None, causal: bool, logits_shape: tuple[int, ...]
+) -> jax.Array | None:
     """The boolean mask ``[batch..., heads, q, k]`` (True attends), or None."""
     n_batch = len(logits_shape) - 3
     out = None
     if mask is not None:
         m = jnp.asarray(mask)
         if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
-            raise TypeError(
-                _err(
-                    f"mask must be boolean (True = attend), got dtype {m.dtype}. "
-                    "Additive (float) masks are not supported: pass mask > 0 or "
-                    "a boolean array."
-                )
+            raise _checks.error(
+                LayerTypeError,
+                _MHA,
+                f"mask must be boolean (True = attend), got dtype {m.dtype}. "
+                "Additive (float) masks are not supported: pass mask > 0 or "
+                "a boolean array.",
             )
         if m.ndim == n_batch + 2:  # [batch..., q, k]: the same for every head
             m = m[..., None, :, :]
         elif m.ndim != n_batch + 3:
-            raise ValueError(
-                _err(
-                    f"mask must have shape [batch..., heads or 1, q_length, "
-                    f"k_length] or [batch..., q_length, k_length] (broadcastable "
-                    f"to {logits_shape}), got shape {tuple(m.shape)}."
-                )
+            raise _checks.error(
+                LayerArgumentError,
+                _MHA,
+                f"mask must have shape [batch..., heads or 1, q_length, "
+                f"k_length] or [batch..., q_length, k_length] (broadcastable "
+                f"to {logits_shape}), got shape {tuple(m.shape)}. Add or remove "
+                "axes to match.",
             )
         try:
             jnp.broadcast_shapes(m.shape, logits_shape)
         except ValueError:
-            raise ValueError(
-                _err(
-                    f"mask of shape {tuple(np.shape(mask))} does not broadcast to the "
-                    f"attention weights' shape {logits_shape} [batch..., heads, "
-                    "q_length, k_length]."
-                )
+            raise _checks.error(
+                LayerArgumentError,
+                _MHA,
+                f"mask of shape {tuple(np.shape(mask))} does not broadcast to the "
+                f"attention weights' shape {logits_shape} [batch..., heads, "
+                "q_length, k_length]. Use sizes equal to those or 1.",
             ) from None
         out = m.astype(jnp.bool_)
     if causal:
@@ -124,26 +112,26 @@ def _dropout(weights: jax.Array, rate: float) -> jax.Array:
 
 
 def multi_head_attention(
-    query: jax.Array,
-    key: jax.Array | None = None,
-    value: jax.Array | None = None,
+    query: ArrayLike,
+    key: ArrayLike | None = None,
+    value: ArrayLike | None = None,
     *,
     num_heads: int,
     key_dim: int | None = None,
     value_dim: int | None = None,
     output_dim: int | None = None,
-    mask: Any = None,
+    mask: ArrayLike | None = None,
     causal: bool = False,
     dropout_rate: float = 0.0,
     training: bool = False,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = None,
     return_attention_scores: bool = False,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Multi-head scaled dot-product attention, as Keras's ``MultiHeadAttention``.
 
@@ -208,9 +196,10 @@ def multi_head_attention(
       ``return_attention_scores``.
 
     Raises:
-      ValueError: A bad shape, ``num_heads`` or dimension, a mask that does not
-        broadcast, or ``dropout_rate`` outside ``[0, 1)``.
-      TypeError: A non-int size, or a float mask.
+      LayerArgumentError: A bad shape, ``num_heads`` or dimension, a mask that
+        does not broadcast, or ``dropout_rate`` outside ``[0, 1)`` (a
+        ``ValueError``).
+      LayerTypeError: A non-int size, or a float mask (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -223,32 +212,31 @@ def multi_head_attention(
       >>> js.apply(f, v, x).shape
       (1, 5, 8)
     """
-    with js.variable_scope(name, default_name="multi_head_attention", reuse=reuse):
+    with js.variable_scope(name, default_name=_MHA, reuse=reuse):
         q_in = jnp.asarray(query)
         k_in = q_in if key is None else jnp.asarray(key)
         v_in = k_in if value is None else jnp.asarray(value)
         _check_inputs(q_in, k_in, v_in)
-        heads = _positive_int(num_heads, "num_heads")
+        heads = _checks.positive_int(num_heads, "num_heads", _MHA)
         if key_dim is None:
             if q_in.shape[-1] % heads:
-                raise ValueError(
-                    _err(
-                        f"cannot split {q_in.shape[-1]} query features into "
-                        f"num_heads={heads} heads: pass key_dim."
-                    )
+                raise _checks.error(
+                    LayerArgumentError,
+                    _MHA,
+                    f"cannot split {q_in.shape[-1]} query features into "
+                    f"num_heads={heads} heads (remainder "
+                    f"{q_in.shape[-1] % heads}): pass key_dim, or a num_heads "
+                    f"that divides {q_in.shape[-1]}.",
                 )
             key_dim = q_in.shape[-1] // heads
-        key_dim = _positive_int(key_dim, "key_dim")
-        value_dim = _positive_int(
-            key_dim if value_dim is None else value_dim, "value_dim"
+        key_dim = _checks.positive_int(key_dim, "key_dim", _MHA)
+        value_dim = _checks.positive_int(
+            key_dim if value_dim is None else value_dim, "value_dim", _MHA
         )
-        out_dim = _positive_int(
-            q_in.shape[-1] if output_dim is None else output_dim, "output_dim"
+        out_dim = _checks.positive_int(
+            q_in.shape[-1] if output_dim is None else output_dim, "output_dim", _MHA
         )
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(
-                _err(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
-            )
+        _checks.rate(dropout_rate, "dropout_rate", _MHA)
         opts = (kernel_initializer, bias_initializer, dtype, use_bias, precision)
         q = _heads(q_in, "query", heads, key_dim, opts)
         k = _heads(k_in, "key", heads, key_dim, opts)

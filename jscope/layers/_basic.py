@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +17,19 @@ import numpy as np
 from jax import lax
 
 import jscope as js
-from jscope.layers._conv import _SPATIAL, _ints, _padding
+from jscope.errors import LayerArgumentError, LayerTypeError
+from jscope.layers import _checks
+from jscope.layers._checks import Padding
+from jscope.typing import ArrayLike, DTypeLike, Shape
 
 # ---------------------------------------------------------------------- dropout
 
 
 def dropout(
-    inputs: Any,
+    inputs: ArrayLike,
     rate: float = 0.5,
     training: bool = False,
-    noise_shape: Sequence[int | None] | None = None,
+    noise_shape: Shape | None = None,
     name: str | None = None,
 ) -> jax.Array:
     """Zeroes each element with probability ``rate`` while training, as TF1.
@@ -54,10 +56,11 @@ def dropout(
       An array of the inputs' shape and dtype.
 
     Raises:
-      ValueError: ``rate`` is not in ``[0, 1)``, ``noise_shape`` does not
-        broadcast to ``inputs``, or ``inputs`` are not floating point (TF1's
-        error).
-      TypeError: ``training`` or ``rate`` is a traced value.
+      LayerArgumentError: ``rate`` is not in ``[0, 1)``, ``noise_shape`` does
+        not broadcast to ``inputs``, or ``inputs`` are not floating point (a
+        ``ValueError``, TF1's error).
+      LayerTypeError: ``training`` or ``rate`` is a traced value (a
+        ``TypeError``).
       MissingRngError: At apply, while training, ``rngs`` has no "dropout" key.
 
     Example:
@@ -68,25 +71,25 @@ def dropout(
       True
     """
     with js.variable_scope(name, default_name="dropout"):
-        path = js.get_variable_scope().name
         if isinstance(training, jax.core.Tracer) or isinstance(rate, jax.core.Tracer):
-            raise TypeError(
-                f"Layer {path}: dropout needs a Python bool `training` and a Python "
-                "float `rate`, got a traced value. Mark them static (e.g. "
-                "jax.jit(..., static_argnames='training')) or use js.cond."
+            raise _checks.error(
+                LayerTypeError,
+                "dropout",
+                "needs a Python bool `training` and a Python float `rate`, got a "
+                "traced value. Mark them static (e.g. jax.jit(..., "
+                "static_argnames='training')) or use js.cond.",
             )
-        rate = float(rate)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(
-                f"Layer {path}: dropout rate must be in [0, 1), got {rate}."
-            )
+        rate = _checks.rate(float(rate), "rate", "dropout")
         x = jnp.asarray(inputs)
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(
-                f"Layer {path}: dropout needs floating-point inputs (kept values are "
-                f"scaled by 1 / (1 - rate)), got dtype {x.dtype}."
+            raise _checks.error(
+                LayerArgumentError,
+                "dropout",
+                "needs floating-point inputs (kept values are scaled by "
+                f"1 / (1 - rate)), got dtype {x.dtype}. Cast them first, e.g. "
+                "inputs.astype(jnp.float32).",
             )
-        shape = _noise_shape(noise_shape, x.shape, path)
+        shape = _noise_shape(noise_shape, x.shape)
         if not training or rate == 0.0:
             return x
         keep = jax.random.bernoulli(js.next_rng_key("dropout"), 1.0 - rate, shape)
@@ -97,7 +100,7 @@ def dropout(
         )
 
 
-def _noise_shape(noise_shape: Any, shape: tuple, path: str) -> tuple[int, ...]:
+def _noise_shape(noise_shape: Shape | None, shape: tuple) -> tuple[int, ...]:
     if noise_shape is None:
         return shape
     try:
@@ -108,10 +111,11 @@ def _noise_shape(noise_shape: Any, shape: tuple, path: str) -> tuple[int, ...]:
     except (TypeError, ValueError):
         out = None
     if out is None or any(d not in (1, n) for d, n in zip(out, shape, strict=True)):
-        raise ValueError(
-            f"Layer {path}: noise_shape {noise_shape!r} does not broadcast to the "
-            f"inputs' shape {shape}: give one entry per axis, each the inputs' size, "
-            "1 or None."
+        raise _checks.error(
+            LayerArgumentError,
+            "dropout",
+            f"noise_shape {noise_shape!r} does not broadcast to the inputs' shape "
+            f"{shape}. Give one entry per axis: the inputs' size, 1 or None.",
         )
     return out
 
@@ -121,28 +125,26 @@ def _noise_shape(noise_shape: Any, shape: tuple, path: str) -> tuple[int, ...]:
 
 def _pool(
     kind: str,
-    inputs: Any,
-    pool_size: Any,
-    strides: Any,
-    padding: Any,
+    inputs: ArrayLike,
+    pool_size: int | Sequence[int],
+    strides: int | Sequence[int] | None,
+    padding: Padding,
     n: int | None,
     name: str | None,
 ) -> jax.Array:
     x = jnp.asarray(inputs)
     rank_n = x.ndim - 2 if n is None else n
-    default = f"{kind}_pooling{rank_n}d" if rank_n in _SPATIAL else f"{kind}_pooling"
+    spatial = rank_n in (1, 2, 3)
+    default = f"{kind}_pooling{rank_n}d" if spatial else f"{kind}_pooling"
     with js.variable_scope(name, default_name=default):
-        path = js.get_variable_scope().name
         what = "max_pool" if kind == "max" else "avg_pool"
-        if rank_n not in _SPATIAL or x.ndim != rank_n + 2:
-            expected = "3, 4 or 5" if n is None else str(n + 2)
-            raise ValueError(
-                f"Layer {path}: {what} needs channels-last inputs of rank {expected} "
-                f"(batch, spatial axes, channels), got shape {x.shape}."
-            )
-        window = _ints(pool_size, rank_n, "pool_size", path)
-        strides = window if strides is None else _ints(strides, rank_n, "strides", path)
-        pad = _padding(padding, rank_n, path)
+        expected = "3, 4 or 5" if n is None else str(n + 2)
+        _checks.rank(x, what, expected, "batch, spatial axes, channels last")
+        window = _checks.ints(pool_size, rank_n, "pool_size", what)
+        if strides is not None:
+            strides = _checks.ints(strides, rank_n, "strides", what)
+        strides = window if strides is None else strides
+        pad = _checks.padding(padding, rank_n, what)
         if isinstance(pad, str):
             pad = lax.padtype_to_pads(x.shape[1:-1], window, strides, pad)
         pads = ((0, 0), *pad, (0, 0))
@@ -158,17 +160,17 @@ def _pool(
         return total / count
 
 
-def _lowest(dtype: Any) -> np.ndarray:
+def _lowest(dtype: DTypeLike) -> np.ndarray:
     if jnp.issubdtype(dtype, jnp.inexact):
         return np.asarray(-np.inf, dtype)
     return np.asarray(jnp.iinfo(dtype).min, dtype)
 
 
 def max_pool(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """The maximum over each window, as ``tf.layers.max_pooling{1,2,3}d``.
@@ -190,7 +192,9 @@ def max_pool(
       An array ``[batch, *out_spatial, channels]``.
 
     Raises:
-      ValueError: Wrong rank, unknown padding or non-positive sizes.
+      LayerArgumentError: Wrong rank, unknown padding or non-positive sizes (a
+        ``ValueError``).
+      LayerTypeError: A size that is not an int (a ``TypeError``).
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
@@ -203,10 +207,10 @@ def max_pool(
 
 
 def avg_pool(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """The mean over each window, as ``tf.layers.average_pooling{1,2,3}d``.
@@ -229,7 +233,9 @@ def avg_pool(
       An array ``[batch, *out_spatial, channels]``.
 
     Raises:
-      ValueError: Wrong rank, unknown padding or non-positive sizes.
+      LayerArgumentError: Wrong rank, unknown padding or non-positive sizes (a
+        ``ValueError``).
+      LayerTypeError: A size that is not an int (a ``TypeError``).
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
@@ -241,10 +247,10 @@ def avg_pool(
 
 
 def max_pool1d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, width, channels]`` inputs only.
@@ -260,10 +266,10 @@ def max_pool1d(
 
 
 def max_pool2d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, height, width, channels]`` inputs only.
@@ -279,10 +285,10 @@ def max_pool2d(
 
 
 def max_pool3d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, depth, height, width, channels]`` inputs only.
@@ -298,10 +304,10 @@ def max_pool3d(
 
 
 def avg_pool1d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, width, channels]`` inputs only.
@@ -317,10 +323,10 @@ def avg_pool1d(
 
 
 def avg_pool2d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, height, width, channels]`` inputs only.
@@ -336,10 +342,10 @@ def avg_pool2d(
 
 
 def avg_pool3d(
-    inputs: Any,
+    inputs: ArrayLike,
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, depth, height, width, channels]`` inputs only.
@@ -357,7 +363,7 @@ def avg_pool3d(
 # ---------------------------------------------------------------------- flatten
 
 
-def flatten(inputs: Any, name: str | None = None) -> jax.Array:
+def flatten(inputs: ArrayLike, name: str | None = None) -> jax.Array:
     """Flattens every axis but the first (batch), as ``tf.layers.flatten``.
 
     A rank-1 input ``[batch]`` becomes ``[batch, 1]`` (Keras's rule).
@@ -370,7 +376,7 @@ def flatten(inputs: Any, name: str | None = None) -> jax.Array:
       An array ``[batch, prod(other axes)]``.
 
     Raises:
-      ValueError: ``inputs`` is a scalar.
+      LayerArgumentError: ``inputs`` is a scalar (a ``ValueError``).
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
@@ -379,9 +385,5 @@ def flatten(inputs: Any, name: str | None = None) -> jax.Array:
     """
     with js.variable_scope(name, default_name="flatten"):
         x = jnp.asarray(inputs)
-        if x.ndim < 1:
-            raise ValueError(
-                f"Layer {js.get_variable_scope().name}: flatten needs inputs with a "
-                f"batch axis (rank >= 1), got a scalar."
-            )
+        _checks.rank(x, "flatten", ">= 1", "a batch axis first")
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))

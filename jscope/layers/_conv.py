@@ -8,7 +8,6 @@ over from TF1.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,70 +16,15 @@ import jax.numpy as jnp
 from jax import lax
 
 import jscope as js
-from jscope.layers._dense import _positive_int
-
-_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+from jscope.errors import LayerArgumentError
+from jscope.layers import _checks
+from jscope.layers._checks import Padding
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 
 def _dimension_numbers(n: int, kernel: str) -> tuple[str, str, str]:
-    s = _SPATIAL[n]
+    s = _checks.SPATIAL[n]
     return f"N{s}C", f"{s}{kernel}", f"N{s}C"
-
-
-def _ints(
-    value: Any, n: int, what: str, path: str, minimum: int = 1
-) -> tuple[int, ...]:
-    """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints >= minimum."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * n
-    try:
-        out = tuple(operator.index(v) for v in value)
-    except TypeError:
-        raise TypeError(
-            f"Layer {path}: {what} must be an int or a sequence of {n} ints, "
-            f"got {value!r}."
-        ) from None
-    if len(out) != n or any(v < minimum for v in out):
-        raise ValueError(
-            f"Layer {path}: {what} must be an int >= {minimum} or {n} such ints, "
-            f"got {value!r}."
-        )
-    return out
-
-
-def _padding(
-    padding: Any, n: int, path: str, causal: bool = False
-) -> str | tuple[tuple[int, int], ...]:
-    """``"SAME"``, ``"VALID"`` (``"CAUSAL"`` if allowed) or ``n`` (low, high) pairs."""
-    if isinstance(padding, str):
-        upper = padding.upper()
-        if upper in ("SAME", "VALID") or (causal and upper == "CAUSAL"):
-            return upper
-        allowed = '"SAME", "VALID"' + (', "CAUSAL"' if causal else "")
-        raise ValueError(
-            f"Layer {path}: unknown padding {padding!r}; use {allowed} or a "
-            f"sequence of {n} (low, high) pairs."
-        )
-    try:
-        pairs = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
-    except (TypeError, ValueError):
-        pairs = None
-    if pairs is None or len(pairs) != n or any(p < 0 for pair in pairs for p in pair):
-        raise ValueError(
-            f'Layer {path}: padding must be "SAME", "VALID" or a sequence of '
-            f"{n} (low, high) pairs of non-negative ints, one per spatial axis; "
-            f"got {padding!r}."
-        )
-    return pairs
-
-
-def _check_rank(x: jax.Array, n: int, kind: str, path: str) -> None:
-    if x.ndim != n + 2:
-        layout = "N" + _SPATIAL[n] + "C"
-        raise ValueError(
-            f"Layer {path}: {kind} needs inputs of rank {n + 2} ({layout}, channels "
-            f"last), got shape {x.shape}."
-        )
 
 
 def _bias_act(y, units, use_bias, init, reg, trainable, dtype, activation):
@@ -96,7 +40,7 @@ def _bias_act(y, units, use_bias, init, reg, trainable, dtype, activation):
 def _conv(
     n: int,
     kind: str,
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: Any,
     strides: Any,
@@ -116,20 +60,22 @@ def _conv(
     reuse: Any,
 ) -> jax.Array:
     with js.variable_scope(name, default_name=kind, reuse=reuse):
-        path = js.get_variable_scope().name
-        filters = _positive_int(filters, "filters", path)
-        groups = _positive_int(groups, "groups", path)
-        kernel_size = _ints(kernel_size, n, "kernel_size", path)
-        strides = _ints(strides, n, "strides", path)
-        dilation = _ints(dilation_rate, n, "dilation_rate", path)
-        pad = _padding(padding, n, path, causal=n == 1)
+        filters = _checks.positive_int(filters, "filters", kind)
+        groups = _checks.positive_int(groups, "groups", kind)
+        kernel_size = _checks.ints(kernel_size, n, "kernel_size", kind)
+        strides = _checks.ints(strides, n, "strides", kind)
+        dilation = _checks.ints(dilation_rate, n, "dilation_rate", kind)
+        pad = _checks.padding(padding, n, kind, causal=n == 1)
         x = jnp.asarray(inputs)
-        _check_rank(x, n, kind, path)
+        _checks.rank(x, kind, str(n + 2), _checks.spatial_layout(n))
         channels = x.shape[-1]
         if channels % groups or filters % groups:
-            raise ValueError(
-                f"Layer {path}: groups={groups} must divide both the input channels "
-                f"({channels}) and filters ({filters})."
+            raise _checks.error(
+                LayerArgumentError,
+                kind,
+                f"groups={groups} must divide both the input channels "
+                f"({channels}) and filters ({filters}). Pass a common divisor, "
+                "e.g. groups=1.",
             )
         if pad == "CAUSAL":
             pad = (((kernel_size[0] - 1) * dilation[0], 0),)
@@ -154,24 +100,24 @@ def _conv(
 
 
 def conv2d(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     dilation_rate: int | Sequence[int] = 1,
     groups: int = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A 2-D convolution over NHWC inputs, as ``tf.layers.conv2d``.
 
@@ -207,9 +153,9 @@ def conv2d(
       An array ``[batch, out_height, out_width, filters]``.
 
     Raises:
-      ValueError: Wrong input rank, unknown padding, non-positive sizes, or
-        ``groups`` not dividing the channels.
-      TypeError: A size that is not an int.
+      LayerArgumentError: Wrong input rank, unknown padding, non-positive sizes,
+        or ``groups`` not dividing the channels (a ``ValueError``).
+      LayerTypeError: A size that is not an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -225,24 +171,24 @@ def conv2d(
 
 
 def conv1d(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     dilation_rate: int | Sequence[int] = 1,
     groups: int = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A 1-D convolution over NWC inputs, as ``tf.layers.conv1d``.
 
@@ -266,24 +212,24 @@ def conv1d(
 
 
 def conv3d(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     dilation_rate: int | Sequence[int] = 1,
     groups: int = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A 3-D convolution over NDHWC inputs, as ``tf.layers.conv3d``.
 
@@ -309,7 +255,7 @@ def conv3d(
 
 
 def _transpose_pads(
-    size: int, k: int, s: int, pad: Any, out_pad: int | None, path: str
+    size: int, k: int, s: int, pad: Any, out_pad: int | None, kind: str
 ) -> tuple[int, int]:
     """Padding of the dilated-input convolution computing TF1's transpose.
 
@@ -333,10 +279,13 @@ def _transpose_pads(
         out = (size - 1) * s + k - lo - hi + (out_pad or 0)
     rest = out + lo + hi - k - (size - 1) * s
     if out <= 0 or not 0 <= rest < s:
-        raise ValueError(
-            f"Layer {path}: no output length maps back to input length {size} with "
-            f"kernel {k}, stride {s}, padding {pad!r} and output_padding "
-            f"{out_pad}; output_padding must be smaller than the stride ({s})."
+        raise _checks.error(
+            LayerArgumentError,
+            kind,
+            f"no output length maps back to input length {size} with kernel {k}, "
+            f"stride {s}, padding {pad!r} and output_padding {out_pad}; "
+            f"output_padding must be smaller than the stride ({s}). Pass "
+            "output_padding=None, or another padding or kernel size.",
         )
     return k - 1 - lo, k - 1 - hi + rest
 
@@ -344,7 +293,7 @@ def _transpose_pads(
 def _conv_transpose(
     n: int,
     kind: str,
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: Any,
     strides: Any,
@@ -364,18 +313,17 @@ def _conv_transpose(
     reuse: Any,
 ) -> jax.Array:
     with js.variable_scope(name, default_name=kind, reuse=reuse):
-        path = js.get_variable_scope().name
-        filters = _positive_int(filters, "filters", path)
-        kernel_size = _ints(kernel_size, n, "kernel_size", path)
-        strides = _ints(strides, n, "strides", path)
-        dilation = _ints(dilation_rate, n, "dilation_rate", path)
-        pad = _padding(padding, n, path)
+        filters = _checks.positive_int(filters, "filters", kind)
+        kernel_size = _checks.ints(kernel_size, n, "kernel_size", kind)
+        strides = _checks.ints(strides, n, "strides", kind)
+        dilation = _checks.ints(dilation_rate, n, "dilation_rate", kind)
+        pad = _checks.padding(padding, n, kind)
         if output_padding is None:
             out_pads = (None,) * n
         else:
-            out_pads = _ints(output_padding, n, "output_padding", path, minimum=0)
+            out_pads = _checks.ints(output_padding, n, "output_padding", kind, 0)
         x = jnp.asarray(inputs)
-        _check_rank(x, n, kind, path)
+        _checks.rank(x, kind, str(n + 2), _checks.spatial_layout(n))
         eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
         pads = [
             _transpose_pads(
@@ -384,7 +332,7 @@ def _conv_transpose(
                 strides[i],
                 pad if isinstance(pad, str) else pad[i],
                 out_pads[i],
-                path,
+                kind,
             )  # fmt: skip
             for i in range(n)
         ]
@@ -409,24 +357,24 @@ def _conv_transpose(
 
 
 def conv2d_transpose(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     output_padding: int | Sequence[int] | None = None,
     dilation_rate: int | Sequence[int] = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A transposed 2-D convolution over NHWC inputs, ``tf.layers.conv2d_transpose``.
 
@@ -473,8 +421,9 @@ def conv2d_transpose(
       An array ``[batch, out_height, out_width, filters]``.
 
     Raises:
-      ValueError: Wrong input rank, unknown padding, non-positive sizes, or an
-        ``output_padding`` not smaller than the stride.
+      LayerArgumentError: Wrong input rank, unknown padding, non-positive sizes,
+        or an ``output_padding`` not smaller than the stride (a ``ValueError``).
+      LayerTypeError: A size that is not an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -490,24 +439,24 @@ def conv2d_transpose(
 
 
 def conv1d_transpose(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     output_padding: int | Sequence[int] | None = None,
     dilation_rate: int | Sequence[int] = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A transposed 1-D convolution over NWC inputs (Keras's ``Conv1DTranspose``).
 
@@ -530,24 +479,24 @@ def conv1d_transpose(
 
 
 def conv3d_transpose(
-    inputs: Any,
+    inputs: ArrayLike,
     filters: int,
     kernel_size: int | Sequence[int],
     strides: int | Sequence[int] = 1,
-    padding: Any = "VALID",
+    padding: Padding = "VALID",
     output_padding: int | Sequence[int] | None = None,
     dilation_rate: int | Sequence[int] = 1,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A transposed 3-D convolution, as ``tf.layers.conv3d_transpose``.
 

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import jscope as js
+from jscope.layers import _checks
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 
 def dense(
-    inputs: Any,
+    inputs: ArrayLike,
     units: int,
     activation: Callable[[jax.Array], jax.Array] | None = None,
     use_bias: bool = True,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = js.initializers.zeros,
-    kernel_regularizer: Any = None,
-    bias_regularizer: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = js.initializers.zeros,
+    kernel_regularizer: Regularizer | None = None,
+    bias_regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
-    precision: Any = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """A fully connected layer: ``activation(inputs @ kernel + bias)``.
 
@@ -59,8 +59,9 @@ def dense(
       An array ``[..., units]`` in the kernel's dtype.
 
     Raises:
-      ValueError: ``units`` is not positive, or ``inputs`` is a scalar.
-      TypeError: ``units`` is not an int.
+      LayerArgumentError: ``units`` is not positive, or ``inputs`` is a scalar
+        (a ``ValueError``).
+      LayerTypeError: ``units`` is not an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -72,14 +73,9 @@ def dense(
       (2, 3)
     """
     with js.variable_scope(name, default_name="dense", reuse=reuse):
-        path = js.get_variable_scope().name
-        units = _positive_int(units, "units", path)
+        units = _checks.positive_int(units, "units", "dense")
         x = jnp.asarray(inputs)
-        if x.ndim < 1:
-            raise ValueError(
-                f"Layer {path}: dense needs inputs of rank >= 1 (the last axis holds "
-                f"the features), got a scalar of shape {x.shape}."
-            )
+        _checks.rank(x, "dense", ">= 1", "[..., features]")
         kernel = js.get_variable(
             "kernel", (x.shape[-1], units), dtype, kernel_initializer,
             kernel_regularizer, trainable=trainable,
@@ -97,18 +93,3 @@ def dense(
         if activation is not None:
             y = activation(y)
         return y
-
-
-def _positive_int(value: Any, what: str, path: str) -> int:
-    """``value`` as an int > 0, else a TypeError/ValueError naming the layer."""
-    if isinstance(value, bool):
-        raise TypeError(f"Layer {path}: {what} must be an int, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"Layer {path}: {what} must be an int, got {value!r}."
-        ) from None
-    if value <= 0:
-        raise ValueError(f"Layer {path}: {what} must be positive, got {value}.")
-    return value

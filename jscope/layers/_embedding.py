@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import jscope as js
-from jscope.layers._dense import _positive_int
+from jscope.errors import LayerArgumentError, LayerTypeError
+from jscope.layers import _checks
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse, Scope
 
 
-def _table(vocab_size, embed_dim, initializer, regularizer, trainable, dtype, path):
-    vocab_size = _positive_int(vocab_size, "vocab_size", path)
-    embed_dim = _positive_int(embed_dim, "embed_dim", path)
+def _table(vocab_size, embed_dim, initializer, regularizer, trainable, dtype, layer):
+    vocab_size = _checks.positive_int(vocab_size, "vocab_size", layer)
+    embed_dim = _checks.positive_int(embed_dim, "embed_dim", layer)
     if initializer is None and js.get_variable_scope().initializer is None:
         initializer = js.initializers.random_normal(stddev=embed_dim**-0.5)
     return js.get_variable(
@@ -24,15 +24,15 @@ def _table(vocab_size, embed_dim, initializer, regularizer, trainable, dtype, pa
 
 
 def embedding(
-    ids: Any,
+    ids: ArrayLike,
     vocab_size: int,
     embed_dim: int,
-    initializer: Any = None,
-    regularizer: Any = None,
+    initializer: Initializer | None = None,
+    regularizer: Regularizer | None = None,
     trainable: bool = True,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """Looks ``ids`` up in a table ``embeddings`` of shape ``[vocab_size, embed_dim]``.
 
@@ -63,8 +63,9 @@ def embedding(
       An array ``ids.shape + (embed_dim,)`` in the table's dtype.
 
     Raises:
-      TypeError: ``ids`` are not integers, or a size is not an int.
-      ValueError: A size is not positive.
+      LayerTypeError: ``ids`` are not integers, or a size is not an int (a
+        ``TypeError``).
+      LayerArgumentError: A size is not positive (a ``ValueError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -75,30 +76,32 @@ def embedding(
       ((10, 4), (1, 3, 4))
     """
     with js.variable_scope(name, default_name="embedding", reuse=reuse):
-        path = js.get_variable_scope().name
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(
-                f"Layer {path}: embedding ids must be integers, got dtype "
-                f"{ids.dtype}. Cast them with ids.astype(jnp.int32)."
+            raise _checks.error(
+                LayerTypeError,
+                "embedding",
+                f"ids must be integers, got dtype {ids.dtype}. Cast them with "
+                "ids.astype(jnp.int32).",
             )
         table = _table(
-            vocab_size, embed_dim, initializer, regularizer, trainable, dtype, path
-        )
+            vocab_size, embed_dim, initializer, regularizer, trainable, dtype,
+            "embedding",
+        )  # fmt: skip
         if jnp.issubdtype(ids.dtype, jnp.signedinteger):
             ids = jnp.where(ids < 0, table.shape[0], ids)
         return jnp.take(table, ids, axis=0, mode="fill")
 
 
 def embedding_attend(
-    inputs: Any,
+    inputs: ArrayLike,
     vocab_size: int,
     embed_dim: int,
-    initializer: Any = None,
-    dtype: Any = None,
-    precision: Any = None,
-    name: Any = "embedding",
-    reuse: Any = True,
+    initializer: Initializer | None = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
+    name: Scope = "embedding",
+    reuse: Reuse = True,
 ) -> jax.Array:
     """Logits ``inputs @ embeddings.T`` over an `embedding`'s table (tied weights).
 
@@ -124,9 +127,9 @@ def embedding_attend(
       An array ``[..., vocab_size]`` in the table's dtype.
 
     Raises:
-      ValueError: The table does not exist ("does not exist"), its shape differs
-        ("Trying to share variable"), or ``inputs``' last axis is not
-        ``embed_dim``.
+      VariableNotFoundError: The table does not exist ("does not exist").
+      ShapeMismatchError: Its shape differs ("Trying to share variable").
+      LayerArgumentError: ``inputs``' last axis is not ``embed_dim``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -139,14 +142,18 @@ def embedding_attend(
       (['params/embedding/embeddings'], (1, 3, 10))
     """
     with js.variable_scope(name, reuse=reuse):
-        path = js.get_variable_scope().name
         x = jnp.asarray(inputs)
-        table = _table(vocab_size, embed_dim, initializer, None, True, dtype, path)
+        table = _table(
+            vocab_size, embed_dim, initializer, None, True, dtype, "embedding_attend"
+        )
         if x.ndim < 1 or x.shape[-1] != table.shape[1]:
-            raise ValueError(
-                f"Layer {path}: embedding_attend needs inputs [..., {table.shape[1]}] "
-                f"to match the table {path}/embeddings of shape {table.shape}, got "
-                f"shape {x.shape}."
+            path = js.get_variable_scope().name
+            raise _checks.error(
+                LayerArgumentError,
+                "embedding_attend",
+                f"needs inputs [..., {table.shape[1]}] to match the table "
+                f"{path}/embeddings of shape {table.shape}, got shape {x.shape}. "
+                "Project the inputs to the table's embed_dim first.",
             )
         x = x.astype(table.dtype)
         return lax.dot_general(

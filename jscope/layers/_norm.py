@@ -12,9 +12,8 @@ Keras's non-fused batch normalization and Flax compute them.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -22,51 +21,62 @@ import numpy as np
 from jax import lax
 
 import jscope as js
+from jscope.errors import LayerArgumentError, LayerTypeError
+from jscope.layers import _checks
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
-Axis = int | Sequence[int]
-Initializer = Callable[..., jax.Array]
-Regularizer = Callable[[jax.Array], jax.Array]
+Axis: TypeAlias = int | Sequence[int]
 
 
 # --------------------------------------------------------------------- helpers
 
 
-def _where(what: str) -> str:
-    return f"Layer {js.get_variable_scope().name}: {what}"
-
-
-def _float_inputs(inputs: Any, what: str) -> jax.Array:
+def _float_inputs(inputs: ArrayLike, layer: str) -> jax.Array:
     x = jnp.asarray(inputs)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{_where(what)} inputs must be floating point, got dtype {x.dtype}. "
-            "Cast them first, e.g. inputs.astype(jnp.float32)."
+        raise _checks.error(
+            LayerTypeError,
+            layer,
+            f"inputs must be floating point, got dtype {x.dtype}. Cast them "
+            "first, e.g. inputs.astype(jnp.float32).",
         )
     return x
 
 
-def _axes(axis: Any, ndim: int, what: str) -> tuple[int, ...]:
+def _axes(axis: Axis, ndim: int, layer: str) -> tuple[int, ...]:
     """Normalizes ``axis`` (int or ints) to sorted non-negative axes of ``ndim``."""
     raw = (axis,) if not isinstance(axis, Sequence) else tuple(axis)
-    try:
-        if any(isinstance(a, bool) for a in raw):
-            raise TypeError
-        axes = [operator.index(a) for a in raw]
-    except TypeError:
-        raise TypeError(
-            f"{_where(what)} axis must be an int or a sequence of ints, got {axis!r}."
-        ) from None
+    indices = [_checks.as_index(a) for a in raw]
+    axes = [a for a in indices if a is not None]
+    if len(axes) != len(indices):
+        raise _checks.error(
+            LayerTypeError,
+            layer,
+            f"axis must be an int or a sequence of ints, got {axis!r}. Pass e.g. "
+            "axis=-1 (the last axis) or axis=(1, 2).",
+        )
     if not axes:
-        raise ValueError(f"{_where(what)} axis must name at least one axis.")
+        raise _checks.error(
+            LayerArgumentError,
+            layer,
+            "axis must name at least one axis, got (). Pass e.g. axis=-1.",
+        )
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(
-                f"{_where(what)} axis {a} is out of range for inputs of rank "
-                f"{ndim} (valid: {-ndim} to {ndim - 1})."
+            raise _checks.error(
+                LayerArgumentError,
+                layer,
+                f"axis {a} is out of range for inputs of rank {ndim} (valid: "
+                f"{-ndim} to {ndim - 1}). Pass an axis of the inputs.",
             )
     out = sorted(a % ndim for a in axes)
     if len(set(out)) != len(out):
-        raise ValueError(f"{_where(what)} axis {axis!r} repeats an axis.")
+        raise _checks.error(
+            LayerArgumentError,
+            layer,
+            f"axis {axis!r} repeats an axis (as {tuple(out)} of rank {ndim}). "
+            "Name each axis once.",
+        )
     return tuple(out)
 
 
@@ -94,7 +104,7 @@ def _gamma_beta(
     scale: bool,
     init: tuple[Any, Any],
     reg: tuple[Any, Any],
-    dtype: Any,
+    dtype: DTypeLike | None,
 ) -> tuple[jax.Array | None, jax.Array | None]:
     """Gets or creates ``gamma`` (if ``scale``) and ``beta`` (if ``center``)."""
     gamma = beta = None
@@ -138,7 +148,7 @@ def _affine(
 
 
 def layer_norm(
-    inputs: jax.Array,
+    inputs: ArrayLike,
     axis: Axis = -1,
     epsilon: float = 1e-3,
     center: bool = True,
@@ -147,9 +157,9 @@ def layer_norm(
     gamma_initializer: Initializer | None = None,
     beta_regularizer: Regularizer | None = None,
     gamma_regularizer: Regularizer | None = None,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """Layer normalization (Ba et al., 2016), as Keras ``LayerNormalization``.
 
@@ -179,8 +189,10 @@ def layer_norm(
       The normalized array, shaped like ``inputs``.
 
     Raises:
-      ValueError: ``axis`` is out of range or repeats an axis.
-      TypeError: ``inputs`` are not floating point, or ``axis`` is not ints.
+      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
+        ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, or ``axis`` is not
+        ints (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -214,15 +226,15 @@ def layer_norm(
 
 
 def rms_norm(
-    inputs: jax.Array,
+    inputs: ArrayLike,
     axis: Axis = -1,
     epsilon: float = 1e-6,
     scale: bool = True,
     scale_initializer: Initializer | None = None,
     scale_regularizer: Regularizer | None = None,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """Root-mean-square normalization (Zhang & Sennrich, 2019).
 
@@ -246,8 +258,10 @@ def rms_norm(
       The normalized array, shaped like ``inputs``.
 
     Raises:
-      ValueError: ``axis`` is out of range or repeats an axis.
-      TypeError: ``inputs`` are not floating point, or ``axis`` is not ints.
+      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
+        ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, or ``axis`` is not
+        ints (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -282,7 +296,7 @@ def rms_norm(
 
 
 def group_norm(
-    inputs: jax.Array,
+    inputs: ArrayLike,
     groups: int = 32,
     axis: int = -1,
     epsilon: float = 1e-3,
@@ -292,9 +306,9 @@ def group_norm(
     gamma_initializer: Initializer | None = None,
     beta_regularizer: Regularizer | None = None,
     gamma_regularizer: Regularizer | None = None,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """Group normalization (Wu & He, 2018), as Keras ``GroupNormalization``.
 
@@ -324,9 +338,11 @@ def group_norm(
       The normalized array, shaped like ``inputs``.
 
     Raises:
-      ValueError: ``groups`` does not divide the channels, the rank is below 2,
-        or ``axis`` is the batch axis or out of range.
-      TypeError: ``inputs`` are not floating point, or ``groups`` is not an int.
+      LayerArgumentError: ``groups`` does not divide the channels, the rank is
+        below 2, or ``axis`` is the batch axis or out of range (a
+        ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, or ``groups`` is not
+        an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -341,25 +357,33 @@ def group_norm(
     with js.variable_scope(name, default_name="group_normalization", reuse=reuse):
         x = _float_inputs(inputs, "group_norm")
         if x.ndim < 2:
-            raise ValueError(
-                f"{_where('group_norm')} inputs must have rank >= 2 (batch on axis "
-                f"0, channels on axis {axis}), got shape {tuple(x.shape)}."
+            raise _checks.error(
+                LayerArgumentError,
+                "group_norm",
+                f"inputs must have rank >= 2 (batch on axis 0, channels on axis "
+                f"{axis}), got shape {tuple(x.shape)}. Add a batch axis, e.g. "
+                "inputs[None].",
             )
         (ax,) = _axes(axis, x.ndim, "group_norm")
         if ax == 0:
-            raise ValueError(
-                f"{_where('group_norm')} axis 0 is the batch axis; pass the "
-                "channel axis."
+            raise _checks.error(
+                LayerArgumentError,
+                "group_norm",
+                "axis 0 is the batch axis; pass the channel axis, e.g. axis=-1.",
             )
         channels = x.shape[ax]
         if isinstance(groups, bool) or not isinstance(groups, int | np.integer):
-            raise TypeError(
-                f"{_where('group_norm')} groups must be an int, got {groups!r}."
+            raise _checks.error(
+                LayerTypeError,
+                "group_norm",
+                f"groups must be an int, got {groups!r}. Pass e.g. groups=32.",
             )
         if groups <= 0 or channels % groups:
-            raise ValueError(
-                f"{_where('group_norm')} groups={groups} must be positive and "
-                f"divide the {channels} channels on axis {ax}."
+            raise _checks.error(
+                LayerArgumentError,
+                "group_norm",
+                f"groups={groups} must be positive and divide the {channels} "
+                f"channels on axis {ax}. Pass a divisor of {channels}.",
             )
         gamma, beta = _gamma_beta(
             (channels,),
@@ -383,10 +407,12 @@ def group_norm(
 
 def _check_training(training: Any) -> bool:
     if not isinstance(training, bool | np.bool_):
-        raise TypeError(
-            f"{_where('batch_norm')} training must be a Python bool, got "
-            f"{training!r}. Choose the mode when tracing (two jitted functions, "
-            "or a static argument), not with a traced value."
+        raise _checks.error(
+            LayerTypeError,
+            "batch_norm",
+            f"training must be a Python bool, got {training!r}. Choose the mode "
+            "when tracing (two jitted functions, or a static argument), not with "
+            "a traced value.",
         )
     return bool(training)
 
@@ -412,7 +438,7 @@ def _update_moving(name: str, value: jax.Array, stat: jax.Array, momentum: float
 
 
 def batch_norm(
-    inputs: jax.Array,
+    inputs: ArrayLike,
     training: bool = False,
     momentum: float = 0.99,
     epsilon: float = 1e-3,
@@ -425,9 +451,9 @@ def batch_norm(
     moving_variance_initializer: Initializer | None = None,
     beta_regularizer: Regularizer | None = None,
     gamma_regularizer: Regularizer | None = None,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> jax.Array:
     """Batch normalization (Ioffe & Szegedy, 2015): ``tf.layers.batch_normalization``.
 
@@ -471,8 +497,10 @@ def batch_norm(
 
     Raises:
       NotMutableError: ``training=True`` at `js.apply` without ``state`` mutable.
-      ValueError: ``axis`` is out of range or repeats an axis.
-      TypeError: ``training`` is not a bool, or ``inputs`` not floating point.
+      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
+        ``ValueError``).
+      LayerTypeError: ``training`` is not a bool, or ``inputs`` not floating
+        point (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js

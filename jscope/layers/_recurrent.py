@@ -13,62 +13,43 @@ as ``dense`` does.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import jscope as js
+from jscope.errors import LayerArgumentError
+from jscope.layers import _checks
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Reuse
 
-Cell = Callable[[Any, Any], tuple[Any, Any]]
-Activation = Callable[[jax.Array], jax.Array]
+Cell: TypeAlias = Callable[[Any, Any], tuple[Any, Any]]
+Activation: TypeAlias = Callable[[jax.Array], jax.Array]
 
 
 # --------------------------------------------------------------------- helpers
 
 
-def _path() -> str:
-    return js.get_variable_scope().name
-
-
-def _positive_int(value: Any, what: str, kind: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"Layer {_path()}: {kind} {what} must be an int, got {value}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"Layer {_path()}: {kind} {what} must be an int, got {value!r}."
-        ) from None
-    if value <= 0:
-        raise ValueError(
-            f"Layer {_path()}: {kind} {what} must be positive, got {value}."
-        )
-    return value
-
-
-def _check_state(x: jax.Array, part: Any, units: int, label: str, kind: str):
+def _check_state(x: jax.Array, part: ArrayLike, units: int, label: str, kind: str):
     part = jnp.asarray(part)
     want = (*x.shape[:-1], units)
     if part.shape != want:
-        raise ValueError(
-            f"Layer {_path()}: {kind} state {label} must have shape {want} (the "
-            f"inputs' batch shape {tuple(x.shape[:-1])} and units={units}), got "
-            f"{tuple(part.shape)}."
+        raise _checks.error(
+            LayerArgumentError,
+            kind,
+            f"state {label} must have shape {want} (the inputs' batch shape "
+            f"{tuple(x.shape[:-1])} and units={units}), got {tuple(part.shape)}. "
+            f"Make the state with js.layers.{kind.removesuffix('_cell')}_zero_state("
+            f"{tuple(x.shape[:-1])}, {units}).",
         )
     return part
 
 
-def _inputs(inputs: Any, kind: str) -> jax.Array:
+def _inputs(inputs: ArrayLike, kind: str) -> jax.Array:
     x = jnp.asarray(inputs)
-    if x.ndim < 1:
-        raise ValueError(
-            f"Layer {_path()}: {kind} needs inputs of rank >= 1 ([batch..., "
-            f"input_size]), got a scalar."
-        )
+    _checks.rank(x, kind, ">= 1", "[batch..., input_size]")
     return x
 
 
@@ -80,17 +61,17 @@ def _matmul(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
 
 
 def lstm_cell(
-    inputs: jax.Array,
-    state: tuple[jax.Array, jax.Array],
+    inputs: ArrayLike,
+    state: tuple[ArrayLike, ArrayLike],
     units: int,
     forget_bias: float = 1.0,
     activation: Activation | None = jnp.tanh,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = None,
-    dtype: Any = None,
-    precision: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One step of TF1's ``tf.nn.rnn_cell.LSTMCell`` (no peepholes, no projection).
 
@@ -125,8 +106,9 @@ def lstm_cell(
       ``(new_h, (new_c, new_h))``: the output and the new state.
 
     Raises:
-      ValueError: ``units`` is not positive, or a state part's shape is wrong.
-      TypeError: ``units`` is not an int.
+      LayerArgumentError: ``units`` is not positive, or a state part's shape is
+        wrong (a ``ValueError``).
+      LayerTypeError: ``units`` is not an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -141,12 +123,14 @@ def lstm_cell(
       ((2, 3), True)
     """
     with js.variable_scope(name, default_name="lstm_cell", reuse=reuse):
-        units = _positive_int(units, "units", "lstm_cell")
+        units = _checks.positive_int(units, "units", "lstm_cell")
         x = _inputs(inputs, "lstm_cell")
         if not isinstance(state, tuple | list) or len(state) != 2:
-            raise ValueError(
-                f"Layer {_path()}: lstm_cell state must be a pair (c, h), got "
-                f"{type(state).__name__}."
+            raise _checks.error(
+                LayerArgumentError,
+                "lstm_cell",
+                f"state must be a pair (c, h), got {type(state).__name__}. Make "
+                "one with js.layers.lstm_zero_state(batch_size, units).",
             )
         c = _check_state(x, state[0], units, "c", "lstm_cell")
         h = _check_state(x, state[1], units, "h", "lstm_cell")
@@ -168,7 +152,7 @@ def lstm_cell(
 
 
 def lstm_zero_state(
-    batch_size: int | tuple[int, ...], units: int, dtype: Any = jnp.float32
+    batch_size: int | tuple[int, ...], units: int, dtype: DTypeLike = jnp.float32
 ) -> tuple[jax.Array, jax.Array]:
     """A zero ``(c, h)`` state for `lstm_cell` (TF1's ``cell.zero_state``).
 
@@ -194,16 +178,16 @@ def lstm_zero_state(
 
 
 def gru_cell(
-    inputs: jax.Array,
-    state: jax.Array,
+    inputs: ArrayLike,
+    state: ArrayLike,
     units: int,
     activation: Activation | None = jnp.tanh,
-    kernel_initializer: Any = None,
-    bias_initializer: Any = None,
-    dtype: Any = None,
-    precision: Any = None,
+    kernel_initializer: Initializer | None = None,
+    bias_initializer: Initializer | None = None,
+    dtype: DTypeLike | None = None,
+    precision: lax.PrecisionLike = None,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One step of TF1's ``tf.nn.rnn_cell.GRUCell`` (Cho et al., 2014).
 
@@ -238,8 +222,9 @@ def gru_cell(
       ``(new_h, new_h)``: the output and the new state.
 
     Raises:
-      ValueError: ``units`` is not positive, or the state's shape is wrong.
-      TypeError: ``units`` is not an int.
+      LayerArgumentError: ``units`` is not positive, or the state's shape is
+        wrong (a ``ValueError``).
+      LayerTypeError: ``units`` is not an int (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -253,7 +238,7 @@ def gru_cell(
       (2, 3)
     """
     with js.variable_scope(name, default_name="gru_cell", reuse=reuse):
-        units = _positive_int(units, "units", "gru_cell")
+        units = _checks.positive_int(units, "units", "gru_cell")
         x = _inputs(inputs, "gru_cell")
         h = _check_state(x, state, units, "h", "gru_cell")
         act = jnp.tanh if activation is None else activation
@@ -287,7 +272,7 @@ def gru_cell(
 
 
 def gru_zero_state(
-    batch_size: int | tuple[int, ...], units: int, dtype: Any = jnp.float32
+    batch_size: int | tuple[int, ...], units: int, dtype: DTypeLike = jnp.float32
 ) -> jax.Array:
     """A zero state ``h`` for `gru_cell` (TF1's ``cell.zero_state``).
 
@@ -307,16 +292,21 @@ def _time_length(xs: Any, time_major: bool) -> int:
     leaves = jax.tree.leaves(xs)
     axis = 0 if time_major else 1
     if not leaves or any(leaf.ndim <= axis for leaf in leaves):
-        raise ValueError(
-            f"Layer {_path()}: rnn inputs must be arrays with a time axis "
-            f"({'[time, batch, ...]' if time_major else '[batch, time, ...]'}), got "
-            f"shapes {[tuple(leaf.shape) for leaf in leaves]}."
+        layout = "[time, batch, ...]" if time_major else "[batch, time, ...]"
+        raise _checks.error(
+            LayerArgumentError,
+            "rnn",
+            f"inputs must be arrays with a time axis ({layout}), got shapes "
+            f"{[tuple(leaf.shape) for leaf in leaves]}. Reshape them to {layout}"
+            f"{'' if time_major else ', or pass time_major=True'}.",
         )
     lengths = {leaf.shape[axis] for leaf in leaves}
     if len(lengths) != 1:
-        raise ValueError(
-            f"Layer {_path()}: rnn inputs disagree on the number of time steps "
-            f"(axis {axis}): {sorted(lengths)}."
+        raise _checks.error(
+            LayerArgumentError,
+            "rnn",
+            f"inputs disagree on the number of time steps (axis {axis}): "
+            f"{sorted(lengths)}. Pad them to one length and pass sequence_length.",
         )
     return lengths.pop()
 
@@ -333,12 +323,12 @@ def rnn(
     cell_fn: Cell,
     inputs: Any,
     initial_state: Any,
-    sequence_length: Any = None,
+    sequence_length: ArrayLike | None = None,
     time_major: bool = False,
     reverse: bool = False,
     unroll: int | bool = 1,
     name: str | None = None,
-    reuse: Any = None,
+    reuse: Reuse = None,
 ) -> tuple[Any, Any]:
     """Runs ``cell_fn`` over time, as ``tf.nn.dynamic_rnn``, with `js.scan`.
 
@@ -370,7 +360,8 @@ def rnn(
       ``(outputs, final_state)``, outputs stacked on the time axis.
 
     Raises:
-      ValueError: The inputs have no time axis, or disagree on its length.
+      LayerArgumentError: The inputs have no time axis, or disagree on its
+        length (a ``ValueError``).
 
     Example:
       >>> import functools, jax, jax.numpy as jnp, jscope as js

@@ -1,0 +1,151 @@
+"""Checks of layer arguments and inputs shared by the layers; each message once.
+
+Every error is a `jscope.errors.LayerArgumentError` (a ``ValueError``) or a
+`jscope.errors.LayerTypeError` (a ``TypeError``) whose ``path`` is the layer's
+variable scope and whose message reads ``Layer <path>: <layer> <what is wrong>,
+got <found>. <how to fix it>``. Call these inside the layer's
+`js.variable_scope`, so the path is the layer's own (``net/dense_1``). Public
+API only, like the layers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import jax
+
+import jscope as js
+from jscope.errors import LayerArgumentError, LayerTypeError
+
+E = TypeVar("E", LayerArgumentError, LayerTypeError)
+
+Padding: TypeAlias = str | Sequence[tuple[int, int]]
+"""``"SAME"``, ``"VALID"`` (any case) or one ``(low, high)`` pair per spatial axis."""
+
+SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+"""The spatial axes of a channels-last layout, by their number."""
+
+
+def error(cls: type[E], layer: str, message: str) -> E:
+    """``cls`` for the layer at the current scope: ``Layer <path>: <layer> ...``."""
+    path = js.get_variable_scope().name
+    return cls(f"Layer {path}: {layer} {message}", path)
+
+
+def as_index(value: Any) -> int | None:
+    """``value`` as an int (``operator.index``), or None; a bool is not an int."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def positive_int(value: Any, what: str, layer: str) -> int:
+    """``value`` as an int >= 1 (a size: units, filters, heads, ...)."""
+    index = as_index(value)
+    if index is None:
+        raise error(
+            LayerTypeError,
+            layer,
+            f"{what} must be an int, got {value!r} of type {type(value).__name__}. "
+            f"Pass a Python int, e.g. {what}=8.",
+        )
+    if index <= 0:
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"{what} must be positive, got {index}. Pass an int >= 1.",
+        )
+    return index
+
+
+def ints(
+    value: Any, n: int, what: str, layer: str, minimum: int = 1
+) -> tuple[int, ...]:
+    """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints >= minimum."""
+    one = isinstance(value, int) and not isinstance(value, bool)
+    items: Any = (value,) * n if one else value
+    try:
+        out = tuple(operator.index(v) for v in items)
+    except TypeError:
+        raise error(
+            LayerTypeError,
+            layer,
+            f"{what} must be an int or a sequence of {n} ints, got {value!r}. "
+            f"Pass e.g. {what}=2 or {what}={(2,) * n}.",
+        ) from None
+    if len(out) != n or any(v < minimum for v in out):
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"{what} must be an int >= {minimum} or {n} such ints (one per spatial "
+            f"axis), got {value!r}. Pass e.g. {what}={(minimum + 1,) * n}.",
+        )
+    return out
+
+
+def padding(
+    value: Any, n: int, layer: str, causal: bool = False
+) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``, ``"VALID"`` (``"CAUSAL"`` if allowed) or ``n`` (low, high) pairs."""
+    allowed = '"SAME", "VALID"' + (', "CAUSAL"' if causal else "")
+    if isinstance(value, str):
+        upper = value.upper()
+        if upper in ("SAME", "VALID") or (causal and upper == "CAUSAL"):
+            return upper
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"got unknown padding {value!r}. Use {allowed} (any case) or a "
+            f"sequence of {n} (low, high) pairs.",
+        )
+    try:
+        pairs = tuple((operator.index(lo), operator.index(hi)) for lo, hi in value)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or len(pairs) != n or any(p < 0 for pair in pairs for p in pair):
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"padding must be {allowed} or a sequence of {n} (low, high) pairs of "
+            f"non-negative ints, one per spatial axis; got {value!r}. Pass e.g. "
+            f"padding={((1, 1),) * n}.",
+        )
+    return pairs
+
+
+def rank(x: jax.Array, layer: str, expected: str, layout: str) -> None:
+    """Raises unless ``x.ndim`` is in ``expected`` (``">= 1"``, ``"4"``, ...)."""
+    if expected.startswith(">="):
+        ok = x.ndim >= int(expected[2:])
+    else:
+        ok = str(x.ndim) in expected.replace(",", " ").split()
+    if not ok:
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"needs inputs of rank {expected} ({layout}), got shape "
+            f"{tuple(x.shape)} of rank {x.ndim}. Reshape the inputs to that "
+            "layout.",
+        )
+
+
+def spatial_layout(n: int) -> str:
+    """``"NHWC, channels last"`` for ``n = 2``, and so on."""
+    return f"N{SPATIAL[n]}C, channels last"
+
+
+def rate(value: float, what: str, layer: str) -> float:
+    """A drop probability in ``[0, 1)``."""
+    if not 0.0 <= value < 1.0:
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"{what} must be in [0, 1), got {value}. Pass the probability of "
+            "dropping an element: 0 keeps everything, 1 is not allowed.",
+        )
+    return value

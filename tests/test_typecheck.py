@@ -1,0 +1,70 @@
+"""The public API type-checks: pyright accepts a user's script and rejects misuse.
+
+`tests/typecheck/user_script.py` uses the public API as a user does and must
+give no error; in `tests/typecheck/bad_script.py` each wrong line ends in an
+``expected error`` comment, and pyright must report exactly those lines.
+pyright comes with the ``test`` extra (``pyright[nodejs]`` brings its own
+Node.js), so this test runs wherever the tests run.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "tests" / "typecheck"
+MARK = "# expected error"
+
+
+def pyright(path: pathlib.Path) -> dict:
+    """pyright's JSON report on ``path``, checked against this environment."""
+    env = {**os.environ, "PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"}
+    cmd = [sys.executable, "-m", "pyright", "--outputjson"]
+    cmd += ["--pythonpath", sys.executable, str(path)]
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.stdout.strip(), f"pyright printed nothing: {done.stderr}"
+    report = json.loads(done.stdout)
+    assert report["summary"]["filesAnalyzed"] >= 1, report
+    return report
+
+
+def errors(report: dict) -> list[tuple[int, str]]:
+    """``(line, message)`` of each error, lines counted from 1."""
+    return [
+        (d["range"]["start"]["line"] + 1, d["message"])
+        for d in report["generalDiagnostics"]
+        if d["severity"] == "error"
+    ]
+
+
+@pytest.fixture(scope="module")
+def bad_report():
+    return pyright(SCRIPTS / "bad_script.py")
+
+
+def test_user_script_has_no_type_errors():
+    found = errors(pyright(SCRIPTS / "user_script.py"))
+    assert found == [], "\n".join(f"user_script.py:{n}: {m}" for n, m in found)
+
+
+def test_bad_script_errors_are_exactly_the_marked_lines(bad_report):
+    lines = (SCRIPTS / "bad_script.py").read_text().splitlines()
+    marked = {n for n, line in enumerate(lines, 1) if MARK in line}
+    assert len(marked) >= 10  # the script keeps its known mistakes
+    found = {n for n, _ in errors(bad_report)}
+    assert found == marked, (
+        f"missed: {sorted(marked - found)}, unexpected: {sorted(found - marked)}"
+    )
+
+
+def test_bad_script_errors_name_the_public_types(bad_report):
+    """The messages speak of jscope.typing's aliases, not of ``Any``."""
+    text = "\n".join(m for _, m in errors(bad_report))
+    for alias in ("Initializer", "Reuse", "Shape"):
+        assert alias in text, text
