@@ -175,7 +175,7 @@ def random_uniform(
     return init
 
 
-def _check_representable(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def check_representable(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if value.dtype == dtype:
         return value
     if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(
@@ -232,7 +232,7 @@ def constant(value: Any = 0, dtype: DTypeLike | None = None) -> Initializer:
             )
         if flat.size < size:
             flat = np.concatenate([flat, np.repeat(flat[-1:], size - flat.size)])
-        flat = _check_representable(flat, dtype)
+        flat = check_representable(flat, dtype)
         return jnp.asarray(flat.reshape(shape), dtype)
 
     return init

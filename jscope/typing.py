@@ -7,29 +7,25 @@ them needs nothing at run time:
   >>> def my_dense(x, units: int, kernel_initializer: jst.Initializer | None = None):
   ...     ...
 
-This module imports nothing from `jscope._src` at run time; `jscope/_src` imports
-from it.
+This module imports nothing from jscope; `jscope/_src` imports from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import jax
 
-if TYPE_CHECKING:  # only for the type checker: no import cycle at run time
-    from jscope._src.scope import VariableScope, _AutoReuse
-
 __all__ = [
     "ArrayLike",
+    "AutoReuse",
     "CustomGetter",
     "DTypeLike",
     "Initializer",
     "InitializerLike",
     "Regularizer",
     "Reuse",
-    "Scope",
     "Shape",
     "VariableTree",
 ]
@@ -55,11 +51,22 @@ Regularizer: TypeAlias = Callable[[jax.Array], jax.Array]
 CustomGetter: TypeAlias = Callable[..., Any]
 """``(getter, name, *args, **kwargs) -> value``, wrapping every `get_variable`."""
 
-Reuse: TypeAlias = "bool | _AutoReuse | None"
-"""A reuse flag: None/False (inherit, create), True (must exist), `AUTO_REUSE`."""
 
-Scope: TypeAlias = "str | VariableScope | None"
-"""What `variable_scope` opens: a name, a captured `VariableScope`, or None."""
+class AutoReuse:
+    """The type of `js.AUTO_REUSE`: get a variable if it exists, else create it."""
+
+    __slots__ = ()
+    __module__ = "jscope"
+
+    def __repr__(self) -> str:
+        return "AUTO_REUSE"
+
+    def __reduce__(self) -> str:
+        return "AUTO_REUSE"
+
+
+Reuse: TypeAlias = bool | AutoReuse | None
+"""A reuse flag: None/False (inherit, create), True (must exist), `AUTO_REUSE`."""
 
 VariableTree: TypeAlias = dict[str, Any]
 """A plain nested dict ``{collection: {scope: {...: {name: jax.Array}}}}``."""

@@ -51,12 +51,12 @@ def lookup(frame: context.Frame, path: str, coll: str) -> Any:
       UninitializedVariableError: The tree has no ``coll/path``.
       LeafTypeError: The tree holds None there.
     """
-    flat = frame.source.get(coll)
+    flat = frame.given_tree.get(coll)
     value = None if flat is None else flat.get(path)
     if value is None:
         if flat is not None and path in flat:
             raise values.leaf_error(path, coll, None)
-        elsewhere = [c for c, f in frame.source.items() if path in f]
+        elsewhere = [c for c, f in frame.given_tree.items() if path in f]
         hint = (
             f" It is in collection {elsewhere[0]!r}: check trainable=/collection=."
             if elsewhere
@@ -86,11 +86,11 @@ def lookup_array(frame: context.Frame, path: str, coll: str) -> Any:
 def register(frame: context.Frame, value: Any, path: str) -> None:
     """Records that ``value`` was returned for ``path`` (see `returned_path`)."""
     key = id(value)
-    seen = frame.returned.get(key)
+    seen = frame.path_of_array.get(key)
     if seen is not None and seen[1] != path:
-        frame.returned[key] = (value, None)  # one array, two paths: ambiguous
+        frame.path_of_array[key] = (value, None)  # one array, two paths: ambiguous
     else:
-        frame.returned[key] = (value, path)
+        frame.path_of_array[key] = (value, path)
 
 
 def returned_path(frame: context.Frame, target: Any) -> str | None:
@@ -100,7 +100,7 @@ def returned_path(frame: context.Frame, target: Any) -> str | None:
       AssignmentTargetError: The same array was returned for two paths, so the
         target is ambiguous.
     """
-    seen = frame.returned.get(id(target))
+    seen = frame.path_of_array.get(id(target))
     if seen is None or seen[0] is not target:
         return None
     if seen[1] is None:

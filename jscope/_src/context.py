@@ -140,6 +140,8 @@ class Frame:
         "initializing",  # js.init (True) or js.apply (False)
         "mutable",  # collections whose assignments apply returns; True for all
         "trace_state",  # the JAX trace the run (or body) runs under
+        "get_variable",  # the run's js.get_variable, for VariableScope.get_variable
+        #                  (scope.py sits below variables.py and cannot import it)
         # -- rule state: what TF1's rules consult; a lifted body's child starts
         #    from a copy, and the run adopts the child's after the transform
         "scope",  # the VariableScope open now (root: name "")
@@ -175,11 +177,13 @@ class Frame:
         rngs: Any = None,
         given_tree: dict[str, Any] | None = None,
         mutable: frozenset[str] | Literal[True] = frozenset(),
+        get_variable: Callable[..., Any] | None = None,
     ):
         self.is_run = is_run
         self.initializing = initializing
         self.mutable: frozenset[str] | Literal[True] = mutable
         self.trace_state = trace_state() if is_run else None
+        self.get_variable = get_variable
         self.scope = scope
         self.name_scope = ""
         self.used_names = names.Uniquifier()
@@ -228,6 +232,7 @@ class Frame:
             rngs=self.rngs,
             given_tree=given_tree,
             mutable=self.mutable,
+            get_variable=self.get_variable,
         )
         child.name_scope = self.name_scope
         child.used_names = self.used_names.copy()
@@ -294,17 +299,6 @@ class Frame:
         self.templates = {}
         self.rng = None
         self.rngs = None
-
-
-# Older names of renamed slots, kept for callers not yet moved to the new ones:
-# each is the very slot descriptor of the new name, so either name reads and
-# writes the same slot at no extra cost.
-Frame.kinds = Frame.kind_of  # type: ignore[attr-defined]
-Frame.inner = Frame.prefixes  # type: ignore[attr-defined]
-Frame.names = Frame.used_names  # type: ignore[attr-defined]
-Frame.counts = Frame.scope_counts  # type: ignore[attr-defined]
-Frame.source = Frame.given_tree  # type: ignore[attr-defined]
-Frame.returned = Frame.path_of_array  # type: ignore[attr-defined]
 
 
 class _Entered:

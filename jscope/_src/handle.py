@@ -90,11 +90,11 @@ class Variable:
         frame = context.current_run("Variable")
         base = "Variable" if name is None else name
         path = names.validate(names.join(frame.name_scope, base))
-        path = frame.names.unique(path)
-        if path in frame.kinds:  # a get_variable path marked before this one
-            path = frame.names.unique(path)
+        path = frame.used_names.unique(path)
+        if path in frame.kind_of:  # a get_variable path marked before this one
+            path = frame.used_names.unique(path)
         access.check_trace(frame, path, "js.Variable")
-        tree.check_no_conflict(path, frame.kinds, frame.inner)
+        tree.check_no_conflict(path, frame.kind_of, frame.prefixes)
         if frame.initializing:
             value, coll = _create(
                 frame,
@@ -112,10 +112,12 @@ class Variable:
                     vdtype = values.canon_dtype(dtype, path)
                 coll = values.default_collection(trainable, vdtype)
             if coll is None:
-                coll = next((c for c, f in frame.source.items() if path in f), "params")
+                coll = next(
+                    (c for c, f in frame.given_tree.items() if path in f), "params"
+                )
             value = access.lookup_array(frame, path, coll)
-        tree.add_prefixes(path, frame.inner)
-        frame.kinds[path] = VAR
+        tree.add_prefixes(path, frame.prefixes)
+        frame.kind_of[path] = VAR
         frame.values[path] = value
         frame.collection_of[path] = coll
         self._frame = frame
@@ -343,7 +345,7 @@ def _target_path(frame: context.Frame, target: AssignTarget) -> str:
     if isinstance(target, str):
         prefix = frame.scope.name
         path = f"{prefix}/{target}" if prefix else target
-        if frame.kinds.get(path) is None:
+        if frame.kind_of.get(path) is None:
             names.validate(path)
             raise errors.VariableNotFoundError(
                 f"Cannot assign to variable {path}: it does not exist in this run, or "
@@ -365,7 +367,7 @@ def _target_path(frame: context.Frame, target: AssignTarget) -> str:
 
 def _scalar(path: str, value: Any, dtype: Any) -> np.ndarray:
     try:
-        return initializers._check_representable(np.asarray(value), np.dtype(dtype))
+        return initializers.check_representable(np.asarray(value), np.dtype(dtype))
     except errors.InitializerError:
         raise errors.AssignmentDtypeError(
             f"Cannot assign {value!r} to variable {path} of dtype {dtype}: the "

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, names, tree
+from jscope._src import context, names, tree, variables
 from jscope._src.scope import VariableScope, variable_scope
 
 _MSG_NOT_A_KEY = (
@@ -65,13 +65,20 @@ def _init_frame(rng: Any) -> context.Frame:
             initializing=True,
             rng=rng["params"],
             rngs=dict(rng),
+            get_variable=variables.get_variable,
         )
     if rng is None:
         raise errors.MissingRngError(
             "js.init needs a random key, e.g. jax.random.key(0); got None."
         )
     _check_key(rng, "js.init's rng")
-    return context.Frame(is_run=True, scope=root, initializing=True, rng=rng)
+    return context.Frame(
+        is_run=True,
+        scope=root,
+        initializing=True,
+        rng=rng,
+        get_variable=variables.get_variable,
+    )
 
 
 def init_with_output(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any):
@@ -216,6 +223,7 @@ def apply(
         given_tree=given,
         mutable=mut,
         rngs=rngs,
+        get_variable=variables.get_variable,
     )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)

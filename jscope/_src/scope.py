@@ -7,22 +7,9 @@ from typing import Any
 
 from jscope import errors
 from jscope._src import context, names
+from jscope.typing import AutoReuse
 
-
-class _AutoReuse:
-    """The ``reuse=AUTO_REUSE`` flag: get a variable if it exists, else create it."""
-
-    __slots__ = ()
-    __module__ = "jscope"
-
-    def __repr__(self) -> str:
-        return "AUTO_REUSE"
-
-    def __reduce__(self):
-        return "AUTO_REUSE"
-
-
-AUTO_REUSE = _AutoReuse()
+AUTO_REUSE = AutoReuse()
 
 _UNSUPPORTED_SCOPE_ARGS = {
     "caching_device": "jscope places arrays with jax.device_put / shardings",
@@ -125,13 +112,11 @@ class VariableScope:
         As in TF1, the variable is made under this scope's path, flag and
         defaults without entering the scope: no default-name count, no name scope.
         """
-        from jscope._src.variables import get_variable  # noqa: PLC0415 (cycle)
-
-        frame = current()
+        frame = context.current_run("VariableScope.get_variable")
         caller = frame.scope
         frame.scope = self
         try:
-            return get_variable(name, *args, **kwargs)
+            return frame.get_variable(name, *args, **kwargs)
         finally:
             frame.scope = caller
 
@@ -139,7 +124,7 @@ class VariableScope:
         return f"VariableScope(name={self.name!r}, reuse={self._reuse!r})"
 
 
-def _wrap_getter(outer: Any, inner: Any) -> Any:
+def wrap_getter(outer: Any, inner: Any) -> Any:
     """Composes getters so that ``inner`` runs first, then ``outer``."""
     if outer is None:
         return inner
@@ -281,12 +266,12 @@ class variable_scope:  # noqa: N801 (TF1's name)
             init = obj.initializer if init is None else init
             reg = obj.regularizer if reg is None else reg
             dtype = obj.dtype if dtype is None else dtype
-            getter = _wrap_getter(obj.custom_getter, getter)
+            getter = wrap_getter(obj.custom_getter, getter)
             # TF1: a new name scope named after the scope's last component,
             # uniquified where it is entered; the object keeps its original one.
             last = name.rsplit("/", 1)[-1]
             if aux and last:
-                name_scope = frame.names.unique(names.join(frame.name_scope, last))
+                name_scope = frame.used_names.unique(names.join(frame.name_scope, last))
             else:
                 name_scope = frame.name_scope
             original = obj.original_name_scope
@@ -301,17 +286,19 @@ class variable_scope:  # noqa: N801 (TF1's name)
             init = parent.initializer if init is None else init
             reg = parent.regularizer if reg is None else reg
             dtype = parent.dtype if dtype is None else dtype
-            getter = _wrap_getter(parent.custom_getter, getter)
+            getter = wrap_getter(parent.custom_getter, getter)
             if aux:
-                name_scope = frame.names.unique(names.join(frame.name_scope, ns_name))
+                name_scope = frame.used_names.unique(
+                    names.join(frame.name_scope, ns_name)
+                )
                 original = name_scope + "/"
             else:
                 name_scope = frame.name_scope
                 original = name_scope + "/" if name_scope else ""
-        frame.counts.node(name).count += 1
+        frame.scope_counts.node(name).count += 1
         # TF1's `_pure_variable_scope`: entering by object snapshots the whole
         # count store, just after counting this opening.
-        self._saved_counts = frame.counts.copy() if by_object else None
+        self._saved_counts = frame.scope_counts.copy() if by_object else None
         new = VariableScope(flag, name, init, reg, dtype, getter, original)
         self._new = new
         frame.scope = new
@@ -327,16 +314,16 @@ class variable_scope:  # noqa: N801 (TF1's name)
             # Leaving a scope entered by name forgets the counts below it (TF1's
             # `close_variable_subscopes`), found by path: a scope entered by
             # object inside may have put back another copy of the store.
-            frame.counts.node(self._new.name).children = {}
+            frame.scope_counts.node(self._new.name).children = {}
         else:
             # Leaving one entered by object puts the whole store back as it was
             # just after entry: every scope's counts, not only those below it.
-            frame.counts = saved
+            frame.scope_counts = saved
         self._frame = None
 
 
 def _unique_default(frame: context.Frame, parent: str, default: str) -> str:
-    node = frame.counts.node(parent)
+    node = frame.scope_counts.node(parent)
     name, i = default, 1
     while node.node(name).count:
         name = f"{default}_{i}"
@@ -384,7 +371,7 @@ class name_scope:  # noqa: N801 (TF1's name)
             new = name[:-1]
         else:
             full = names.validate(names.join(frame.name_scope, name), "name scope")
-            new = frame.names.unique(full)
+            new = frame.used_names.unique(full)
         frame.name_scope = new
         return new + "/" if new else ""
 

@@ -175,7 +175,7 @@ def convert_value(value: Any, dtype: np.dtype, path: str) -> jax.Array:
     if is_python_scalar(value) or isinstance(value, list | tuple):
         arr = np.asarray(value)
         try:
-            arr = initializers._check_representable(arr, dtype)
+            arr = initializers.check_representable(arr, dtype)
         except errors.InitializerError as e:
             raise errors.InitializerError(f"Variable {path}: {e}", path) from None
         return jnp.asarray(arr, dtype)

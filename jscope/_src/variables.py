@@ -28,7 +28,7 @@ from jscope import errors
 from jscope._src import access, context, jax_compat, names, rng, tree, values
 from jscope._src.access import lookup, register  # bound names: the hot path
 from jscope._src.context import GET, VAR
-from jscope._src.scope import _wrap_getter
+from jscope._src.scope import wrap_getter
 from jscope._src.values import F32, canon_dtype, is_float
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
 
@@ -162,7 +162,7 @@ def get_variable(
     full = f"{prefix}/{name}" if prefix else name
     getter = scope.custom_getter
     if tf1_kwargs:
-        getter = _wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
+        getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
     trace = jax_compat.trace_state()
     if trace is not frame.trace_state and not jax_compat.same_trace(
         trace, frame.trace_state
@@ -191,11 +191,11 @@ def get_variable(
 
 
 def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, coll):
-    if not isinstance(path, str) or path not in frame.kinds:
+    if not isinstance(path, str) or path not in frame.kind_of:
         names.validate(path)
         kind = None
     else:
-        kind = frame.kinds[path]
+        kind = frame.kind_of[path]
     if kind == VAR and reuse is True:
         kind = None  # invisible to get_variable: "does not exist" below
     elif kind == VAR:
@@ -226,7 +226,7 @@ def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, 
 
 def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll):
     # The same rules at init and apply: a path may not sit above or below another.
-    tree.check_no_conflict(path, frame.kinds, frame.inner)
+    tree.check_no_conflict(path, frame.kind_of, frame.prefixes)
     if frame.initializing:
         access.check_trace(frame, path, "Variable")
         shape, dtype, initializer, value = values.resolve_creation(
@@ -262,11 +262,11 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
             coll = values.default_collection(trainable, dtype)
         value = access.lookup_array(frame, path, coll)
         values.check_meta(path, shape, dtype, None, value, "read")
-    tree.add_prefixes(path, frame.inner)
-    frame.kinds[path] = GET
+    tree.add_prefixes(path, frame.prefixes)
+    frame.kind_of[path] = GET
     frame.values[path] = value
     frame.collection_of[path] = coll
-    frame.names.mark(path)
+    frame.used_names.mark(path)
     if regularizer is not None:
         frame.regularizers.append((path, regularizer))
     register(frame, value, path)

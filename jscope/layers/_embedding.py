@@ -9,7 +9,7 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError, LayerTypeError
 from jscope.layers import _checks
-from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse, Scope
+from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 
 def _table(vocab_size, embed_dim, initializer, regularizer, trainable, dtype, layer):
@@ -100,7 +100,7 @@ def embedding_attend(
     initializer: Initializer | None = None,
     dtype: DTypeLike | None = None,
     precision: lax.PrecisionLike = None,
-    name: Scope = "embedding",
+    name: str | js.VariableScope = "embedding",
     reuse: Reuse = True,
 ) -> jax.Array:
     """Logits ``inputs @ embeddings.T`` over an `embedding`'s table (tied weights).

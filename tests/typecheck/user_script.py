@@ -56,7 +56,7 @@ def model(x: jax.Array, training: bool) -> jax.Array:
         right = tower(h + 1.0, 16)  # the same variables as `left`
     with js.variable_scope("head", reuse=reuse):
         js.get_variable("bias", (2,), initializer=js.initializers.constant(0.5))
-    scope: jst.Scope = js.get_variable_scope()
+    scope: js.VariableScope = js.get_variable_scope()
     assert scope is not None
     return left + right
 
