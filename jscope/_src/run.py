@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, names, tree, variables
+from jscope._src import context, names, tree
 from jscope._src.scope import VariableScope, variable_scope
+from jscope._src.variables import get_variable
 
 _MSG_NOT_A_KEY = (
     "{where} got {got} where a JAX random key belongs. Pass a key such as "
@@ -65,7 +66,7 @@ def _init_frame(rng: Any) -> context.Frame:
             initializing=True,
             rng=rng["params"],
             rngs=dict(rng),
-            get_variable=variables.get_variable,
+            get_variable=get_variable,
         )
     if rng is None:
         raise errors.MissingRngError(
@@ -77,7 +78,7 @@ def _init_frame(rng: Any) -> context.Frame:
         scope=root,
         initializing=True,
         rng=rng,
-        get_variable=variables.get_variable,
+        get_variable=get_variable,
     )
 
 
@@ -223,7 +224,7 @@ def apply(
         given_tree=given,
         mutable=mut,
         rngs=rngs,
-        get_variable=variables.get_variable,
+        get_variable=get_variable,
     )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
