@@ -21,6 +21,11 @@ Properties:
    variable leaves the other variables exactly as they were.
 4. `js.flatten` / `js.unflatten` round-trip init's trees, and `js.unflatten`
    refuses a variable `k` next to a variable `k/x`.
+5. In larger programs of scope entries alone, every entry has the model's name:
+   default names follow TF1's counts.
+
+Example counts are multiples of the hypothesis profile's base (`helpers.examples`;
+``HYPOTHESIS_PROFILE``, see ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -579,20 +584,29 @@ def _leaf(get_names, variable_names, reuse_variables):
     return st.one_of(*leaves)
 
 
-def _scopes(children, scope_reuse, default_reuse):
-    body = st.lists(children, max_size=3).map(tuple)
+def _scopes(children, scope_reuse, default_reuse, *, max_body=3, max_index=3):
+    body = st.lists(children, max_size=max_body).map(tuple)
     return st.one_of(
         st.builds(Scope, st.sampled_from(SCOPE_NAMES), scope_reuse, body),
         st.builds(DefaultScope, st.sampled_from(DEFAULT_NAMES), default_reuse, body),
-        st.builds(Reenter, st.integers(0, 3), scope_reuse, body),
+        st.builds(Reenter, st.integers(0, max_index), scope_reuse, body),
     )
 
 
-def _programs(leaf, scope_reuse, default_reuse):
+def _programs(leaf, scope_reuse, default_reuse, *, sizes=(8, 5, 3, 3)):
+    """Programs of up to ``max_ops`` trees of up to ``max_leaves`` leaves.
+
+    ``sizes`` is ``(max_leaves, max_ops, max_body, max_index)``.
+    """
+    max_leaves, max_ops, max_body, max_index = sizes
     node = st.recursive(
-        leaf, lambda kids: _scopes(kids, scope_reuse, default_reuse), max_leaves=8
+        leaf,
+        lambda kids: _scopes(
+            kids, scope_reuse, default_reuse, max_body=max_body, max_index=max_index
+        ),
+        max_leaves=max_leaves,
     )
-    return st.lists(node, min_size=1, max_size=5).map(tuple)
+    return st.lists(node, min_size=1, max_size=max_ops).map(tuple)
 
 
 # Every rule in play: reuse flags of all kinds, clashing shapes, names shared by
@@ -616,6 +630,18 @@ safe_programs = _programs(
     scope_reuse=st.sampled_from((None, AUTO)),
     default_reuse=st.sampled_from((None, False)),
 ).map(lambda body: (Scope("top", AUTO, body),))
+
+
+# Programs of scope entries only, larger and re-entering more: they never fail,
+# and the name of every entry is compared, so they probe the default-name
+# counts (DESIGN §3): a count that survives when TF1 forgets or restores it
+# shows as a `_1` too many or too few.
+scope_programs = _programs(
+    _scopes(st.nothing(), st.just(None), st.just(None), max_body=0, max_index=15),
+    scope_reuse=st.sampled_from((None, None, AUTO)),
+    default_reuse=st.just(None),
+    sizes=(20, 8, 4, 15),
+)
 
 
 def _init(program: tuple, limit: int | None = None):
@@ -773,6 +799,19 @@ def test_documented_programs(program, expected):
 def test_init_matches_model(program):
     note(to_source(program))
     event(_check_init(program))
+
+
+@settings(max_examples=examples(2.5))
+@given(scope_programs)
+def test_scope_names_match_model(program):
+    note(to_source(program))
+    expected = predict(program)
+    assert expected.error is None
+    runner = Runner(program)
+    js.init(runner, KEY)
+    assert [s.name for s in runner.captured] == [
+        obj.name for obj in expected.model.captured
+    ]
 
 
 def _check_init(program: tuple) -> str:

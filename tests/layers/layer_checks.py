@@ -4,6 +4,7 @@ Helpers for every test module (error regexes, tree equality) are in ``helpers``.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jscope as js
@@ -36,3 +37,68 @@ def jit_fast(f):
 def init_fast(fn, *args, seed=0, **kwargs):
     """`js.init` under one `jax.jit` (one compilation instead of one per op)."""
     return jit_fast(lambda key: js.init(fn, key, *args, **kwargs))(jax.random.key(seed))
+
+
+def numpy_normal(shape, dtype=jnp.float32, seed=1):
+    """Normal inputs made by NumPy (no per-shape compilation)."""
+    x = np.random.default_rng(seed).standard_normal(shape, np.float32)
+    return jnp.asarray(x, dtype)
+
+
+def _loss(f, ct):
+    def loss(params, x):
+        return jnp.sum(f(params, x).astype(jnp.float32) * ct)
+
+    return loss
+
+
+def check_params_and_input(ours, theirs, params, x, tol):
+    """Values and gradients (w.r.t. params and inputs) of two ``f(params, x)``.
+
+    Both sides run in one jitted program, with their gradients; values and
+    gradients must agree in dtype and within ``tol``. Returns our output.
+    """
+
+    @jax.jit
+    def both(params, x, ct):
+        return [
+            (f(params, x), jax.grad(_loss(f, ct), argnums=(0, 1))(params, x))
+            for f in (ours, theirs)
+        ]
+
+    ct = numpy_normal(jax.eval_shape(ours, params, x).shape, seed=99)
+    (y1, g1), (y2, g2) = both(params, x, ct)
+    assert y1.shape == y2.shape
+    assert y1.dtype == y2.dtype
+    close(y1, y2, tol)
+    tree_close(g1, g2, tol, same="dtype")
+    return y1
+
+
+def check_every_argument(ours, theirs, args, tol, same):
+    """Outputs and gradients w.r.t. every argument of two ``f(*args)``.
+
+    ``f`` returns a pytree of arrays; the loss is its dot product with fixed
+    random cotangents. Both sides run in one `jax.jit`; outputs agree in shape
+    and dtype, outputs and gradients in ``same`` and within ``tol``.
+    """
+    shapes = jax.tree.leaves(jax.eval_shape(ours, *args))
+    argnums = tuple(range(len(args)))
+
+    def value_and_grads(f, args):
+        def loss(*args):
+            ys = jax.tree.leaves(f(*args))
+            cts = [jax.random.normal(jax.random.key(50 + i), s.shape) for i, s in
+                   enumerate(shapes)]  # fmt: skip
+            return sum(
+                jnp.sum(y.astype(jnp.float32) * c) for y, c in zip(ys, cts, strict=True)
+            )
+
+        return f(*args), jax.grad(loss, argnums=argnums)(*args)
+
+    both = jit_fast(lambda *a: (value_and_grads(ours, a), value_and_grads(theirs, a)))
+    (y1, g1), (y2, g2) = both(*args)
+    for u, w in zip(jax.tree.leaves(y1), jax.tree.leaves(y2), strict=True):
+        assert u.shape == w.shape and u.dtype == w.dtype
+    tree_close(y1, y2, tol, same)
+    tree_close(g1, g2, tol, same)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import path_match
 from layer_checks import close
+from layer_checks import numpy_normal as _x
 
 import jscope as js
 from jscope import errors, layers
@@ -19,11 +20,6 @@ F32 = jnp.float32
 BF16 = jnp.bfloat16
 KEY = jax.random.key(0)
 RNGS = {"dropout": jax.random.key(7)}
-
-
-def _x(shape, dtype=F32, seed=1):
-    x = np.random.default_rng(seed).standard_normal(shape, np.float32)
-    return jnp.asarray(x, dtype)
 
 
 def _tol(dtype):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from helpers import path_match
 from jax import lax
-from layer_checks import close, tree_close
+from layer_checks import check_params_and_input, close, tree_close
+from layer_checks import numpy_normal as _x
 
 import jscope as js
 from jscope import errors, layers
@@ -33,10 +34,8 @@ TRANSPOSE = {
 }
 
 
-def _x(shape, dtype=F32, seed=1):
-    """Normal inputs made by NumPy (no per-shape compilation)."""
-    x = np.random.default_rng(seed).standard_normal(shape, np.float32)
-    return jnp.asarray(x, dtype)
+def _check_against(ours, theirs, params, x, dtype):
+    return check_params_and_input(ours, theirs, params, x, _tol(dtype))
 
 
 def _tol(dtype):
@@ -51,35 +50,6 @@ def _close(a, b, dtype=F32):
 
 def _tree_close(a, b, dtype=F32):
     tree_close(a, b, _tol(dtype), same="dtype")
-
-
-def _loss(f, ct):
-    def loss(params, x):
-        return jnp.sum(f(params, x).astype(F32) * ct)
-
-    return loss
-
-
-def _check_against(ours, theirs, params, x, dtype):
-    """Values and gradients (w.r.t. params and inputs) of two ``f(params, x)``.
-
-    Both sides run in one jitted program, with their gradients.
-    """
-
-    @jax.jit
-    def both(params, x, ct):
-        return [
-            (f(params, x), jax.grad(_loss(f, ct), argnums=(0, 1))(params, x))
-            for f in (ours, theirs)
-        ]
-
-    ct = _x(jax.eval_shape(ours, params, x).shape, seed=99)
-    (y1, g1), (y2, g2) = both(params, x, ct)
-    assert y1.shape == y2.shape
-    assert y1.dtype == y2.dtype
-    _close(y1, y2, dtype)
-    _tree_close(g1, g2, dtype)
-    return y1
 
 
 def _init(f, *args):

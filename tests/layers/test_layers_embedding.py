@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import path_match
 from layer_checks import close
+from layer_checks import numpy_normal as _x
 
 import jscope as js
 from jscope import errors, layers
@@ -20,11 +21,6 @@ V, D = 11, 6  # vocabulary and embedding sizes
 def _ids(shape, vocab=V, seed=1, dtype=jnp.int32):
     ids = np.random.default_rng(seed).integers(0, vocab, shape)
     return jnp.asarray(ids, dtype)
-
-
-def _x(shape, dtype=F32, seed=1):
-    x = np.random.default_rng(seed).standard_normal(shape, np.float32)
-    return jnp.asarray(x, dtype)
 
 
 def _tol(dtype):

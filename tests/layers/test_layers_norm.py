@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import close, tree_close
+from layer_checks import check_every_argument, close, tree_close
 from layer_checks import init_fast as _init
-from layer_checks import jit_fast as _jit
 
 import jscope as js
 from jscope import layers
@@ -25,6 +24,10 @@ def _x(shape, dtype=F32, seed=0, scale=2.0, shift=0.3):
     return x.astype(dtype)
 
 
+def _check_against(ours, theirs, args, dtype=F32):
+    check_every_argument(ours, theirs, args, _tol(dtype), same="dtype")
+
+
 def _tol(dtype):
     if dtype == BF16:
         return {"rtol": 3e-2, "atol": 6e-2}
@@ -37,32 +40,6 @@ def _close(a, b, dtype=F32):
 
 def _tree_close(a, b, dtype=F32):
     tree_close(a, b, _tol(dtype), same="dtype")
-
-
-def _check_against(ours, theirs, args, dtype=F32):
-    """Outputs and gradients w.r.t. every argument of two ``f(*args)``.
-
-    The loss is the outputs' dot product with fixed random cotangents; both
-    sides run in one `jax.jit`.
-    """
-    shapes = jax.tree.leaves(jax.eval_shape(ours, *args))
-    argnums = tuple(range(len(args)))
-
-    def value_and_grads(f, args):
-        def loss(*args):
-            ys = jax.tree.leaves(f(*args))
-            cts = [jax.random.normal(jax.random.key(50 + i), s.shape) for i, s in
-                   enumerate(shapes)]  # fmt: skip
-            return sum(jnp.sum(y.astype(F32) * c) for y, c in zip(ys, cts, strict=True))
-
-        return f(*args), jax.grad(loss, argnums=argnums)(*args)
-
-    both = _jit(lambda *a: (value_and_grads(ours, a), value_and_grads(theirs, a)))
-    (y1, g1), (y2, g2) = both(*args)
-    for u, w in zip(jax.tree.leaves(y1), jax.tree.leaves(y2), strict=True):
-        assert u.shape == w.shape and u.dtype == w.dtype
-    _tree_close(y1, y2, dtype)
-    _tree_close(g1, g2, dtype)
 
 
 def _no_mutation(fn):

@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import close, tree_close
+from layer_checks import check_every_argument, close, tree_close
 from layer_checks import init_fast as _init
-from layer_checks import jit_fast as _jit
 
 import jscope as js
 from jscope import layers
@@ -21,6 +20,10 @@ RANDN = js.initializers.random_normal(stddev=0.5)
 
 def _x(shape, seed=0, dtype=F32):
     return jax.random.normal(jax.random.key(seed), shape, F32).astype(dtype)
+
+
+def _check_against(ours, theirs, args, dtype=F32):
+    check_every_argument(ours, theirs, args, _tol(dtype), same="shape")
 
 
 def _tol(dtype):
@@ -35,32 +38,6 @@ def _close(a, b, dtype=F32):
 
 def _tree_close(a, b, dtype=F32):
     tree_close(a, b, _tol(dtype), same="shape")
-
-
-def _check_against(ours, theirs, args, dtype=F32):
-    """Outputs and gradients w.r.t. every argument of two ``f(*args)``.
-
-    ``f`` returns a pytree of arrays; the loss is its dot product with fixed
-    random cotangents. Both sides run in one `jax.jit`.
-    """
-    shapes = jax.tree.leaves(jax.eval_shape(ours, *args))
-    argnums = tuple(range(len(args)))
-
-    def value_and_grads(f, args):
-        def loss(*args):
-            ys = jax.tree.leaves(f(*args))
-            cts = [jax.random.normal(jax.random.key(50 + i), s.shape) for i, s in
-                   enumerate(shapes)]  # fmt: skip
-            return sum(jnp.sum(y.astype(F32) * c) for y, c in zip(ys, cts, strict=True))
-
-        return f(*args), jax.grad(loss, argnums=argnums)(*args)
-
-    both = _jit(lambda *a: (value_and_grads(ours, a), value_and_grads(theirs, a)))
-    (y1, g1), (y2, g2) = both(*args)
-    for u, w in zip(jax.tree.leaves(y1), jax.tree.leaves(y2), strict=True):
-        assert u.shape == w.shape and u.dtype == w.dtype
-    _tree_close(y1, y2, dtype)
-    _tree_close(g1, g2, dtype)
 
 
 # ------------------------------------------------------------- TF1 references
