@@ -279,18 +279,19 @@ def _read_fast(frame, path, shape, dtype, trainable, coll):
     if coll is None:
         coll = "params" if trainable and is_float(dtype) else "state"
     value = lookup(frame, path, coll)
-    try:
-        found_shape = value.shape
-        found_dtype = value.dtype
-    except AttributeError:  # a Python float, list, string in the tree
+    try:  # costs nothing unless it raises
+        if shape != value.shape:
+            shape = values.as_shape(shape, path)
+            if None in shape:  # raises: not fully defined
+                values.resolve_creation(path, shape, dtype, None)
+            values.check_meta(path, shape, dtype, None, value, "read")
+        if value.dtype != dtype:
+            values.check_meta(path, shape, dtype, None, value, "read")
+    except AttributeError:
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            raise
+        # a Python float, list or string in the tree
         raise values.leaf_error(path, coll, value) from None
-    if shape != found_shape:
-        shape = values.as_shape(shape, path)
-        if None in shape:  # raises: not fully defined
-            values.resolve_creation(path, shape, dtype, None)
-        values.check_meta(path, shape, dtype, None, value, "read")
-    if found_dtype != dtype:
-        values.check_meta(path, shape, dtype, None, value, "read")
     return value, coll
 
 
