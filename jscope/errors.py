@@ -173,7 +173,7 @@ class CheckpointCorruptError(CheckpointError):
         self.key = key
         self.file = file
 
-    def __reduce__(self):
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return (type(self), (str(self), self.key, self.file))
 
 
@@ -191,7 +191,7 @@ class CheckpointWriteError(CheckpointError, OSError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return (type(self), (self.message, self.path, self.errno))
 
 
@@ -208,5 +208,5 @@ class CheckpointLockError(CheckpointError):
         super().__init__(message, path)
         self.holder = holder
 
-    def __reduce__(self):
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return (type(self), (str(self), self.path, self.holder))

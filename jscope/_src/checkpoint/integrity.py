@@ -52,8 +52,8 @@ def host_view(value: Any) -> np.ndarray | None:
 
 def checksum(values: np.ndarray) -> str:
     """XXH3-64 of an array's values in C order, as 16 hex digits."""
-    data = np.ascontiguousarray(values).reshape(-1)
-    return xxhash.xxh3_64_hexdigest(data.view(np.uint8) if data.size else b"")
+    data = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+    return xxhash.xxh3_64_hexdigest(data.data)
 
 
 def _file_checksum(path: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from jscope import errors
 from jscope._src.checkpoint import integrity, orbax_io
@@ -101,7 +102,7 @@ def _key_impl(leaf: Any) -> str:
 
 def _is_key(leaf: Any) -> bool:
     dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def scalar_dtype(value: Any) -> np.dtype:
@@ -111,7 +112,7 @@ def scalar_dtype(value: Any) -> np.dtype:
 
 def target(leaf: Any, path: str) -> Target:
     """How to restore into ``leaf``, the target tree's leaf at ``path``."""
-    if isinstance(leaf, jax.core.Tracer):
+    if isinstance(leaf, Tracer):
         raise CheckpointTypeError(
             f"Cannot restore variable {path} into a traced value: restore outside "
             "jax.jit, or pass jax.ShapeDtypeStruct leaves (from jax.eval_shape)."

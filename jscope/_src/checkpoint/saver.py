@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from jscope import errors
 from jscope._src.checkpoint import integrity, keys, layout, lock, orbax_io, read
@@ -51,12 +53,12 @@ _OWNERS = itertools.count(1)
 
 def _save_value(value: Any, path: str) -> tuple[Any, str | None]:
     """``(array to write, PRNG key implementation or None)`` for one leaf."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         raise CheckpointTypeError(
             f"Cannot save variable {path}: it is a traced value. Call saver.save "
             "outside jax.jit / jax.grad, on the tree the jitted step returns."
         )
-    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(
+    if isinstance(value, jax.Array) and jnp.issubdtype(
         value.dtype, jax.dtypes.prng_key
     ):
         return jax.random.key_data(value), str(jax.random.key_impl(value))
