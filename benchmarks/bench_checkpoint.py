@@ -179,8 +179,8 @@ def integrity_timer():
     spent = {"integrity": 0.0, "fsync": 0.0}
     patched = [
         (integrity, name, "integrity")
-        for name in ("checksum", "file_table", "write", "read", "check_files")
-    ] + [(integrity, "check_array", "integrity"), (layout, "fsync_tree", "fsync")]
+        for name in ("checksums", "file_table", "write", "read", "check_files")
+    ] + [(integrity, "check_arrays", "integrity"), (layout, "fsync_tree", "fsync")]
     originals = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
 
     def timing(original, bucket):

@@ -244,8 +244,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         raise integrity.corrupt(
             ckpt, f"Orbax cannot read it ({type(e).__name__}: {first})", file=ckpt
         ) from None
-    for key in specs:
-        integrity.check_array(ckpt, key, raw[key], stored.checksums.get(key))
+    integrity.check_arrays(ckpt, {key: raw[key] for key in specs}, stored.checksums)
     return raw
 
 

@@ -427,10 +427,7 @@ class Saver:
         old = None
         try:
             try:
-                sums = {
-                    key: None if view is None else integrity.checksum(view)
-                    for key, view in job.views.items()
-                }
+                sums = integrity.checksums(job.views)
             finally:
                 with layout.write_errors(job.final):
                     orbax_io.finish_save(self._orbax())
