@@ -6,10 +6,6 @@ explicit variable tree of plain nested dicts, run by `init` and `apply`.
 
 from jscope import errors as errors
 from jscope import initializers as initializers
-from jscope._src.checkpoint import CheckpointError as CheckpointError
-from jscope._src.checkpoint import CheckpointMismatchError as CheckpointMismatchError
-from jscope._src.checkpoint import CheckpointNotFoundError as CheckpointNotFoundError
-from jscope._src.checkpoint import CheckpointTypeError as CheckpointTypeError
 from jscope._src.checkpoint import Saver as Saver
 from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
@@ -43,6 +39,10 @@ from jscope._src.variables import get_regularization_loss as get_regularization_
 from jscope._src.variables import get_variable as get_variable
 from jscope._src.variables import is_initializing as is_initializing
 from jscope._src.variables import next_rng_key as next_rng_key
+from jscope.errors import CheckpointError as CheckpointError
+from jscope.errors import CheckpointMismatchError as CheckpointMismatchError
+from jscope.errors import CheckpointNotFoundError as CheckpointNotFoundError
+from jscope.errors import CheckpointTypeError as CheckpointTypeError
 
 # isort: split
 # Last: the layers are written with the public API above.

@@ -308,7 +308,7 @@ def test_latest_checkpoint_rejects_a_corrupt_state(tmp_path):
 
 
 def test_state_write_is_atomic(tmp_path, monkeypatch):
-    from jscope._src import checkpoint
+    from jscope._src.checkpoint import layout as checkpoint
 
     saver = js.Saver()
     saver.save(init(), tmp_path / "model", global_step=1)
@@ -647,7 +647,7 @@ def test_non_blocking_save_has_copied_the_arrays(tmp_path):
 
 
 def test_errors_of_a_background_save_surface_once(tmp_path, monkeypatch):
-    from jscope._src import checkpoint
+    from jscope._src.checkpoint import saver as checkpoint
 
     saver = js.Saver()
     saver.save(init(), tmp_path / "model", global_step=1)
@@ -655,7 +655,7 @@ def test_errors_of_a_background_save_surface_once(tmp_path, monkeypatch):
     def failing_write(directory, state):
         raise OSError("state write failed")
 
-    monkeypatch.setattr(checkpoint, "_write_state", failing_write)
+    monkeypatch.setattr(checkpoint, "write_state", failing_write)
     saver.save(init(), tmp_path / "model", global_step=2, blocking=False)
     with pytest.raises(OSError, match="state write failed"):
         saver.wait_until_finished()
