@@ -6,7 +6,7 @@ processes that the tests kill, lock out or start again::
     python tests/checkpoint_fault_tools.py saveloop DIR MODE START WRITER KEEP
     python tests/checkpoint_fault_tools.py run DIR FIRST COUNT KEEP
     python tests/checkpoint_fault_tools.py threads DIR
-    python tests/checkpoint_fault_tools.py write_denied DIR CHECKPOINT
+    python tests/checkpoint_fault_tools.py failed_save DIR CHECKPOINT SIZE_LIMIT
     python tests/checkpoint_fault_tools.py big_save DIR
 
 Every value a child saves is a function of ``(step, writer)`` (`tree_at`), so the
@@ -145,8 +145,8 @@ class Child:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
-                f"child {self.proc.args[2:]} still running after {timeout} s "
-                f"(deadlock?); stderr:\n{self.stderr()}"
+                f"child {self.proc.args} did not exit within {timeout} s (a "
+                f"deadlock, or threads that never end?); stderr:\n{self.stderr()}"
             ) from None
         while self.readline(timeout=5.0) is not None:
             pass
@@ -333,26 +333,35 @@ def _threads(directory: str) -> None:
     os._exit(0)
 
 
-def _write_denied(directory: str, checkpoint: str) -> None:
-    """Runs without the right to write ``directory``: saves, then restores.
+def _failed_save(directory: str, checkpoint: str, size: int) -> None:
+    """Saves ``tree_at(1, size)`` where it cannot be written, then restores.
 
-    Prints one JSON line describing the save's error and whether the existing
-    checkpoint still restores.
+    The parent arranges the fault: a directory this process may not write, or
+    a file size limit (``size`` > 0: RLIMIT_FSIZE of ``size`` bytes, SIGXFSZ
+    ignored, so that writes past it fail with EFBIG). Prints one JSON line
+    describing the save's error and whether ``checkpoint`` still restores.
     """
     import pickle
+    import resource
 
     import jscope as js
 
+    values = tree_at(1, size=64 if size == 0 else size // 2)
+    if size:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
     out: dict = {}
+    write_error = getattr(js.errors, "CheckpointWriteError", ())
     try:
-        js.Saver().save(tree_at(1, size=64), os.path.join(directory, "model"), 1)
+        js.Saver().save(values, os.path.join(directory, "model"), 1)
         out["save"] = "returned"
     except Exception as e:  # reported to the parent
         again = pickle.loads(pickle.dumps(e))
         out.update(
             save="raised",
             cls=type(e).__name__,
-            write_error=isinstance(e, js.errors.CheckpointWriteError),
+            write_error=isinstance(e, write_error),
             checkpoint_error=isinstance(e, js.errors.CheckpointError),
             os_error=isinstance(e, OSError),
             errno=getattr(e, "errno", None),
@@ -362,6 +371,7 @@ def _write_denied(directory: str, checkpoint: str) -> None:
     try:
         restored = js.Saver().restore(checkpoint, zeros_like(tree_at(0, size=64)))
         out["restore"] = tree_diff(restored, tree_at(0, size=64)) or "exact"
+        out["latest"] = js.latest_checkpoint(directory)
     except Exception as e:  # reported to the parent
         out["restore"] = f"{type(e).__name__}: {e}"
     print(json.dumps(out), flush=True)
@@ -385,8 +395,8 @@ def main(argv: list[str]) -> None:
         _run(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif command == "threads":
         _threads(args[0])
-    elif command == "write_denied":
-        _write_denied(args[0], args[1])
+    elif command == "failed_save":
+        _failed_save(args[0], args[1], int(args[2]))
     elif command == "big_save":
         _big_save(args[0])
     else:

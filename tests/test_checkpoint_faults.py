@@ -280,30 +280,59 @@ def test_read_only_directory_refuses_saves_and_still_restores(tmpfs):
     assert np.array_equal(np.asarray(w), small["params"]["w0"])
 
 
+def failed_save_in_a_child(tmp_path, directory, size_limit, deny=None):
+    """Runs the `failed_save` child against a fresh checkpoint in ``directory``.
+
+    ``deny``: a command prefix that runs the child without the right to write
+    the directory, which is then made read-only (0555) for it. Returns the
+    child's JSON report; ``directory`` is made writable again.
+    """
+    first = js.Saver().save(tree_at(0, size=64), os.path.join(directory, "model"), 0)
+    if deny is not None:
+        os.chmod(directory, 0o555)
+    try:
+        args = ["failed_save", directory, first, size_limit]
+        with Child(args, str(tmp_path / "err"), prefix=deny or []) as child:
+            line = child.readline()
+            assert line is not None, child.stderr()
+            out = json.loads(line)
+            try:
+                out["exit"] = child.wait(timeout=20)
+            except AssertionError as e:  # checked last, by check_write_error
+                out["exit"] = str(e)
+    finally:
+        os.chmod(directory, 0o755)
+    assert out["restore"] == "exact", out
+    assert out["latest"] == first, out
+    assert js.latest_checkpoint(directory) == first
+    restore_exact(first, tree_at(0, size=64))
+    return out
+
+
+def check_write_error(out, directory, code):
+    assert out["save"] == "raised", out
+    assert out["write_error"] and out["checkpoint_error"] and out["os_error"], out
+    assert out["errno"] == code, out
+    assert directory in out["message"], out
+    assert out["pickled"] == [out["cls"], out["message"], out["errno"]], out
+    assert out["exit"] == 0, f"the process did not end after the failed save: {out}"
+
+
 def test_permission_denied_is_a_write_error(tmp_path):
     """A directory the process may not write (0555; root without DAC override)."""
     prefix = without_dac_override()
     if prefix is None:
         pytest.skip("running as root and setpriv is missing: root ignores modes")
     directory = str(tmp_path / "ckpt")
-    first = js.Saver().save(tree_at(0, size=64), os.path.join(directory, "model"), 0)
-    os.chmod(directory, 0o555)
-    try:
-        with Child(
-            ["write_denied", directory, first], str(tmp_path / "err"), prefix=prefix
-        ) as child:
-            assert child.wait() == 0, child.stderr()
-            assert child.lines, child.stderr()
-            out = json.loads(child.lines[-1])
-    finally:
-        os.chmod(directory, 0o755)
-    assert out["save"] == "raised", out
-    assert out["write_error"] and out["checkpoint_error"] and out["os_error"], out
-    assert out["errno"] == errno.EACCES, out
-    assert directory in out["message"], out
-    assert out["pickled"] == [out["cls"], out["message"], out["errno"]], out
-    assert out["restore"] == "exact", out
-    assert js.latest_checkpoint(directory) == first
+    out = failed_save_in_a_child(tmp_path, directory, 0, deny=prefix)
+    check_write_error(out, directory, errno.EACCES)
+
+
+def test_file_size_limit_is_a_write_error(tmp_path):
+    """A write fault without a mount: RLIMIT_FSIZE of 256 KiB, a 2 MiB save."""
+    directory = str(tmp_path / "ckpt")
+    out = failed_save_in_a_child(tmp_path, directory, 1 << 18)
+    check_write_error(out, directory, errno.EFBIG)
 
 
 # ---------------------------------------------------------------- corruption
