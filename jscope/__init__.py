@@ -10,6 +10,7 @@ from jscope._src.checkpoint import Saver as Saver
 from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
 from jscope._src.checkpoint import load_variable as load_variable
+from jscope._src.checkpoint import verify_checkpoint as verify_checkpoint
 from jscope._src.run import Transformed as Transformed
 from jscope._src.run import apply as apply
 from jscope._src.run import init as init
@@ -39,10 +40,13 @@ from jscope._src.variables import get_regularization_loss as get_regularization_
 from jscope._src.variables import get_variable as get_variable
 from jscope._src.variables import is_initializing as is_initializing
 from jscope._src.variables import next_rng_key as next_rng_key
+from jscope.errors import CheckpointCorruptError as CheckpointCorruptError
 from jscope.errors import CheckpointError as CheckpointError
+from jscope.errors import CheckpointLockError as CheckpointLockError
 from jscope.errors import CheckpointMismatchError as CheckpointMismatchError
 from jscope.errors import CheckpointNotFoundError as CheckpointNotFoundError
 from jscope.errors import CheckpointTypeError as CheckpointTypeError
+from jscope.errors import CheckpointWriteError as CheckpointWriteError
 
 # isort: split
 # Last: the layers are written with the public API above.
@@ -52,10 +56,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_REUSE",
+    "CheckpointCorruptError",
     "CheckpointError",
+    "CheckpointLockError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointTypeError",
+    "CheckpointWriteError",
     "Saver",
     "Summary",
     "Transformed",
@@ -88,6 +95,7 @@ __all__ = [
     "summary",
     "transform",
     "unflatten",
+    "verify_checkpoint",
     "variable_scope",
     "vmap",
     "while_loop",

@@ -1,23 +1,36 @@
-"""Var lists and checkpoint keys: which variables a `Saver` saves, under which keys.
+"""Var lists and checkpoint keys: which leaves a `Saver` saves, under which keys.
 
-Owns the parsing of ``var_list`` (paths, `js.Variable` handles, ``{key: path}``)
-and the flattening of the tree to save or restore into. Imports only jscope's
-`errors` and `tree`.
+A checkpoint key is a canonical slash-joined path: no empty component, no
+leading or trailing ``/``. Nested dicts give their paths (``params/n2/W``, as
+`js.flatten` does); any other pytree node (a tuple, a NamedTuple such as an optax
+state, a dataclass) gives its `jax.tree_util` key path entries (``0``, ``mu``).
+`flatten` keeps the dicts' insertion order and returns a function that rebuilds
+the same structure from new leaves, so a restore returns the target's structure.
+
+Imports only jscope's `errors`; no Orbax, no file system.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from jscope import errors
-from jscope._src import tree
 
 CheckpointError = errors.CheckpointError
 CheckpointTypeError = errors.CheckpointTypeError
+
+Rebuild = Callable[[Mapping[str, Any]], Any]
+
+
+def canonical(key: str) -> str:
+    """The storage key of a path: empty components dropped (``a//b/`` → ``a/b``)."""
+    return "/".join(part for part in key.split("/") if part)
+
 
 # --------------------------------------------------------------------- var list
 
@@ -33,9 +46,9 @@ def handle_path(entry: Any) -> str | None:
 
 def _as_path(entry: Any, where: str) -> str:
     if isinstance(entry, str):
-        if not entry:
-            raise CheckpointError(f"Saver {where} is an empty path.", entry)
-        return entry
+        if not canonical(entry):
+            raise CheckpointError(f"Saver {where} is an empty path: {entry!r}.", entry)
+        return canonical(entry)
     path = handle_path(entry)
     if path is None:
         raise CheckpointTypeError(
@@ -46,20 +59,17 @@ def _as_path(entry: Any, where: str) -> str:
 
 
 def parse_var_list(var_list: Any) -> dict[str, str] | None:
-    """Returns ``{checkpoint_key: path}``, or None for every variable."""
+    """Returns ``{checkpoint_key: path}`` (both canonical), or None for every leaf.
+
+    Raises:
+      CheckpointError: A path is listed twice, two keys canonicalise equal, or
+        one variable is saved under two keys.
+      CheckpointTypeError: ``var_list`` is not None, a list or a dict.
+    """
     if var_list is None:
         return None
     if isinstance(var_list, Mapping):
-        keys: dict[str, str] = {}
-        for key, entry in var_list.items():
-            if not isinstance(key, str) or not key:
-                raise CheckpointTypeError(
-                    f"Saver var_list keys are checkpoint keys (non-empty strings), "
-                    f"got {key!r}."
-                )
-            keys[key] = _as_path(entry, f"var_list[{key!r}]")
-        _check_one_key_per_path(keys)
-        return keys
+        return _parse_mapping(var_list)
     if isinstance(var_list, str | bytes) or not isinstance(var_list, Sequence | set):
         raise CheckpointTypeError(
             "Saver var_list must be None (every variable), a list of variable "
@@ -71,11 +81,34 @@ def parse_var_list(var_list: Any) -> dict[str, str] | None:
     if twice:
         raise CheckpointError(
             f"At least two variables have the same name: {', '.join(twice)}. "
-            "Saver var_list lists each of these paths more than once; list every "
+            "Saver var_list lists each of these paths more than once (paths are "
+            "compared without empty components: 'a/b/' is 'a/b'); list every "
             "variable once.",
             twice[0],
         )
     return {p: p for p in paths}
+
+
+def _parse_mapping(var_list: Mapping[Any, Any]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for key, entry in var_list.items():
+        if not isinstance(key, str) or not canonical(key):
+            raise CheckpointTypeError(
+                f"Saver var_list keys are checkpoint keys (non-empty strings "
+                f"such as 'my_counter'), got {key!r}."
+            )
+        ckey = canonical(key)
+        if ckey in keys:
+            raise CheckpointError(
+                f"Saver var_list keys {given[ckey]!r} and {key!r} are the same "
+                f"checkpoint key {ckey!r} (empty path components are dropped), so "
+                "one variable's data would be lost. Give each variable its own key.",
+                ckey,
+            )
+        keys[ckey], given[ckey] = _as_path(entry, f"var_list[{key!r}]"), key
+    _check_one_key_per_path(keys)
+    return keys
 
 
 def _check_one_key_per_path(keys: Mapping[str, str]) -> None:
@@ -95,23 +128,117 @@ def _check_one_key_per_path(keys: Mapping[str, str]) -> None:
         )
 
 
+def select(
+    keys: Mapping[str, str] | None, leaves: Mapping[str, Any]
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``({checkpoint_key: leaf path}, [(key, listed path) matching no leaf])``.
+
+    A listed path names one leaf, or every leaf below it (a path prefix such as
+    ``"opt"``): then the checkpoint keys are the listed key plus the rest.
+    """
+    if keys is None:
+        return {p: p for p in leaves}, []
+    chosen: dict[str, str] = {}
+    absent = []
+    for key, path in keys.items():
+        if path in leaves:
+            chosen[key] = path
+            continue
+        below = [p for p in leaves if p.startswith(path + "/")]
+        if not below:
+            absent.append((key, path))
+        for p in below:
+            chosen[key + p[len(path) :]] = p
+    return chosen, absent
+
+
 def suggest(path: str, available: Sequence[str]) -> str:
+    """A hint for a path given without its collection, or ``""``."""
     near = [p for p in available if p.endswith("/" + path)]
     if near:
         return f" (did you mean {near[0]!r}? paths start with the collection)"
     return ""
 
 
-def flatten_tree(variables: Any, what: str) -> dict[str, Any]:
-    if not isinstance(variables, Mapping):
+# ------------------------------------------------------------------- pytrees
+
+
+def _entry_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flatten(tree: Any, what: str) -> tuple[dict[str, Any], Rebuild]:
+    """``({key: leaf}, rebuild)`` of a pytree; dicts in insertion order.
+
+    ``rebuild({key: new_leaf})`` returns a tree of the same structure (new dicts,
+    the other nodes rebuilt by their treedefs).
+
+    Raises:
+      CheckpointTypeError: ``tree`` is None or a single leaf.
+      CheckpointError: Two leaves have the same key (``{"a/b": x, "a": {"b": y}}``).
+    """
+    if tree is None or (
+        not isinstance(tree, Mapping)
+        and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
+    ):
         raise CheckpointTypeError(
             f"The {what} must be a variable tree (a nested dict such as js.init "
-            f"returns), got {type(variables).__name__}."
+            "returns) or another pytree of arrays (a tuple, an optax state), got "
+            f"{type(tree).__name__}."
         )
-    return tree.flatten(variables)
+    leaves: dict[str, Any] = {}
+    structure = _flatten_node(tree, (), leaves)
+    return leaves, lambda new: _rebuild(structure, new)
+
+
+def _add(leaves: dict[str, Any], parts: tuple[str, ...], leaf: Any) -> str:
+    key = canonical("/".join(parts))
+    if key in leaves:
+        raise CheckpointError(
+            f"Two leaves of the tree have the same checkpoint key {key!r} (a dict "
+            "key containing '/' or an empty name, such as {'a/b': x, 'a': {'b': "
+            "y}}), so one would be lost. Rename one of them.",
+            key,
+        )
+    leaves[key] = leaf
+    return key
+
+
+def _flatten_node(node: Any, parts: tuple[str, ...], leaves: dict[str, Any]) -> Any:
+    if isinstance(node, Mapping):
+        return (
+            "dict",
+            [(k, _flatten_node(v, (*parts, str(k)), leaves)) for k, v in node.items()],
+        )
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(
+        node, is_leaf=lambda x: isinstance(x, Mapping) and x is not node
+    )
+    if jax.tree_util.treedef_is_leaf(treedef) and not pairs:
+        return ("tree", treedef, [])  # None, (), an empty node
+    if jax.tree_util.treedef_is_leaf(treedef):
+        return ("leaf", _add(leaves, parts, pairs[0][1]))
+    children = [
+        _flatten_node(leaf, (*parts, *map(_entry_name, path)), leaves)
+        for path, leaf in pairs
+    ]
+    return ("tree", treedef, children)
+
+
+def _rebuild(structure: Any, new: Mapping[str, Any]) -> Any:
+    kind = structure[0]
+    if kind == "leaf":
+        return new[structure[1]]
+    if kind == "dict":
+        return {k: _rebuild(child, new) for k, child in structure[1]}
+    _, treedef, children = structure
+    return jax.tree_util.tree_unflatten(treedef, [_rebuild(c, new) for c in children])
 
 
 def step_number(global_step: Any) -> int:
+    """``global_step`` as an int; integer scalar arrays accepted."""
     value = np.asarray(global_step) if not isinstance(global_step, int) else None
     if isinstance(global_step, bool) or (
         value is not None
