@@ -517,6 +517,40 @@ def test_state_file_is_readable_by_others(tmp_path):
 # ------------------------------------------------------------ two processes
 
 
+@STRAY
+def test_readers_never_see_a_half_written_checkpoint(tmp_path):
+    """A reader restores the latest checkpoint while a writer overwrites it.
+
+    The checkpoint may be replaced between `latest_checkpoint` and `restore`
+    (then it is gone: CheckpointNotFoundError), but what is read is always one
+    whole save: never wrong values, never reported corrupt.
+    """
+    directory = str(tmp_path / "ckpt")
+    os.makedirs(directory)
+    seen, gone, failures = set(), 0, []
+    args = ["saveloop", directory, "overwrite", 0, 0, 2]
+    with Child(args, str(tmp_path / "err")) as writer:
+        assert (writer.readline() or "").startswith("done"), writer.stderr()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            latest = js.latest_checkpoint(directory)
+            try:
+                step, _, restored = restored_step(latest)
+            except errors.CheckpointNotFoundError:
+                gone += 1
+                continue
+            except Exception as e:  # reported below
+                failures.append(f"{type(e).__name__}: {str(e)[:300]}")
+                continue
+            seen.add(step)
+            diff = tree_diff(restored, tree_at(step))
+            if diff:
+                failures.append(f"step {step}: {diff}")
+        writer.kill()
+    assert not failures, f"{len(failures)} bad reads ({gone} gone): {failures[:3]}"
+    assert len(seen) >= 2, f"the reader saw only steps {seen}"
+
+
 def test_a_second_process_fails_fast_or_waits_and_never_mixes(tmp_path):
     """A zombie job keeps saving while its restart starts saving too."""
     directory = str(tmp_path / "ckpt")
