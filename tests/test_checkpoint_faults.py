@@ -169,6 +169,19 @@ def test_stale_temporary_directories_are_removed_by_the_next_save(tmp_path):
     restore_exact(path, tree_at(3, size=64))
 
 
+def test_a_save_that_raises_keeps_the_checkpoint_it_would_replace(tmp_path):
+    """Overwriting with a deleted (donated) array fails; the old one stays."""
+    old = {"params": {"w": jnp.arange(8.0)}, "state": {"step": jnp.array(1)}}
+    path = js.Saver().save(old, str(tmp_path / "model"))
+    new = {"params": {"w": jnp.ones(8)}, "state": {"step": jnp.array(2)}}
+    new["params"]["w"].delete()
+    with pytest.raises((RuntimeError, errors.JscopeError)):
+        js.Saver().save(new, str(tmp_path / "model"))
+    assert js.latest_checkpoint(tmp_path) == path
+    restore_exact(path, jax.tree.map(np.asarray, old))
+    assert other_dirs(tmp_path) == [], f"the failed save left {os.listdir(tmp_path)}"
+
+
 # ------------------------------------------------------------------- restarts
 
 
