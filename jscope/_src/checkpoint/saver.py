@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -278,6 +280,20 @@ class Saver:
           Exception: The error of an earlier non-blocking save (as in
             `wait_until_finished`).
         """
+        with _interrupts_deferred(save_path) as interrupted:
+            path = self._save(variables, save_path, global_step, blocking, write_state)
+        if interrupted:
+            raise KeyboardInterrupt  # the save is complete
+        return path
+
+    def _save(
+        self,
+        variables: Any,
+        save_path: Any,
+        global_step: Any,
+        blocking: bool,
+        write_state: bool,
+    ) -> str | None:
         self.wait_until_finished()
         leaves, _ = keys.flatten(variables, "variables")
         chosen, absent = keys.select(self._keys, leaves)
@@ -297,6 +313,7 @@ class Saver:
                 "js.init, or build the Saver with allow_empty=True."
             )
         items, index = _prepare(chosen, leaves)
+        views = _views(items)  # raises here for a deleted (donated) array
         path = self._target_path(save_path, global_step)
         final = os.path.abspath(path)
         directory = os.path.dirname(final)
@@ -311,14 +328,17 @@ class Saver:
             )
         mutex = lock.mutex(directory)
         mutex.acquire()
+        tmp = layout.temporary_path(final)
         try:
-            tmp = self._begin(path, final, directory, items, write_state)
+            self._begin(path, tmp, directory, items, write_state)
         except BaseException:
+            for leftover in (tmp, tmp + layout.ORBAX_TMP):
+                shutil.rmtree(leftover, ignore_errors=True)
             mutex.release()
             raise
         commit = functools.partial(
             self._commit,
-            _Save(path, final, directory, tmp, index, _views(items), write_state),
+            _Save(path, final, directory, tmp, index, views, write_state),
             mutex,
         )
         if blocking:
@@ -363,22 +383,20 @@ class Saver:
     def _begin(
         self,
         path: str,
-        final: str,
+        tmp: str,
         directory: str,
         items: Mapping[str, Any],
         write_state: bool,
-    ) -> str:
-        """Takes the directory, cleans it, starts Orbax; returns the temp path."""
+    ) -> None:
+        """Takes the directory, cleans it, starts Orbax writing ``tmp``."""
         if directory not in self._held:
             lock.acquire(directory, self._owner, self._lock_timeout)
             self._held.add(directory)
         layout.remove_stale(directory)
         if write_state and self._max_to_keep and directory not in self._adopted:
             self._adopt(path, directory)
-        tmp = layout.temporary_path(final)
-        with layout.write_errors(final):
+        with layout.write_errors(path):
             orbax_io.start_save(self._orbax(), tmp, items)
-        return tmp
 
     def _adopt(self, path: str, directory: str) -> None:
         """Adds the checkpoints of ``directory``'s state to `last_checkpoints`."""
@@ -478,9 +496,16 @@ class Saver:
         Raises:
           Exception: The error of a failed non-blocking save (raised once).
         """
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        pending = self._pending
+        if pending is None:
+            return
+        try:
             pending.result()
+        except BaseException:
+            if pending.done():  # the save's own error: raised once
+                self._pending = None
+            raise  # interrupted while waiting: still pending, waited for at exit
+        self._pending = None
 
     def restore(self, save_path: str | os.PathLike[str] | None, target: Any) -> Any:
         """Restores the saver's variables from a checkpoint into a new tree.
@@ -543,6 +568,43 @@ class _Save:
 def _views(items: Mapping[str, Any]) -> dict[str, Any]:
     """Host views of the arrays (no copy on CPU), kept alive for the checksums."""
     return {key: integrity.host_view(value) for key, value in items.items()}
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(save_path: Any):
+    """Lets a save started in the main thread finish before Ctrl-C stops it.
+
+    The first SIGINT prints one line and makes the list this yields non-empty
+    (the caller raises `KeyboardInterrupt` once the save is done); a second one
+    aborts at once. Custom SIGINT handlers, and
+    saves in other threads, are left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield []
+        return
+    interrupted: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        print(
+            f"jscope: interrupted; finishing the checkpoint save to {save_path} "
+            "first (Ctrl-C again to abort it)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _release_all(owner: int, held: set[str]) -> None:
