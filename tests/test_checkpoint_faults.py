@@ -287,6 +287,8 @@ def test_a_failed_save_leaves_no_stray_exceptions(tmpfs):
     directory = os.path.join(tmpfs, "ckpt")
     saver = js.Saver()
     saver.save(tree_at(1, size=64), os.path.join(directory, "model"), 1)
+    rng = np.random.default_rng(0)  # random: 4 MiB that do not compress
+    many = {f"w{i}": rng.standard_normal(1 << 14, np.float32) for i in range(64)}
     stray = []
     hooks = sys.unraisablehook, threading.excepthook
     sys.unraisablehook = lambda u: stray.append(f"{u.exc_type.__name__}: {u.exc_value}")
@@ -294,8 +296,8 @@ def test_a_failed_save_leaves_no_stray_exceptions(tmpfs):
         f"{a.exc_type.__name__}: {a.exc_value}"
     )
     try:
-        with pytest.raises(errors.CheckpointWriteError):
-            saver.save(big_tree(2), os.path.join(directory, "model"), 2)
+        with pytest.raises(errors.CheckpointWriteError):  # 64 arrays in flight
+            saver.save(many, os.path.join(directory, "model"), 2)
         time.sleep(0.5)  # let the writes still in flight end
         gc.collect()
     finally:
