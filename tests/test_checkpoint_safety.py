@@ -425,9 +425,10 @@ def test_ctrl_c_during_a_save_ends_in_one_line(tmp_path, blocking):
     lines = err.strip().splitlines()
     # Caught in a save: jscope's one line, then Python's KeyboardInterrupt; caught
     # between two saves (printing, adding arrays): Python's KeyboardInterrupt.
-    assert lines[-1] == "KeyboardInterrupt" and len(lines) <= 12, err
-    if "jscope" in err:
+    assert lines[-1] == "KeyboardInterrupt", err
+    if "jscope: interrupted" in err:
         assert lines[0].startswith("jscope: interrupted; finishing the checkpoint")
+        assert len(lines) <= 10, err
     assert "Exception in thread" not in err and "orbax" not in err, err
     latest = js.latest_checkpoint(tmp_path)
     step = int(js.load_variable(latest, "state/step"))
