@@ -11,8 +11,15 @@
    reference, how long Orbax's own asynchronous ``save`` blocks.
 4. ``fault``: a child process saves a 32 MiB tree in a loop (``max_to_keep=2``)
    and is killed with SIGKILL at a random moment, again and again in the same
-   directory; after each kill, ``js.latest_checkpoint`` must name a complete
-   checkpoint that restores bit-exactly.
+   directory, in three modes: blocking saves of new steps, non-blocking saves,
+   and blocking saves over the same path (each an overwrite). After each kill,
+   ``js.latest_checkpoint`` must name a checkpoint that ``js.verify_checkpoint``
+   accepts and that restores bit-exactly; after the last, the next save must
+   remove every temporary directory the killed writers left.
+
+Beside the save and restore times, the script reports jscope's integrity work
+(checksums and their checks) as a share of each call, and the fsync of each new
+checkpoint.
 
 Contestants run side by side in one process, interleaved round by round (jscope
 first in even rounds, Orbax first in odd ones); each reports the median, and a
@@ -20,11 +27,12 @@ ratio is the median of the per-round ratios.
 
 Usage::
 
-    python benchmarks/bench_checkpoint.py           # full run (about 3 minutes)
+    python benchmarks/bench_checkpoint.py           # full run (about 8 minutes)
     python benchmarks/bench_checkpoint.py --quick   # smoke run: 16 MiB, 3 kills
 
 The script exits non-zero when a correctness check fails (a restored tree
-differs from the saved one, or a killed save leaves no readable checkpoint).
+differs from the saved one, or a killed save leaves no checkpoint that verifies
+and restores bit-exactly).
 Missed timing targets are reported as FAIL but do not change the exit code.
 """
 
@@ -54,6 +62,7 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 import jscope as js  # noqa: E402
+from jscope._src.checkpoint import integrity, layout  # noqa: E402  (timed parts)
 
 
 class CheckFailed(Exception):
@@ -87,6 +96,12 @@ class Report:
         target = f"< {at_most_ms:g} ms"
         self.rows.append((bench, label, f"{ms:.2f} ms", target, verdict))
         print(f"BLOCK {bench} {label} = {ms:.2f} ms (target {target}) {verdict}")
+
+    def limit_pct(self, bench: str, label: str, pct: float, at_most: float) -> None:
+        verdict = "PASS" if pct <= at_most else "FAIL"
+        target = f"<= {at_most:g} %"
+        self.rows.append((bench, label, f"{pct:.1f} %", target, verdict))
+        print(f"COST {bench} {label} = {pct:.2f} % (target {target}) {verdict}")
 
     def table(self) -> str:
         head = ("benchmark", "contestant / ratio", "median", "target", "result")
@@ -126,8 +141,13 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def orbax_timer():
     """Times the Orbax checkpointer calls (outermost only) made inside the block."""
     inner, depth = [0.0], [0]
-    cls = ocp.AsyncCheckpointer
-    originals = {n: getattr(cls, n) for n in ("save", "restore", "wait_until_finished")}
+    names = ("save", "restore", "wait_until_finished")
+    originals = {
+        (cls, n): cls.__dict__[n]
+        for cls in (ocp.AsyncCheckpointer, ocp.Checkpointer)
+        for n in names
+        if n in cls.__dict__
+    }
 
     def timing(original):
         def method(self, *args, **kwargs):
@@ -142,13 +162,44 @@ def orbax_timer():
 
         return method
 
-    for name, original in originals.items():
+    for (cls, name), original in originals.items():
         setattr(cls, name, timing(original))
     try:
         yield inner
     finally:
-        for name, original in originals.items():
+        for (cls, name), original in originals.items():
             setattr(cls, name, original)
+
+
+@contextlib.contextmanager
+def integrity_timer():
+    """Times jscope's integrity work (checksums, their file, the checks) and its
+    fsync of each new checkpoint, made inside the block: ``{"integrity", "fsync"}``.
+    """
+    spent = {"integrity": 0.0, "fsync": 0.0}
+    patched = [
+        (integrity, name, "integrity")
+        for name in ("checksums", "file_table", "write", "read", "check_files")
+    ] + [(integrity, "check_arrays", "integrity"), (layout, "fsync_tree", "fsync")]
+    originals = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
+
+    def timing(original, bucket):
+        def function(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[bucket] += time.perf_counter() - start
+
+        return function
+
+    for (mod, name, bucket), (_, _, original) in zip(patched, originals, strict=True):
+        setattr(mod, name, timing(original, bucket))
+    try:
+        yield spent
+    finally:
+        for mod, name, original in originals:
+            setattr(mod, name, original)
 
 
 def same(a: dict, b: dict) -> bool:
@@ -178,6 +229,9 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
     blocks: dict[str, list[float]] = {"js": [], "ocp": []}
     # jscope's own share of each of its calls: the time spent outside Orbax.
     own: dict[str, list[float]] = {"save": [], "restore": [], "nonblocking": []}
+    # jscope's integrity work inside its save and restore, and the fsync of the
+    # new checkpoint's files before it is moved into place.
+    checks: dict[str, list[float]] = {"save": [], "restore": [], "fsync": []}
 
     def js_save(path):
         return lambda: saver.save(tree, path)
@@ -212,17 +266,20 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
             blocks[who].append(held)
         for who, path in order:
             fn = js_save(path) if who == "js" else ocp_save(path)
-            with orbax_timer() as inner:
+            with orbax_timer() as inner, integrity_timer() as spent:
                 samples[f"{who} save"].append(timed(fn)[0])
             if who == "js":
                 own["save"].append(samples["js save"][-1] - inner[0])
+                checks["save"].append(spent["integrity"])
+                checks["fsync"].append(spent["fsync"])
         for who, path in order:
             restore = saver.restore if who == "js" else orbax.restore
-            with orbax_timer() as inner:
+            with orbax_timer() as inner, integrity_timer() as spent:
                 seconds, restored = timed(lambda p=path, f=restore: f(p, abstract))
             samples[f"{who} restore"].append(seconds)
             if who == "js":
                 own["restore"].append(seconds - inner[0])
+                checks["restore"].append(spent["integrity"])
             check(same(restored, tree), f"{who} restore differs from the saved tree")
         check(
             same(saver.restore(os.path.join(d, "js-async"), abstract), tree),
@@ -231,6 +288,8 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         shutil.rmtree(d)
         if r == -1:
             for s in (*samples.values(), *blocks.values(), *own.values()):
+                s.clear()
+            for s in checks.values():
                 s.clear()
 
     med = {k: statistics.median(v) for k, v in samples.items()}
@@ -250,6 +309,14 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         )
         share = 1e3 * statistics.median(own[op])
         report.value(op, "jscope's own share (outside Orbax)", f"{share:.2f} ms")
+        # The integrity work in each of jscope's calls, as a share of the call.
+        cost = [c / t for c, t in zip(checks[op], js_s, strict=True)]
+        ms = 1e3 * statistics.median(checks[op])
+        pct = 100 * statistics.median(cost)
+        report.value(op, "integrity (checksums, checks)", f"{ms:.2f} ms")
+        report.limit_pct(op, "integrity share of the call", pct, 5.0)
+    fsync_ms = 1e3 * statistics.median(checks["fsync"])
+    report.value("save", "fsync of the new checkpoint", f"{fsync_ms:.2f} ms")
     js_ms = 1e3 * statistics.median(blocks["js"])
     ocp_ms = 1e3 * statistics.median(blocks["ocp"])
     report.limit("nonblocking", "js.Saver save(blocking=False)", js_ms, 10.0)
@@ -268,18 +335,26 @@ CHILD = textwrap.dedent(
     import jax.numpy as jnp
     import jscope as js
 
-    directory, start, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    directory, mode = sys.argv[1], sys.argv[4]
+    start, n = int(sys.argv[2]), int(sys.argv[3])
     base = jnp.arange(n, dtype=jnp.float32)
     saver = js.Saver(max_to_keep=2)
     step = start
     while True:
         tree = {"params": {f"w{i}": base * (i + 1) + step for i in range(8)},
                 "state": {"step": jnp.array(step, jnp.int32)}}
-        saver.save(tree, directory + "/model", global_step=step)
+        saver.save(
+            tree,
+            directory + "/model",
+            global_step=None if mode == "overwrite" else step,
+            blocking=mode != "async",
+        )
         print(f"saved {step}", flush=True)
         step += 1
     """
 )
+
+FAULT_MODES = ("sync", "async", "overwrite")
 
 
 def expected_tree(step: int, n: int) -> dict:
@@ -290,70 +365,89 @@ def expected_tree(step: int, n: int) -> dict:
     }
 
 
+def _kill_trial(directory: str, mode: str, next_step: int, n: int, pause: float):
+    """Starts a saving child, kills it with SIGKILL; returns what it left."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, directory, str(next_step), str(n), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        line = child.stdout.readline()
+        check(line.startswith("saved"), f"{mode}: child wrote {line!r}")
+        while js.latest_checkpoint(directory) is None:  # the first commit
+            time.sleep(0.005)
+        time.sleep(pause)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    return set(os.listdir(directory))
+
+
 def bench_fault(report: Report, workdir: str, trials: int, mib: int) -> None:
     n = mib * 2**20 // 4 // 8  # eight float32 arrays
-    directory = os.path.join(workdir, "fault")
-    os.makedirs(directory)
     print(
-        f"\n[4] fault injection: {trials} SIGKILLs of a process saving a "
-        f"{8 * n * 4 / 2**20:.0f} MiB tree in a loop (max_to_keep=2)"
+        f"\n[4] fault injection: {trials} SIGKILLs per mode ({', '.join(FAULT_MODES)}) "
+        f"of a process saving a {8 * n * 4 / 2**20:.0f} MiB tree in a loop "
+        "(max_to_keep=2)"
     )
     rng = random.Random(0)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    next_step, mid_save, mid_delete, restored = 0, 0, 0, 0
-    for trial in range(trials):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, directory, str(next_step), str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
+    total = {"trials": 0, "mid_save": 0, "mid_swap": 0, "restored": 0}
+    for mode in FAULT_MODES:
+        directory = os.path.join(workdir, f"fault-{mode}")
+        os.makedirs(directory)
+        next_step, counts = 0, {"mid_save": 0, "mid_swap": 0, "restored": 0}
+        for trial in range(trials):
+            left = _kill_trial(directory, mode, next_step, n, rng.uniform(0.0, 1.0))
+            what = f"{mode} trial {trial}"
+            # What the kill interrupted: a save under its temporary name, or the
+            # swap / deletion of an old checkpoint (renamed before it goes).
+            counts["mid_save"] += any(layout.TMP_MARK in name for name in left)
+            counts["mid_swap"] += any(layout.OLD_MARK in name for name in left)
+            latest = js.latest_checkpoint(directory)
+            check(latest is not None, f"{what}: no checkpoint after the kill")
+            check(
+                js.verify_checkpoint(latest) == sorted(js.flatten(expected_tree(0, 1))),
+                f"{what}: {latest} does not verify",
+            )
+            step = int(js.load_variable(latest, "state/step"))
+            # A blocking save is committed when "saved" is printed; an async
+            # one is committed by the next save.
+            lag = 1 if mode == "async" else 0
+            check(step >= next_step - lag, f"{what}: latest is {latest}, an old one")
+            expected = expected_tree(step, n)
+            target = jax.tree.map(np.zeros_like, expected)
+            check(
+                same(js.Saver().restore(latest, target), expected),
+                f"{what}: {latest} does not restore bit-exactly",
+            )
+            counts["restored"] += 1
+            next_step = step + 1
+        # The next save in the directory removes what the killed writers left.
+        js.Saver().save(expected_tree(next_step, n), directory + "/model", next_step)
+        leftovers = [f for f in os.listdir(directory) if layout.is_temporary(f)]
+        check(not leftovers, f"{mode}: {leftovers} left after the next save")
+        report.value(
+            "fault",
+            f"{mode}: kills / mid-save / mid-swap / restored",
+            f"{trials} / {counts['mid_save']} / {counts['mid_swap']} / "
+            f"{counts['restored']}",
         )
-        try:
-            line = child.stdout.readline()
-            check(line.startswith("saved"), f"trial {trial}: child wrote {line!r}")
-            time.sleep(rng.uniform(0.0, 1.0))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-        latest = js.latest_checkpoint(directory)
-        check(latest is not None, f"trial {trial}: no checkpoint after the kill")
-        check(
-            os.path.isfile(os.path.join(latest, "_METADATA")),
-            f"trial {trial}: {latest} is not a complete checkpoint",
-        )
-        step = int(latest.rsplit("-", 1)[1])
-        check(step >= next_step, f"trial {trial}: latest is {latest}, an old one")
-        # What the kill interrupted: Orbax writes step s to "model-s<suffix>" and
-        # renames it when complete; old checkpoints are renamed to the same kind
-        # of name before they are deleted.
-        unfinished = {
-            int(name.split(suffix)[0].rsplit("-", 1)[1])
-            for name in os.listdir(directory)
-            if (suffix := ocp.utils.TMP_DIR_SUFFIX) in name
-        }
-        mid_save += step + 1 in unfinished
-        mid_delete += any(next_step - 2 <= s <= step - 2 for s in unfinished)
-        expected = expected_tree(step, n)
-        target = jax.tree.map(np.zeros_like, expected)
-        check(
-            same(js.Saver().restore(latest, target), expected),
-            f"trial {trial}: {latest} does not restore bit-exactly",
-        )
-        restored += 1
-        next_step = step + 1
-    report.value("fault", "SIGKILL trials", str(trials))
-    report.value("fault", "kills during a save (unfinished save left)", str(mid_save))
+        total["trials"] += trials
+        for k, v in counts.items():
+            total[k] += v
     report.value(
-        "fault", "kills during a deletion (half-deleted left)", str(mid_delete)
-    )
-    report.value(
-        "fault", "latest checkpoint restored bit-exactly", f"{restored}/{trials}"
+        "fault",
+        "latest checkpoint verified and restored bit-exactly",
+        f"{total['restored']}/{total['trials']}",
     )
     print(
-        f"FAULT trials={trials} mid_save={mid_save} mid_delete={mid_delete} "
-        f"restored={restored}"
+        f"FAULT trials={total['trials']} mid_save={total['mid_save']} "
+        f"mid_swap={total['mid_swap']} restored={total['restored']}"
     )
 
 
@@ -361,11 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, seconds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
-    parser.add_argument("--trials", type=int, default=None, help="SIGKILL trials")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="SIGKILL trials per mode"
+    )
     parser.add_argument("--dir", default=None, help="where to write (default: temp)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
-    trials = args.trials or (3 if args.quick else 24)
+    trials = args.trials or (1 if args.quick else 17)  # per mode, three modes
     mib = 16 if args.quick else 256
 
     print(

@@ -116,39 +116,14 @@ def make_steps(opt: optax.GradientTransformation):
 
 # --------------------------------------------------------------- checkpoints
 #
-# A `js.Saver` saves a tree of nested dicts. Optax's state is a pytree of
-# NamedTuples, so it goes into the checkpoint as a dict keyed by its pytree
-# paths ("0/mu/conv2d/kernel", "0/count", ...), and comes back by the order of
-# those paths in a freshly initialized state.
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def opt_state_as_dict(opt_state) -> dict[str, Any]:
-    """Optax's state as a nested dict of its arrays, keyed by pytree path."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(opt_state)
-    flat = {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
-    return js.unflatten(flat)
-
-
-def opt_state_from_dict(tree: dict[str, Any], like):
-    """The inverse of `opt_state_as_dict`, shaped like the state ``like``."""
-    flat = js.flatten(tree)
-    paths = js.flatten(opt_state_as_dict(like))
-    return jax.tree.unflatten(jax.tree.structure(like), [flat[p] for p in paths])
+# A `js.Saver` saves any pytree: the variables, optax's state as it is (keyed
+# by its pytree paths, "opt/0/mu/conv2d/kernel", "opt/0/count", ...) and the
+# epoch as a Python int. Restoring into a tree of the same structure gives back
+# optax's NamedTuples and an int.
 
 
 def checkpoint_tree(variables, opt_state, epoch: int) -> dict[str, Any]:
-    return {
-        **variables,
-        "opt": opt_state_as_dict(opt_state),
-        "meta": {"epoch": jnp.asarray(epoch, jnp.int32)},
-    }
+    return {**variables, "opt": opt_state, "meta": {"epoch": epoch}}
 
 
 def restore(ckpt_dir: str, variables, opt_state):
@@ -156,10 +131,8 @@ def restore(ckpt_dir: str, variables, opt_state):
     path = js.latest_checkpoint(ckpt_dir)
     if path is None:
         return None
-    target = checkpoint_tree(variables, opt_state, 0)
-    tree = js.Saver().restore(path, target)
-    opt = opt_state_from_dict(tree.pop("opt"), opt_state)
-    epoch = int(tree.pop("meta")["epoch"])
+    tree = js.Saver().restore(path, checkpoint_tree(variables, opt_state, 0))
+    opt, epoch = tree.pop("opt"), tree.pop("meta")["epoch"]
     return tree, opt, epoch, path
 
 

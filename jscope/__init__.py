@@ -6,14 +6,11 @@ explicit variable tree of plain nested dicts, run by `init` and `apply`.
 
 from jscope import errors as errors
 from jscope import initializers as initializers
-from jscope._src.checkpoint import CheckpointError as CheckpointError
-from jscope._src.checkpoint import CheckpointMismatchError as CheckpointMismatchError
-from jscope._src.checkpoint import CheckpointNotFoundError as CheckpointNotFoundError
-from jscope._src.checkpoint import CheckpointTypeError as CheckpointTypeError
 from jscope._src.checkpoint import Saver as Saver
 from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
 from jscope._src.checkpoint import load_variable as load_variable
+from jscope._src.checkpoint import verify_checkpoint as verify_checkpoint
 from jscope._src.handle import Variable as Variable
 from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
@@ -43,6 +40,13 @@ from jscope._src.tree import unflatten as unflatten
 from jscope._src.variables import get_regularization_loss as get_regularization_loss
 from jscope._src.variables import get_variable as get_variable
 from jscope._src.variables import is_initializing as is_initializing
+from jscope.errors import CheckpointCorruptError as CheckpointCorruptError
+from jscope.errors import CheckpointError as CheckpointError
+from jscope.errors import CheckpointLockError as CheckpointLockError
+from jscope.errors import CheckpointMismatchError as CheckpointMismatchError
+from jscope.errors import CheckpointNotFoundError as CheckpointNotFoundError
+from jscope.errors import CheckpointTypeError as CheckpointTypeError
+from jscope.errors import CheckpointWriteError as CheckpointWriteError
 
 # isort: split
 # Last: the layers are written with the public API above.
@@ -52,10 +56,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_REUSE",
+    "CheckpointCorruptError",
     "CheckpointError",
+    "CheckpointLockError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointTypeError",
+    "CheckpointWriteError",
     "Saver",
     "Summary",
     "Transformed",
@@ -88,6 +95,7 @@ __all__ = [
     "summary",
     "transform",
     "unflatten",
+    "verify_checkpoint",
     "variable_scope",
     "vmap",
     "while_loop",

@@ -15,10 +15,13 @@ __all__ = [
     "AssignmentDtypeError",
     "AssignmentShapeError",
     "AssignmentTargetError",
+    "CheckpointCorruptError",
     "CheckpointError",
+    "CheckpointLockError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointTypeError",
+    "CheckpointWriteError",
     "DtypeMismatchError",
     "InitialValueError",
     "InitializerArgumentError",
@@ -276,5 +279,60 @@ class CheckpointMismatchError(CheckpointError):
     """Variables are missing from a checkpoint or differ in shape or dtype."""
 
 
-class CheckpointTypeError(JscopeError, TypeError):
+class CheckpointTypeError(CheckpointError, TypeError):
     """A `Saver` argument, or a value to save or restore into, has the wrong type."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint's files do not hold what was saved.
+
+    A checksum mismatch; a truncated, emptied or missing file; metadata that
+    cannot be read.
+
+    Attributes:
+      key: The checkpoint key of the variable concerned, or None.
+      file: The path of the file concerned, or None.
+    """
+
+    def __init__(self, message: str, key: str | None = None, file: str | None = None):
+        super().__init__(message, key)
+        self.key = key
+        self.file = file
+
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+        return (type(self), (str(self), self.key, self.file))
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint cannot be written: the disk is full, read-only, or forbidden.
+
+    Also an `OSError`, with the underlying ``errno`` and ``filename``.
+    """
+
+    def __init__(self, message: str, path: str | None = None, errno: int | None = None):
+        OSError.__init__(self, errno, message, path)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+        return (type(self), (self.message, self.path, self.errno))
+
+
+class CheckpointLockError(CheckpointError):
+    """Another process holds the lock of a checkpoint directory (it is saving there).
+
+    Attributes:
+      holder: What the lock file says of its holder (``pid``, ``host``), or None.
+    """
+
+    def __init__(
+        self, message: str, path: str | None = None, holder: dict | None = None
+    ):
+        super().__init__(message, path)
+        self.holder = holder
+
+    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+        return (type(self), (str(self), self.path, self.holder))

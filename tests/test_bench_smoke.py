@@ -64,12 +64,13 @@ CORE = Bench(
 
 # --------------------------------------------------------------- checkpoint
 # Exit code 1: a restored tree differed from the saved one, or a killed save
-# left no readable checkpoint.
+# (sync, async or overwriting) left no checkpoint that verifies and restores
+# bit-exactly.
 
 
 def _checkpoint(stdout: str, out: str, tmp: pathlib.Path) -> None:
     fault = re.search(
-        r"^FAULT trials=(\d+) mid_save=\d+ mid_delete=\d+ restored=(\d+)$",
+        r"^FAULT trials=(\d+) mid_save=\d+ mid_swap=\d+ restored=(\d+)$",
         stdout,
         re.M,
     )
@@ -86,6 +87,9 @@ CHECKPOINT = Bench(
         "BLOCK nonblocking js.Saver save(blocking=False) = ",
         "| save | jscope (js.Saver) | ",
         "| restore | orbax (StandardCheckpointer) | ",
+        "COST save integrity share of the call = ",
+        "COST restore integrity share of the call = ",
+        "| fault | overwrite: kills / mid-save / mid-swap / restored | ",
     ),
     check=_checkpoint,
 )

@@ -21,10 +21,13 @@ EXPECTED_BUILTIN = {
     "AssignmentDtypeError": TypeError,
     "AssignmentShapeError": ValueError,
     "AssignmentTargetError": TypeError,
+    "CheckpointCorruptError": ValueError,
     "CheckpointError": ValueError,
+    "CheckpointLockError": ValueError,
     "CheckpointMismatchError": ValueError,
     "CheckpointNotFoundError": ValueError,
     "CheckpointTypeError": TypeError,
+    "CheckpointWriteError": OSError,
     "DtypeMismatchError": ValueError,
     "InitialValueError": ValueError,
     "InitializerArgumentError": ValueError,
@@ -240,6 +243,38 @@ def _restore_mismatch():
         saver.restore(path, {"params": {"foo": {"v": jnp.ones(3)}}})
 
 
+def _restore_corrupt():
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = js.Saver().save({"params": {"foo": {"v": jnp.ones(2)}}}, f"{d}/m")
+        os.truncate(os.path.join(path, "_CHECKSUMS"), 10)
+        js.Saver().restore(path, {"params": {"foo": {"v": jnp.ones(2)}}})
+
+
+def _save_locked():
+    import subprocess
+    import sys
+    import tempfile
+
+    hold = (
+        "import fcntl, sys, time; f = open(sys.argv[1] + '/.checkpoint.lock', 'w'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )
+    with tempfile.TemporaryDirectory() as d:
+        child = subprocess.Popen(
+            [sys.executable, "-c", hold, d], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            child.stdout.readline()
+            js.Saver().save({"params": {"v": jnp.ones(2)}}, f"{d}/m")
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+
+
 ERROR_PROGRAMS = {
     # name: (how to raise it, class, path named in the message or None)
     "exists": (lambda: js.init(_dup, KEY), errors.VariableExistsError, "foo/v"),
@@ -260,6 +295,13 @@ ERROR_PROGRAMS = {
         lambda: _restore_mismatch(),
         errors.CheckpointMismatchError,
         "params/foo/v",
+    ),
+    "checkpoint_corrupt": (_restore_corrupt, errors.CheckpointCorruptError, None),
+    "checkpoint_lock": (_save_locked, errors.CheckpointLockError, None),
+    "checkpoint_write": (  # /sys refuses new directories (EPERM)
+        lambda: js.Saver().save({"v": jnp.ones(2)}, "/sys/jscope-checkpoint/m"),
+        errors.CheckpointWriteError,
+        None,
     ),
     "lift": (
         lambda: js.init(

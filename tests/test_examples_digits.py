@@ -185,7 +185,7 @@ def test_runs_without_rich_and_resume_without_checkpoint_starts_fresh(
     assert js.latest_checkpoint(ckpt).endswith("digits_cnn-1")
 
 
-def test_optimizer_state_round_trips_through_a_dict(monkeypatch):
+def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path):
     import jax
     import jax.numpy as jnp
     import optax
@@ -195,16 +195,23 @@ def test_optimizer_state_round_trips_through_a_dict(monkeypatch):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
     state = opt.init(params)
     _, state = opt.update(jax.tree.map(jnp.ones_like, params), state, params)
-    as_dict = module.opt_state_as_dict(state)
-    assert set(js.flatten(as_dict)) == {
-        "1/0/count",
-        "1/0/mu/a/w",
-        "1/0/mu/b",
-        "1/0/nu/a/w",
-        "1/0/nu/b",
+    variables = {"params": params}
+    path = js.Saver().save(
+        module.checkpoint_tree(variables, state, 7), tmp_path / "digits_cnn"
+    )
+    assert {k for k, _ in js.list_variables(path) if k.startswith("opt/")} == {
+        "opt/1/0/count",
+        "opt/1/0/mu/a/w",
+        "opt/1/0/mu/b",
+        "opt/1/0/nu/a/w",
+        "opt/1/0/nu/b",
     }
-    fresh = opt.init(params)
-    back = module.opt_state_from_dict(as_dict, fresh)
-    assert jax.tree.structure(back) == jax.tree.structure(state)
-    for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
+    fresh = jax.tree.map(jnp.zeros_like, variables)
+    back, opt_state, epoch, _ = module.restore(tmp_path, fresh, opt.init(params))
+    assert epoch == 7 and type(epoch) is int
+    assert jax.tree.structure(opt_state) == jax.tree.structure(state)
+    for got, want in zip(
+        jax.tree.leaves(opt_state), jax.tree.leaves(state), strict=True
+    ):
         assert jnp.array_equal(got, want)
+    assert jnp.array_equal(back["params"]["a"]["w"], params["a"]["w"])

@@ -1,0 +1,184 @@
+"""Orbax I/O: the only jscope module that imports Orbax.
+
+Writes a flat dict ``{key: array}`` as an Orbax PyTree checkpoint, reads the
+metadata of checkpoints Orbax wrote directly, and restores arrays with the
+target's shapes, dtypes and shardings.
+
+Orbax's asynchronous machinery is not safe to drive from several threads at
+once (two checkpointers saving in two threads can deadlock in
+``wait_until_finished`` or collide on temporary directories), so every Orbax
+call in the process runs under one lock, `_ORBAX`; a save holds it from
+`start_save` until `finish_save` (which may run on another thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jscope import errors
+from jscope._src.checkpoint.layout import NOT_VALID_MSG, ORBAX_METADATA
+
+CheckpointNotFoundError = errors.CheckpointNotFoundError
+
+MARKER = "jscope"  # in Orbax's custom metadata: jscope's version, _CHECKSUMS exists
+_ORBAX = threading.Lock()
+
+
+def async_checkpointer() -> ocp.AsyncCheckpointer:
+    """An Orbax checkpointer that writes in the background."""
+    return ocp.AsyncCheckpointer(ocp.PyTreeCheckpointHandler())
+
+
+def start_save(
+    checkpointer: ocp.AsyncCheckpointer, path: str, items: Mapping[str, Any]
+) -> None:
+    """Starts writing ``{key: array}`` to the new directory ``path``.
+
+    Takes the process's Orbax lock; `finish_save` releases it. The arrays have
+    been taken by Orbax (copied to host where needed) when this returns.
+    """
+    _ORBAX.acquire()
+    try:
+        checkpointer.save(
+            epath.Path(path),
+            args=ocp.args.PyTreeSave(
+                dict(items), custom_metadata={MARKER: {"version": 2}}
+            ),
+        )
+    except BaseException:
+        _ORBAX.release()
+        raise
+
+
+def finish_save(checkpointer: ocp.AsyncCheckpointer) -> None:
+    """Waits until the save `start_save` began is written; releases the lock."""
+    try:
+        checkpointer.wait_until_finished()
+    finally:
+        _ORBAX.release()
+
+
+def jscope_version(path: str) -> int | None:
+    """The jscope version in a checkpoint's Orbax metadata, or None."""
+    try:
+        with open(os.path.join(path, ORBAX_METADATA), encoding="utf-8") as f:
+            custom = json.load(f).get("custom_metadata") or {}
+        return int(custom[MARKER]["version"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def legacy_index(path: str) -> dict[str, tuple[tuple[int, ...], Any]] | None:
+    """``{key: (shape, dtype)}`` of a checkpoint jscope 0.1 wrote, else None."""
+    try:
+        with open(os.path.join(path, ORBAX_METADATA), encoding="utf-8") as f:
+            custom = json.load(f).get("custom_metadata") or {}
+        variables = custom[MARKER]["variables"]
+        return {
+            key: (tuple(v["shape"]), np.dtype(_dtype_of(v["dtype"])))
+            for key, v in variables.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _dtype_of(name: str) -> Any:
+    return jax.numpy.dtype(name)
+
+
+def orbax_metadata(path: str) -> tuple[dict[str, tuple[tuple[int, ...], Any]], bool]:
+    """``({key: (shape, dtype)}, nested)`` from Orbax's metadata of ``path``.
+
+    For checkpoints Orbax wrote directly: a nested dict is keyed by its
+    slash-joined paths.
+    """
+    try:
+        with _ORBAX:
+            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointNotFoundError(
+            f"{NOT_VALID_MSG.format(path=path)} (its metadata cannot be read: {e}).",
+            path,
+        ) from None
+    stored = metadata.tree if isinstance(metadata.tree, Mapping) else {}
+    nested = any(isinstance(m, Mapping) for m in stored.values())
+    if nested:
+        stored = _flatten_nested(stored)
+    return {
+        key: (
+            tuple(getattr(m, "shape", ())),
+            None if getattr(m, "dtype", None) is None else np.dtype(m.dtype),
+        )
+        for key, m in stored.items()
+    }, nested
+
+
+def _flatten_nested(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten_nested(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def _unflatten_nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = root
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return root
+
+
+def restore_spec(
+    shape: tuple[int, ...], dtype: Any, sharding: Any, *, numpy: bool
+) -> tuple[Any, Any]:
+    """Orbax's item and restore args for one array (NumPy, or jax with a sharding)."""
+    if numpy:
+        return np.empty(0, dtype), ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    args = ocp.ArrayRestoreArgs(
+        restore_type=jax.Array, sharding=sharding, global_shape=shape, dtype=dtype
+    )
+    return item, args
+
+
+def restore(
+    ckpt: str,
+    specs: Mapping[str, tuple[Any, Any]],
+    *,
+    partial: bool,
+    nested: bool,
+) -> dict[str, Any]:
+    """Restores ``{key: (item, restore_args)}`` from ``ckpt``; ``{key: array}``.
+
+    Raises:
+      Exception: Orbax's or TensorStore's own error (the caller names it).
+    """
+    item = {key: s[0] for key, s in specs.items()}
+    args = {key: s[1] for key, s in specs.items()}
+    if nested:
+        item, args = _unflatten_nested(item), _unflatten_nested(args)
+    with _ORBAX:
+        restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+            epath.Path(os.path.abspath(ckpt)),
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=args, partial_restore=partial
+            ),
+        )
+    return _flatten_nested(restored) if nested else dict(restored)

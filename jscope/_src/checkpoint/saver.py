@@ -1,0 +1,628 @@
+"""`Saver`: TF1's ``tf.train.Saver`` vocabulary, retention and the background commit.
+
+A save runs in two halves. The first, in the caller's thread: flatten the tree,
+check the values, take the directory (its in-process mutex, then its writers'
+lock), remove what dead writers left, and hand the arrays to Orbax, which
+writes them under a temporary name unique to this save. The second, the
+*commit*, in the caller's thread for a blocking save and in a background thread
+otherwise: compute the arrays' checksums while Orbax writes, wait for Orbax,
+write ``_CHECKSUMS``, fsync, move the checkpoint into place (an atomic exchange
+when it replaces one), write the checkpoint state, then delete what
+``max_to_keep`` drops. Until the state is written the previous checkpoints are
+untouched, so any failure or kill leaves the last good checkpoint restorable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import functools
+import itertools
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.core import Tracer
+
+from jscope import errors
+from jscope._src.checkpoint import integrity, keys, layout, lock, orbax_io, read
+
+CheckpointError = errors.CheckpointError
+CheckpointTypeError = errors.CheckpointTypeError
+
+# The dtypes Orbax and TensorStore write and read back bit-exactly.
+SUPPORTED_DTYPES = (
+    "bool, int2, int4, int8, int16, int32, int64, uint8, uint16, uint32, uint64, "
+    "float4_e2m1fn, float8_e3m4, float8_e4m3b11fnuz, float8_e4m3fn, "
+    "float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, float8_e8m0fnu, bfloat16, "
+    "float16, float32, float64, complex64, complex128"
+)
+_SUPPORTED = frozenset(SUPPORTED_DTYPES.split(", "))
+_OWNERS = itertools.count(1)
+
+
+def _save_value(value: Any, path: str) -> tuple[Any, str | None]:
+    """``(array to write, PRNG key implementation or None)`` for one leaf."""
+    if isinstance(value, Tracer):
+        raise CheckpointTypeError(
+            f"Cannot save variable {path}: it is a traced value. Call saver.save "
+            "outside jax.jit / jax.grad, on the tree the jitted step returns."
+        )
+    if isinstance(value, jax.Array) and jnp.issubdtype(
+        value.dtype, jax.dtypes.prng_key
+    ):
+        return jax.random.key_data(value), str(jax.random.key_impl(value))
+    if isinstance(value, jax.Array | np.ndarray):
+        return value, None
+    if isinstance(value, np.generic | bool | int | float | complex):
+        return np.asarray(value, read.scalar_dtype(value)), None
+    raise CheckpointTypeError(
+        f"Cannot save variable {path}: expected an array, a NumPy or Python "
+        f"scalar, or a PRNG key, got {type(value).__name__}."
+    )
+
+
+def _prepare(
+    chosen: Mapping[str, str], leaves: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``({key: array}, {key: index entry})``; unsupported dtypes refused at once."""
+    items, index, bad = {}, {}, []
+    for key, path in chosen.items():
+        value, impl = _save_value(leaves[path], path)
+        dtype = np.dtype(value.dtype).name
+        if dtype not in _SUPPORTED:
+            bad.append(f"{path} ({dtype})")
+        items[key] = value
+        index[key] = {"shape": list(np.shape(value)), "dtype": dtype, "key_impl": impl}
+    if bad:
+        raise CheckpointTypeError(
+            f"Cannot save variable(s) {', '.join(bad)}: checkpoints cannot hold "
+            f"this dtype. Supported dtypes: {SUPPORTED_DTYPES}. Cast the variable "
+            "(e.g. uint4 to uint8) before saving, or leave it out of the var_list.",
+            bad[0].split(" ")[0],
+        )
+    return items, index
+
+
+class Saver:
+    """Saves and restores variables, TF1's ``tf.train.Saver`` over Orbax.
+
+    A checkpoint holds the saver's variables as a flat dict ``{key: array}``:
+    with ``var_list=None`` every leaf of the tree, keyed by its full path
+    (``params/n2/W``); with a list of paths, those variables (a path may name a
+    subtree: ``"opt"`` saves every leaf below it); with a dict
+    ``{checkpoint_key: path}``, those variables under new keys. The tree may be
+    any pytree (an optax state, tuples, typed PRNG keys, NumPy and Python
+    scalars): leaves below a non-dict node are keyed by their
+    `jax.tree_util` key paths joined by ``/`` (``opt/0/mu/w``).
+
+    Saves are atomic, and an overwrite replaces the old checkpoint only once
+    the new one is complete; every array's checksum is recorded, and checked
+    when it is read (`verify_checkpoint`). One process writes a directory at a
+    time: a Saver holds the directory's lock from its first save there until
+    `close` (or its garbage collection, or the end of its process).
+
+    Args:
+      var_list: None (every variable), a list of full paths such as
+        ``"state/counter"``, or a dict ``{checkpoint_key: path}``. A
+        `js.Variable` handle (``collection/name``) may stand for a path.
+      max_to_keep: How many of the newest checkpoints to keep; older ones are
+        deleted after each save. None or 0 keeps every checkpoint (and then
+        `last_checkpoints` stays empty, as in TF1). Checkpoints recorded in a
+        directory's state by an earlier run count too (TF1's
+        ``recover_last_checkpoints``, done on the first save there).
+      keep_checkpoint_every_n_hours: Of the checkpoints that ``max_to_keep``
+        would delete, keep one every this many hours (they leave
+        `last_checkpoints` but stay on disk).
+      allow_empty: Allow a saver with no variables; its ``save`` writes nothing
+        and returns None, its ``restore`` returns a copy of the target.
+      pad_step_number: Write ``global_step`` as eight digits (``model-00000010``).
+      lock_timeout: Seconds to wait for another process's lock on a directory
+        before `CheckpointLockError`; 0 fails at once, None waits forever.
+
+    Raises:
+      CheckpointError: ``var_list`` lists a path twice, gives two keys that are
+        the same once empty path components are dropped (``"a/b"``, ``"a/b/"``),
+        saves one variable under two keys, or is empty (unless
+        ``allow_empty``); ``max_to_keep`` is negative.
+      CheckpointTypeError: ``var_list`` is not None, a list or a dict.
+
+    Example:
+      >>> import tempfile, jax, jax.numpy as jnp, jscope as js
+      >>> variables = {"params": {"w": jnp.ones(2)}, "state": {"step": jnp.array(3)}}
+      >>> saver = js.Saver({"my_step": "state/step"})
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     path = saver.save(variables, f"{d}/model", global_step=3)
+      ...     print(js.list_variables(path))
+      ...     fresh = {"params": {"w": jnp.zeros(2)}, "state": {"step": jnp.array(0)}}
+      ...     restored = saver.restore(js.latest_checkpoint(d), fresh)
+      ...     saver.close()
+      [('my_step', ())]
+      >>> restored["state"]["step"], restored["params"]["w"]  # w is not in the list
+      (Array(3, dtype=int32), Array([0., 0.], dtype=float32))
+    """
+
+    __module__ = "jscope"
+
+    def __init__(
+        self,
+        var_list: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        max_to_keep: int | None = 5,
+        keep_checkpoint_every_n_hours: float = 10000.0,
+        allow_empty: bool = False,
+        pad_step_number: bool = False,
+        lock_timeout: float | None = 0.0,
+    ):
+        self._keys = keys.parse_var_list(var_list)
+        if self._keys is not None and not self._keys and not allow_empty:
+            raise CheckpointError(
+                "No variables to save: the Saver's var_list is empty. Pass the "
+                "paths to save, None for every variable, or allow_empty=True."
+            )
+        if max_to_keep is not None and (
+            isinstance(max_to_keep, bool)
+            or not isinstance(max_to_keep, int | np.integer)
+            or max_to_keep < 0
+        ):
+            raise CheckpointError(
+                f"Saver max_to_keep must be None or an integer >= 0, got "
+                f"{max_to_keep!r}. None and 0 keep every checkpoint."
+            )
+        if lock_timeout is not None and (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, int | float)
+            or not lock_timeout >= 0
+        ):
+            raise CheckpointError(
+                f"Saver lock_timeout must be None (wait forever) or a number of "
+                f"seconds >= 0, got {lock_timeout!r}."
+            )
+        self._max_to_keep = int(max_to_keep or 0)
+        self._keep_every_s = float(keep_checkpoint_every_n_hours) * 3600.0
+        self._next_keep_time = time.time() + self._keep_every_s
+        self._allow_empty = allow_empty
+        self._pad_step_number = pad_step_number
+        self._lock_timeout = lock_timeout
+        # (path as save returned it, absolute path, timestamp), oldest first.
+        self._last: list[tuple[str, str, float]] = []
+        self._adopted: set[str] = set()  # directories whose state was adopted
+        self._lock = threading.Lock()
+        self._checkpointer: Any = None
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: concurrent.futures.Future | None = None
+        self._owner = next(_OWNERS)
+        self._held: set[str] = set()  # directories whose writers' lock we hold
+        self._release = weakref.finalize(self, _release_all, self._owner, self._held)
+
+    def __repr__(self) -> str:
+        keys_ = "every variable" if self._keys is None else f"{len(self._keys)} keys"
+        return f"Saver({keys_}, max_to_keep={self._max_to_keep or None})"
+
+    def __enter__(self) -> Saver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for a pending save, then releases the directories' locks."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self._release()
+
+    @property
+    def last_checkpoints(self) -> list[str]:
+        """The checkpoints this saver keeps, oldest first, as `save` returned them.
+
+        Empty when ``max_to_keep`` is None or 0 (TF1). A non-blocking save joins
+        the list when it has been committed.
+        """
+        with self._lock:
+            return [p for p, _, _ in self._last]
+
+    def _orbax(self) -> Any:
+        if self._checkpointer is None:
+            self._checkpointer = orbax_io.async_checkpointer()
+        return self._checkpointer
+
+    def save(
+        self,
+        variables: Any,
+        save_path: str | os.PathLike[str],
+        global_step: Any = None,
+        *,
+        blocking: bool = True,
+        write_state: bool = True,
+    ) -> str | None:
+        """Saves the saver's variables of ``variables`` as a checkpoint.
+
+        Missing directories are created. The checkpoint is written under a
+        temporary name, checksummed, flushed to disk and moved into place in one
+        rename; an existing checkpoint at the path is replaced only then. The
+        checkpoint state is replaced atomically after that, so a crash or a
+        failure at any point leaves the previous checkpoints readable.
+
+        Args:
+          variables: A variable tree (e.g. from `js.init` or `js.apply`) or any
+            pytree of arrays. Left unchanged.
+          save_path: The checkpoint's path prefix, e.g. ``"ckpt/model"``; its
+            directory holds the checkpoint state.
+          global_step: An integer (or integer scalar array) appended to the path:
+            ``"ckpt/model-10"``. An existing checkpoint at the path is replaced.
+          blocking: If False, return once the arrays are taken; the writing,
+            the checksums, the state update and the deletion of old checkpoints
+            finish in the background (see `wait_until_finished`).
+          write_state: Record the checkpoint in the state and in
+            `last_checkpoints`, and apply ``max_to_keep``.
+
+        Returns:
+          The checkpoint's path, ``save_path`` or ``save_path-<global_step>``;
+          None for an empty saver with ``allow_empty=True``.
+
+        Raises:
+          CheckpointError: A listed variable is not in ``variables``, two leaves
+            have the same key, or the path is taken by something that is not a
+            checkpoint, or lies inside a checkpoint.
+          CheckpointTypeError: A value is not an array (or is traced), its
+            dtype cannot be saved, or ``global_step`` is not an integer.
+          CheckpointLockError: Another process writes in the directory.
+          CheckpointWriteError: The disk is full, read-only or forbidden.
+          Exception: The error of an earlier non-blocking save (as in
+            `wait_until_finished`).
+        """
+        with _interrupts_deferred(save_path) as interrupted:
+            path = self._save(variables, save_path, global_step, blocking, write_state)
+        if interrupted:
+            raise KeyboardInterrupt  # the save is complete
+        return path
+
+    def _save(
+        self,
+        variables: Any,
+        save_path: Any,
+        global_step: Any,
+        blocking: bool,
+        write_state: bool,
+    ) -> str | None:
+        self.wait_until_finished()
+        leaves, _ = keys.flatten(variables, "variables")
+        chosen, absent = keys.select(self._keys, leaves)
+        if absent:
+            raise CheckpointError(
+                "Cannot save: variables listed in the Saver are not in the tree: "
+                + ", ".join(f"{p}{keys.suggest(p, list(leaves))}" for _, p in absent)
+                + ". Pass the tree that holds them, or build the Saver with "
+                "paths from js.flatten(variables).",
+                absent[0][1],
+            )
+        if not chosen:
+            if self._allow_empty:
+                return None
+            raise CheckpointError(
+                "No variables to save: the tree is empty. Pass the tree from "
+                "js.init, or build the Saver with allow_empty=True."
+            )
+        items, index = _prepare(chosen, leaves)
+        views = _views(items)  # raises here for a deleted (donated) array
+        path = self._target_path(save_path, global_step)
+        final = os.path.abspath(path)
+        directory = os.path.dirname(final)
+        with layout.write_errors(directory):
+            os.makedirs(directory, exist_ok=True)
+        if os.path.lexists(final) and not layout.is_checkpoint(final):
+            raise CheckpointError(
+                f"Cannot save a checkpoint at {path!r}: the path exists and is not a "
+                "checkpoint, so it is not overwritten. Choose another save_path "
+                "(a checkpoint is a directory of its own, e.g. 'ckpt/model').",
+                path,
+            )
+        mutex = lock.mutex(directory)
+        mutex.acquire()
+        tmp = layout.temporary_path(final)
+        try:
+            self._begin(path, tmp, directory, items, write_state)
+        except BaseException:
+            for leftover in (tmp, tmp + layout.ORBAX_TMP):
+                shutil.rmtree(leftover, ignore_errors=True)
+            mutex.release()
+            raise
+        commit = functools.partial(
+            self._commit,
+            _Save(path, final, directory, tmp, index, views, write_state),
+            mutex,
+        )
+        if blocking:
+            commit()
+            return path
+        if self._committer is None:  # one worker, reused: no thread start per save
+            self._committer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="jscope-checkpoint-commit"
+            )
+            _at_thread_exit(functools.partial(_finish_at_exit, weakref.ref(self)))
+        self._pending = self._committer.submit(commit)
+        return path
+
+    def _target_path(self, save_path: Any, global_step: Any) -> str:
+        path = layout.fspath(save_path, "save_path")
+        if global_step is not None:
+            step = keys.step_number(global_step)
+            path = f"{path}-{step:08d}" if self._pad_step_number else f"{path}-{step}"
+        name = os.path.basename(path)
+        if (
+            not name
+            or name in (layout.STATE_FILENAME, layout.LOCK_FILENAME, ".", "..")
+            or layout.is_temporary(name)
+        ):
+            raise CheckpointError(
+                f"Cannot save a checkpoint at {path!r}: save_path must name a "
+                f"checkpoint inside a directory, like 'ckpt/model' (the name "
+                f"{layout.STATE_FILENAME!r} is the directory's checkpoint state).",
+                path,
+            )
+        inside = layout.inside_checkpoint(os.path.dirname(os.path.abspath(path)))
+        if inside is not None:
+            raise CheckpointError(
+                f"Cannot save a checkpoint at {path!r}: its directory is inside the "
+                f"checkpoint {inside}, and the checkpoint state written there would "
+                "break it. Save beside it instead, e.g. "
+                f"{os.path.join(os.path.dirname(inside), 'model')!r}.",
+                path,
+            )
+        return path
+
+    def _begin(
+        self,
+        path: str,
+        tmp: str,
+        directory: str,
+        items: Mapping[str, Any],
+        write_state: bool,
+    ) -> None:
+        """Takes the directory, cleans it, starts Orbax writing ``tmp``."""
+        if directory not in self._held:
+            lock.acquire(directory, self._owner, self._lock_timeout)
+            self._held.add(directory)
+        layout.remove_stale(directory)
+        if write_state and self._max_to_keep and directory not in self._adopted:
+            self._adopt(path, directory)
+        with layout.write_errors(path):
+            orbax_io.start_save(self._orbax(), tmp, items)
+
+    def _adopt(self, path: str, directory: str) -> None:
+        """Adds the checkpoints of ``directory``'s state to `last_checkpoints`."""
+        state = layout.read_state(directory)
+        self._adopted.add(directory)
+        if state is None:
+            return
+        shown = os.path.dirname(path)
+        with self._lock:
+            known = {a for _, a, _ in self._last}
+            found = [
+                (
+                    os.path.join(shown, os.path.basename(a))
+                    if os.path.dirname(a) == directory
+                    else a,
+                    a,
+                    t,
+                )
+                for a, t in layout.state_entries(directory, state)
+                if a not in known and layout.is_checkpoint(a)
+            ]
+            self._last = sorted(found + self._last, key=lambda e: e[2])
+
+    def _commit(self, job: _Save, mutex: threading.Lock) -> None:
+        """The second half of a save (see the module docstring)."""
+        old = None
+        try:
+            try:
+                sums = integrity.checksums(job.views)
+            finally:
+                with layout.write_errors(job.final):
+                    orbax_io.finish_save(self._orbax())
+            with layout.write_errors(job.final):
+                for key, entry in job.index.items():
+                    entry["xxh3_64"] = sums[key]
+                integrity.write(job.tmp, job.index, integrity.file_table(job.tmp))
+                layout.fsync_tree(job.tmp)
+                old = layout.install(job.tmp, job.final)
+            if job.write_state:
+                self._record_and_rotate(job.path, job.final, job.directory)
+        except BaseException:
+            for leftover in (job.tmp, job.tmp + layout.ORBAX_TMP):
+                shutil.rmtree(leftover, ignore_errors=True)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            mutex.release()
+
+    def _record_and_rotate(self, path: str, final: str, directory: str) -> None:
+        """Records a written checkpoint, updates the state, deletes old ones."""
+        now = time.time()
+        with self._lock:
+            doomed = self._record(path, final, now)
+            last = list(self._last)
+        if last:
+            paths = [layout.relative(directory, a) for _, a, _ in last]
+            stamps = [t for _, _, t in last]
+        else:  # max_to_keep None: the state names the newest checkpoint only
+            paths, stamps = [layout.relative(directory, final)], [now]
+        layout.write_state(
+            directory,
+            {
+                "model_checkpoint_path": layout.relative(directory, final),
+                "all_model_checkpoint_paths": paths,
+                "all_model_checkpoint_timestamps": stamps,
+                "last_preserved_timestamp": self._next_keep_time - self._keep_every_s,
+            },
+        )
+        for old in doomed:
+            layout.remove_checkpoint(old)
+
+    def _record(self, path: str, final: str, now: float) -> list[str]:
+        """Appends ``path`` to `last_checkpoints`; returns absolute paths to delete."""
+        if not self._max_to_keep:
+            return []
+        self._last = [e for e in self._last if e[1] != final]
+        self._last.append((path, final, now))
+        doomed = []
+        while len(self._last) > self._max_to_keep:
+            _, old, stamp = self._last.pop(0)
+            if stamp > self._next_keep_time:  # TF1's keep_checkpoint_every_n_hours
+                self._next_keep_time += self._keep_every_s
+            else:
+                doomed.append(old)
+        return doomed
+
+    def wait_until_finished(self) -> None:
+        """Blocks until a non-blocking save has been written and recorded.
+
+        `save` and `restore` call it first, so a later save or restore waits for
+        the pending one.
+
+        Raises:
+          Exception: The error of a failed non-blocking save (raised once).
+        """
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except BaseException:
+            if pending.done():  # the save's own error: raised once
+                self._pending = None
+            raise  # interrupted while waiting: still pending, waited for at exit
+        self._pending = None
+
+    def restore(self, save_path: str | os.PathLike[str] | None, target: Any) -> Any:
+        """Restores the saver's variables from a checkpoint into a new tree.
+
+        ``target`` gives the structure, shapes, dtypes and shardings: a variable
+        tree or any pytree, or a tree of `jax.ShapeDtypeStruct` (from
+        ``jax.eval_shape(lambda k: js.init(fn, k), key)``), so that a model can
+        be restored without running its initializers. Variables outside the
+        saver's list keep the target's values; extra checkpoint keys are
+        ignored. Every array read is checked against its checksum.
+
+        Args:
+          save_path: A checkpoint path, as `save` or `latest_checkpoint` returns.
+          target: The tree to restore into. Left unchanged.
+
+        Returns:
+          A new tree of the target's structure and order; restored arrays have
+          the target's sharding (one device when a `jax.ShapeDtypeStruct` has
+          none), NumPy leaves come back as NumPy arrays, scalars as the
+          target's scalar type, PRNG keys as typed keys.
+
+        Raises:
+          CheckpointNotFoundError: ``save_path`` is None or not a checkpoint.
+          CheckpointMismatchError: One error listing every variable missing from
+            the checkpoint (or from the target) and every shape or dtype
+            mismatch, by path.
+          CheckpointCorruptError: A file or an array is not what was saved.
+        """
+        self.wait_until_finished()
+        ckpt = layout.checkpoint_path(save_path, directory_ok=False)
+        leaves, rebuild = keys.flatten(target, "target")
+        chosen, absent = keys.select(self._keys, leaves)
+        if not chosen and not absent:
+            if self._allow_empty:
+                return rebuild(leaves)
+            raise CheckpointError(
+                "No variables to restore: the target tree is empty. Pass the tree "
+                "(or jax.eval_shape of js.init) to restore into."
+            )
+        stored = read.describe(ckpt)
+        targets = {key: read.target(leaves[p], p) for key, p in chosen.items()}
+        error = read.mismatch_error(ckpt, chosen, absent, targets, stored, list(leaves))
+        if error is not None:
+            raise error
+        restored = read.restore_leaves(
+            stored, {key: (leaves[p], targets[key]) for key, p in chosen.items()}
+        )
+        by_path = {path: restored[key] for key, path in chosen.items()}
+        return rebuild({p: by_path.get(p, v) for p, v in leaves.items()})
+
+
+class _Save:
+    """What the commit of one save needs."""
+
+    def __init__(self, path, final, directory, tmp, index, views, write_state):
+        self.path, self.final, self.directory, self.tmp = path, final, directory, tmp
+        self.index, self.views, self.write_state = index, views, write_state
+
+
+def _views(items: Mapping[str, Any]) -> dict[str, Any]:
+    """Host views of the arrays (no copy on CPU), kept alive for the checksums."""
+    return {key: integrity.host_view(value) for key, value in items.items()}
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(save_path: Any):
+    """Lets a save started in the main thread finish before Ctrl-C stops it.
+
+    The first SIGINT prints one line and makes the list this yields non-empty
+    (the caller raises `KeyboardInterrupt` once the save is done); a second one
+    aborts at once. Custom SIGINT handlers, and
+    saves in other threads, are left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield []
+        return
+    interrupted: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        print(
+            f"jscope: interrupted; finishing the checkpoint save to {save_path} "
+            "first (Ctrl-C again to abort it)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _release_all(owner: int, held: set[str]) -> None:
+    for directory in list(held):
+        lock.release(directory, owner)
+    held.clear()
+
+
+def _finish_at_exit(ref: weakref.ref[Saver]) -> None:
+    saver = ref()
+    if saver is not None:
+        try:
+            saver.wait_until_finished()
+        except Exception as e:  # one line, not a traceback, as the program ends
+            print(f"jscope: a checkpoint save failed: {e}", file=sys.stderr)
+
+
+# A non-blocking save pending when the program ends must finish before the
+# interpreter stops its thread pools (Orbax needs them to commit): threading's
+# exit hooks run first, in reverse order, so this runs before concurrent.futures
+# shuts down.
+_at_thread_exit = getattr(threading, "_register_atexit", atexit.register)
