@@ -398,6 +398,12 @@ class Saver:
         if write_state and self._max_to_keep and directory not in self._adopted:
             self._adopt(path, directory)
         with layout.write_errors(path):
+            # Orbax creates its temporary directory in a thread of its own and,
+            # when that fails, leaves its signalling threads waiting forever
+            # (the process never exits): try the same mkdir here first.
+            probe = tmp + layout.ORBAX_TMP
+            os.mkdir(probe)
+            os.rmdir(probe)
             orbax_io.start_save(self._orbax(), tmp, items)
 
     def _adopt(self, path: str, directory: str) -> None:
