@@ -29,6 +29,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -237,17 +238,24 @@ _WRITE_ERRNOS = {
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
+    errno.EFBIG: "a file is larger than the process may write",
 }
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
 def write_error(path: str, error: BaseException) -> CheckpointWriteError | None:
     """The `CheckpointWriteError` for a failed write (disk full, read-only, ...).
 
-    Recognises `OSError` and TensorStore's status texts; None for other errors.
+    Recognises `OSError` and TensorStore's status texts (any error carrying an
+    ``os_error_code``); None for other errors.
     """
     code = getattr(error, "errno", None)
     text = str(error)
-    if code not in _WRITE_ERRNOS:
+    match = _OS_ERROR_CODE.search(text)
+    if code is None and match:  # TensorStore: any "[os_error_code='27']"
+        code = int(match.group(1))
+    elif code not in _WRITE_ERRNOS:
         code = next(
             (
                 c
@@ -262,8 +270,9 @@ def write_error(path: str, error: BaseException) -> CheckpointWriteError | None:
         )
     if code is None:
         return None
+    what = _WRITE_ERRNOS.get(code) or "the write failed"
     return CheckpointWriteError(
-        f"Cannot write checkpoint {path}: {_WRITE_ERRNOS[code]} "
+        f"Cannot write checkpoint {path}: {what} "
         f"([Errno {code}] {os.strerror(code)}; {text.splitlines()[0][:300]}). "
         "The previous checkpoints are unchanged; free space or fix the "
         "permissions, then save again.",

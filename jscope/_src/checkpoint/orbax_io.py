@@ -13,6 +13,7 @@ call in the process runs under one lock, `_ORBAX`; a save holds it from
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
@@ -33,9 +34,56 @@ MARKER = "jscope"  # in Orbax's custom metadata: jscope's version, _CHECKSUMS ex
 _ORBAX = threading.Lock()
 
 
+_WRITE_FAILURES: contextvars.ContextVar[list[BaseException]] = contextvars.ContextVar(
+    "jscope_write_failures"
+)
+
+
+class _NumpyHandler(ocp.type_handlers.NumpyHandler):
+    """Orbax's NumPy handler, but a failed write waits for the others.
+
+    Orbax gathers the arrays' writes and returns at the first failure, then
+    closes its event loop while TensorStore still writes the other arrays;
+    each of those writes, when it ends, calls into the closed loop
+    (``RuntimeError: Event loop is closed`` through `sys.unraisablehook`,
+    long after the save raised). Here every write of a save ends before the
+    first failure is raised.
+    """
+
+    async def _open_and_write(self, value, tspec, ts_context):
+        try:
+            await super()._open_and_write(value, tspec, ts_context)
+        except Exception as e:
+            failures = _WRITE_FAILURES.get(None)
+            if failures is None:
+                raise
+            failures.append(e)
+
+    async def _background_serialize(self, values, infos, args=None):
+        failures: list[BaseException] = []
+        token = _WRITE_FAILURES.set(failures)  # seen by the writes' tasks
+        try:
+            await super()._background_serialize(values, infos, args)
+        finally:
+            _WRITE_FAILURES.reset(token)
+        if failures:
+            raise failures[0]
+
+
+def _save_handlers() -> Any:
+    """Orbax's type handlers for saving, with `_NumpyHandler` for NumPy arrays."""
+    default = ocp.type_handlers.get_type_handler
+    pairs = [(t, default(t)) for t in (int, float, bytes, np.number, jax.Array)]
+    return ocp.type_handlers.create_type_handler_registry(
+        *pairs, (np.ndarray, _NumpyHandler())
+    )
+
+
 def async_checkpointer() -> ocp.AsyncCheckpointer:
     """An Orbax checkpointer that writes in the background."""
-    return ocp.AsyncCheckpointer(ocp.PyTreeCheckpointHandler())
+    return ocp.AsyncCheckpointer(
+        ocp.PyTreeCheckpointHandler(type_handler_registry=_save_handlers())
+    )
 
 
 def start_save(

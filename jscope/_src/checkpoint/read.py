@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +22,15 @@ from jax.core import Tracer
 from jscope import errors
 from jscope._src.checkpoint import integrity, orbax_io
 from jscope._src.checkpoint.keys import canonical, suggest
-from jscope._src.checkpoint.layout import checkpoint_path
+from jscope._src.checkpoint.layout import CHECKSUMS, checkpoint_path
 
+CheckpointCorruptError = errors.CheckpointCorruptError
 CheckpointMismatchError = errors.CheckpointMismatchError
 CheckpointTypeError = errors.CheckpointTypeError
 
 _BATCH_BYTES = 512 << 20  # verify_checkpoint reads at most this much at once
+_T = TypeVar("_T")
+_READ_TRIES = 8  # reads of a checkpoint that another process keeps replacing
 
 
 @dataclasses.dataclass
@@ -77,6 +80,40 @@ def describe(ckpt: str) -> Stored:
     else:
         shapes, nested = orbax_io.orbax_metadata(ckpt)
     return Stored(ckpt, shapes, {}, {}, nested)
+
+
+def _identity(ckpt: str) -> tuple[Any, ...] | None:
+    """What changes when ``ckpt`` is replaced: its directory's and index's inodes."""
+    try:
+        d = os.stat(ckpt)
+        try:
+            c = os.stat(os.path.join(ckpt, CHECKSUMS))
+            index = (c.st_ino, c.st_size, c.st_mtime_ns)
+        except FileNotFoundError:
+            index = None
+        return d.st_dev, d.st_ino, index
+    except OSError:
+        return None
+
+
+def stable_read(ckpt: str, read: Callable[[], _T]) -> _T:
+    """``read()`` of ``ckpt``, again if the checkpoint was replaced meanwhile.
+
+    Files are opened by path, so a read that overlaps a writer replacing the
+    checkpoint (a save to the same path) can see pieces of both and fail its
+    checks. Such a read is retried; only a checkpoint that stays in place
+    while it fails its checks is reported corrupt. Once it is gone the retry
+    raises `CheckpointNotFoundError`.
+    """
+    for _ in range(_READ_TRIES - 1):
+        before = _identity(ckpt)
+        try:
+            return read()
+        except CheckpointCorruptError:
+            after = _identity(ckpt)
+            if before is not None and after == before:
+                raise
+    return read()
 
 
 # ------------------------------------------------------------- target leaves
@@ -277,7 +314,8 @@ def list_variables(ckpt_dir_or_file: str | os.PathLike[str]) -> list[tuple[str, 
       CheckpointNotFoundError: The path is not a checkpoint.
       CheckpointCorruptError: Its files are not what was written.
     """
-    stored = describe(checkpoint_path(ckpt_dir_or_file, directory_ok=True))
+    path = checkpoint_path(ckpt_dir_or_file, directory_ok=True)
+    stored = stable_read(path, lambda: describe(path))
     return sorted((key, shape) for key, (shape, _) in stored.shapes.items())
 
 
@@ -298,6 +336,10 @@ def load_variable(ckpt_dir_or_file: str | os.PathLike[str], name: str) -> jax.Ar
       CheckpointCorruptError: The array or a file is not what was written.
     """
     path = checkpoint_path(ckpt_dir_or_file, directory_ok=True)
+    return stable_read(path, lambda: _load_variable(path, name))
+
+
+def _load_variable(path: str, name: str) -> jax.Array:
     stored = describe(path)
     key = canonical(name) if isinstance(name, str) else name
     if key not in stored.shapes:
@@ -338,7 +380,12 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
       ...     js.verify_checkpoint(ckpt)
       ['params/w']
     """
-    stored = describe(checkpoint_path(path, directory_ok=True))
+    ckpt = checkpoint_path(path, directory_ok=True)
+    return stable_read(ckpt, lambda: _verify(ckpt))
+
+
+def _verify(ckpt: str) -> list[str]:
+    stored = describe(ckpt)
     batch: dict[str, Target] = {}
     size = 0
     for key in sorted(stored.shapes):

@@ -398,6 +398,12 @@ class Saver:
         if write_state and self._max_to_keep and directory not in self._adopted:
             self._adopt(path, directory)
         with layout.write_errors(path):
+            # Orbax creates its temporary directory in a thread of its own and,
+            # when that fails, leaves its signalling threads waiting forever
+            # (the process never exits): try the same mkdir here first.
+            probe = tmp + layout.ORBAX_TMP
+            os.mkdir(probe)
+            os.rmdir(probe)
             orbax_io.start_save(self._orbax(), tmp, items)
 
     def _adopt(self, path: str, directory: str) -> None:
@@ -544,14 +550,20 @@ class Saver:
                 "No variables to restore: the target tree is empty. Pass the tree "
                 "(or jax.eval_shape of js.init) to restore into."
             )
-        stored = read.describe(ckpt)
         targets = {key: read.target(leaves[p], p) for key, p in chosen.items()}
-        error = read.mismatch_error(ckpt, chosen, absent, targets, stored, list(leaves))
-        if error is not None:
-            raise error
-        restored = read.restore_leaves(
-            stored, {key: (leaves[p], targets[key]) for key, p in chosen.items()}
-        )
+
+        def restore_checked() -> dict[str, Any]:
+            stored = read.describe(ckpt)
+            error = read.mismatch_error(
+                ckpt, chosen, absent, targets, stored, list(leaves)
+            )
+            if error is not None:
+                raise error
+            return read.restore_leaves(
+                stored, {key: (leaves[p], targets[key]) for key, p in chosen.items()}
+            )
+
+        restored = read.stable_read(ckpt, restore_checked)
         by_path = {path: restored[key] for key, path in chosen.items()}
         return rebuild({p: by_path.get(p, v) for p, v in leaves.items()})
 
