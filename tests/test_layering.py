@@ -20,7 +20,7 @@ The rules, read from every module's imports (its ``ast``, function-level and
 
   A module imports only modules of a lower layer. The ``checkpoint`` package is a
   branch of its own, layered inside (keys, layout < integrity, lock, orbax_io <
-  read < saver < the package): it needs only ``tree`` and ``errors`` (`ONLY`).
+  read < arrays < saver < the package): it needs only ``tree`` and ``errors`` (`ONLY`).
 - **No cycles**, not even through an import inside a function. One import is
   exempt: ``jscope/__init__.py`` ends by importing ``jscope.layers`` (public as
   ``js.layers``), whose modules then see a complete ``jscope``; it must stay the
@@ -72,10 +72,10 @@ LAYERS = [
         "jscope._src.variables",
         "jscope._src.handle",
         "jscope._src.lift",
-        "jscope._src.checkpoint.saver",
+        "jscope._src.checkpoint.arrays",
     ],
-    ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint"],
-    ["jscope._src.summary"],
+    ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint.saver"],
+    ["jscope._src.summary", "jscope._src.checkpoint"],
     ["jscope"],
     ["jscope.layers._checks"],
     ["jscope.layers._*"],

@@ -29,69 +29,15 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 
 from jscope import errors
-from jscope._src.checkpoint import integrity, keys, layout, lock, orbax_io, read
+from jscope._src.checkpoint import arrays, integrity, keys, layout, lock, orbax_io, read
 
 CheckpointError = errors.CheckpointError
 CheckpointTypeError = errors.CheckpointTypeError
 
-# The dtypes Orbax and TensorStore write and read back bit-exactly.
-SUPPORTED_DTYPES = (
-    "bool, int2, int4, int8, int16, int32, int64, uint8, uint16, uint32, uint64, "
-    "float4_e2m1fn, float8_e3m4, float8_e4m3b11fnuz, float8_e4m3fn, "
-    "float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, float8_e8m0fnu, bfloat16, "
-    "float16, float32, float64, complex64, complex128"
-)
-_SUPPORTED = frozenset(SUPPORTED_DTYPES.split(", "))
 _OWNERS = itertools.count(1)
-
-
-def _save_value(value: Any, path: str) -> tuple[Any, str | None]:
-    """``(array to write, PRNG key implementation or None)`` for one leaf."""
-    if isinstance(value, Tracer):
-        raise CheckpointTypeError(
-            f"Cannot save variable {path}: it is a traced value. Call saver.save "
-            "outside jax.jit / jax.grad, on the tree the jitted step returns."
-        )
-    if isinstance(value, jax.Array) and jnp.issubdtype(
-        value.dtype, jax.dtypes.prng_key
-    ):
-        return jax.random.key_data(value), str(jax.random.key_impl(value))
-    if isinstance(value, jax.Array | np.ndarray):
-        return value, None
-    if isinstance(value, np.generic | bool | int | float | complex):
-        return np.asarray(value, read.scalar_dtype(value)), None
-    raise CheckpointTypeError(
-        f"Cannot save variable {path}: expected an array, a NumPy or Python "
-        f"scalar, or a PRNG key, got {type(value).__name__}."
-    )
-
-
-def _prepare(
-    chosen: Mapping[str, str], leaves: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``({key: array}, {key: index entry})``; unsupported dtypes refused at once."""
-    items, index, bad = {}, {}, []
-    for key, path in chosen.items():
-        value, impl = _save_value(leaves[path], path)
-        dtype = np.dtype(value.dtype).name
-        if dtype not in _SUPPORTED:
-            bad.append(f"{path} ({dtype})")
-        items[key] = value
-        index[key] = {"shape": list(np.shape(value)), "dtype": dtype, "key_impl": impl}
-    if bad:
-        raise CheckpointTypeError(
-            f"Cannot save variable(s) {', '.join(bad)}: checkpoints cannot hold "
-            f"this dtype. Supported dtypes: {SUPPORTED_DTYPES}. Cast the variable "
-            "(e.g. uint4 to uint8) before saving, or leave it out of the var_list.",
-            bad[0].split(" ")[0],
-        )
-    return items, index
 
 
 class Saver:
@@ -314,7 +260,7 @@ class Saver:
                 "No variables to save: the tree is empty. Pass the tree from "
                 "js.init, or build the Saver with allow_empty=True."
             )
-        items, index = _prepare(chosen, leaves)
+        items, index = arrays.prepare(chosen, leaves)
         views = _views(items)  # raises here for a deleted (donated) array
         path = self._target_path(save_path, global_step)
         final = os.path.abspath(path)
