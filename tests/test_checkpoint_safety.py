@@ -101,6 +101,13 @@ OVERWRITER = textwrap.dedent(
 )
 
 
+def _wait_for_first_save(child, directory):
+    """Waits until ``child`` reports a save and its checkpoint is recorded."""
+    assert child.stdout.readline().startswith("saved")
+    while js.latest_checkpoint(directory) is None:
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("blocking", [True, False])
 def test_killed_overwrites_leave_a_checkpoint_that_restores(tmp_path, blocking):
     rng = random.Random(int(blocking))
@@ -121,9 +128,7 @@ def test_killed_overwrites_leave_a_checkpoint_that_restores(tmp_path, blocking):
             env=ENV,
         )
         try:
-            assert child.stdout.readline().startswith("saved")
-            while js.latest_checkpoint(tmp_path) is None:
-                time.sleep(0.01)
+            _wait_for_first_save(child, tmp_path)
             time.sleep(rng.uniform(0.0, 0.5))
         finally:
             child.send_signal(signal.SIGKILL)
@@ -413,9 +418,7 @@ def test_ctrl_c_during_a_save_ends_in_one_line(tmp_path, blocking):
         env=ENV,
     )
     try:
-        assert child.stdout.readline().startswith("saved")
-        while js.latest_checkpoint(tmp_path) is None:
-            time.sleep(0.01)
+        _wait_for_first_save(child, tmp_path)
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=120)
     finally:

@@ -298,11 +298,7 @@ def write_errors(path: str):
 def fsync_directory(directory: str) -> None:
     """Makes the renames in ``directory`` durable (best effort)."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(directory)
 
 
 def _fsync_file(path: str) -> None:
