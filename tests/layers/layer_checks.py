@@ -25,6 +25,29 @@ def tree_close(a, b, tol, same):
         close(u, w, tol)
 
 
+class Tolerance:
+    """A test module's tolerances: ``(rtol, atol)`` for bfloat16, and for the rest.
+
+    ``tol = Tolerance(bf16=(3e-2, 5e-2), other=(1e-5, 1e-5))``; ``tol(dtype)`` is
+    the ``{"rtol", "atol"}`` for a dtype, and ``tol.close`` / ``tol.tree_close``
+    compare with it.
+    """
+
+    def __init__(self, *, bf16, other, same="dtype"):
+        self.bf16 = {"rtol": bf16[0], "atol": bf16[1]}
+        self.other = {"rtol": other[0], "atol": other[1]}
+        self.same = same  # what tree_close requires equal besides the values
+
+    def __call__(self, dtype):
+        return self.bf16 if dtype == jnp.bfloat16 else self.other
+
+    def close(self, a, b, dtype=jnp.float32):
+        close(a, b, self(dtype))
+
+    def tree_close(self, a, b, dtype=jnp.float32):
+        tree_close(a, b, self(dtype), same=self.same)
+
+
 # The test programs are tiny: compile them fast rather than optimise them.
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 

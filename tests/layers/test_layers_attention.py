@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import close, tree_close
+from layer_checks import Tolerance
 from layer_checks import init_fast as _init
 from layer_checks import jit_fast as _jit
 
@@ -22,18 +22,9 @@ def _x(shape, seed=0, dtype=F32):
     return jax.random.normal(jax.random.key(seed), shape, F32).astype(dtype)
 
 
-def _tol(dtype):
-    return (
-        {"rtol": 5e-2, "atol": 5e-2} if dtype == BF16 else {"rtol": 2e-5, "atol": 2e-5}
-    )
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
-
-
-def _tree_close(a, b, dtype=F32):
-    tree_close(a, b, _tol(dtype), same="shape")
+_tol = Tolerance(bf16=(5e-2, 5e-2), other=(2e-5, 2e-5), same="shape")
+_close = _tol.close
+_tree_close = _tol.tree_close
 
 
 def _check_against(ours, theirs, args, dtype=F32):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import path_match
-from layer_checks import close
+from layer_checks import Tolerance
 from layer_checks import numpy_normal as _x
 
 import jscope as js
@@ -22,14 +22,8 @@ KEY = jax.random.key(0)
 RNGS = {"dropout": jax.random.key(7)}
 
 
-def _tol(dtype):
-    if dtype == BF16:
-        return {"rtol": 2e-2, "atol": 2e-2}
-    return {"rtol": 1e-6, "atol": 1e-6}
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
+_tol = Tolerance(bf16=(2e-2, 2e-2), other=(1e-6, 1e-6))
+_close = _tol.close
 
 
 # ------------------------------------------------------------------- dropout

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import path_match
 from jax import lax
-from layer_checks import check_params_and_input, close, tree_close
+from layer_checks import Tolerance, check_params_and_input
 from layer_checks import numpy_normal as _x
 
 import jscope as js
@@ -38,18 +38,9 @@ def _check_against(ours, theirs, params, x, dtype):
     return check_params_and_input(ours, theirs, params, x, _tol(dtype))
 
 
-def _tol(dtype):
-    if dtype == BF16:
-        return {"rtol": 4e-2, "atol": 1e-1}
-    return {"rtol": 2e-5, "atol": 2e-5}
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
-
-
-def _tree_close(a, b, dtype=F32):
-    tree_close(a, b, _tol(dtype), same="dtype")
+_tol = Tolerance(bf16=(4e-2, 1e-1), other=(2e-5, 2e-5))
+_close = _tol.close
+_tree_close = _tol.tree_close
 
 
 def _init(f, *args):

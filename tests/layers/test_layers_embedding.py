@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import path_match
-from layer_checks import close
+from layer_checks import Tolerance
 from layer_checks import numpy_normal as _x
 
 import jscope as js
@@ -23,14 +23,8 @@ def _ids(shape, vocab=V, seed=1, dtype=jnp.int32):
     return jnp.asarray(ids, dtype)
 
 
-def _tol(dtype):
-    if dtype == BF16:
-        return {"rtol": 3e-2, "atol": 5e-2}
-    return {"rtol": 1e-5, "atol": 1e-5}
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
+_tol = Tolerance(bf16=(3e-2, 5e-2), other=(1e-5, 1e-5))
+_close = _tol.close
 
 
 def _init(f, *args):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import check_every_argument, close, tree_close
+from layer_checks import Tolerance, check_every_argument
 from layer_checks import init_fast as _init
 
 import jscope as js
@@ -28,18 +28,9 @@ def _check_against(ours, theirs, args, dtype=F32):
     check_every_argument(ours, theirs, args, _tol(dtype), same="dtype")
 
 
-def _tol(dtype):
-    if dtype == BF16:
-        return {"rtol": 3e-2, "atol": 6e-2}
-    return {"rtol": 2e-5, "atol": 2e-5}
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
-
-
-def _tree_close(a, b, dtype=F32):
-    tree_close(a, b, _tol(dtype), same="dtype")
+_tol = Tolerance(bf16=(3e-2, 6e-2), other=(2e-5, 2e-5))
+_close = _tol.close
+_tree_close = _tol.tree_close
 
 
 def _no_mutation(fn):

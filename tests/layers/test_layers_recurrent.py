@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_checks import check_every_argument, close, tree_close
+from layer_checks import Tolerance, check_every_argument
 from layer_checks import init_fast as _init
 
 import jscope as js
@@ -26,18 +26,9 @@ def _check_against(ours, theirs, args, dtype=F32):
     check_every_argument(ours, theirs, args, _tol(dtype), same="shape")
 
 
-def _tol(dtype):
-    return (
-        {"rtol": 4e-2, "atol": 4e-2} if dtype == BF16 else {"rtol": 2e-5, "atol": 2e-5}
-    )
-
-
-def _close(a, b, dtype=F32):
-    close(a, b, _tol(dtype))
-
-
-def _tree_close(a, b, dtype=F32):
-    tree_close(a, b, _tol(dtype), same="shape")
+_tol = Tolerance(bf16=(4e-2, 4e-2), other=(2e-5, 2e-5), same="shape")
+_close = _tol.close
+_tree_close = _tol.tree_close
 
 
 # ------------------------------------------------------------- TF1 references
