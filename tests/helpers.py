@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from hypothesis import settings
+
+import jscope as js
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -141,3 +144,12 @@ def run_script(script: str | os.PathLike, *args: Any, timeout: float = 300):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def bump_bn_statistics() -> None:
+    """In scope ``bn``: ``mean`` (state, f32[2]) += 1 and ``count`` (i32) += 1."""
+    with js.variable_scope("bn"):
+        m = js.get_variable("mean", [2], trainable=False)
+        js.assign(m, m + 1.0)
+        c = js.get_variable("count", [], jnp.int32)
+        js.assign_add(c, 1)

@@ -136,18 +136,31 @@ def test_reentering_by_object_reopens_its_path_inside_another_scope():
     assert sorted(js.flatten(tree)) == ["params/s/v", "params/s/w"]
 
 
-def test_reentering_by_object_keeps_initializer_dtype_and_getter():
-    log = []
+def _logging_getter(log):
+    """A custom getter that records every name it is asked for in ``log``."""
 
     def getter(next_getter, name, *args, **kwargs):
         log.append(name)
         return next_getter(name, *args, **kwargs)
 
+    return getter
+
+
+def _open_s_with_defaults(getter):
+    """Opens and leaves scope ``s`` with an initializer, a dtype and ``getter``."""
+    with vs(
+        "s", initializer=constant(3.0), dtype=jnp.float16, custom_getter=getter
+    ) as s:
+        pass
+    return s
+
+
+def test_reentering_by_object_keeps_initializer_dtype_and_getter():
+    log = []
+    getter = _logging_getter(log)
+
     def f():
-        with vs(
-            "s", initializer=constant(3.0), dtype=jnp.float16, custom_getter=getter
-        ) as s:
-            pass
+        s = _open_s_with_defaults(getter)
         with vs("elsewhere"), vs(s) as again:
             w = gv("w", (2,))
             return w, again.initializer is s.initializer, again.dtype
@@ -164,16 +177,10 @@ def test_reentering_by_object_keeps_initializer_dtype_and_getter():
 
 def test_reopening_by_name_starts_fresh():
     log = []
-
-    def getter(next_getter, name, *args, **kwargs):
-        log.append(name)
-        return next_getter(name, *args, **kwargs)
+    getter = _logging_getter(log)
 
     def f():
-        with vs(
-            "s", initializer=constant(3.0), dtype=jnp.float16, custom_getter=getter
-        ):
-            pass
+        _open_s_with_defaults(getter)
         with vs("s") as again:
             w = gv("w", (4,))
             return w, again.initializer, again.dtype, again.custom_getter

@@ -897,6 +897,16 @@ def _run_both(f, good, *args):
     yield lambda: js.apply(f, v, *args)
 
 
+def _scan_in_rnn_scope(body):
+    """Runners (init, apply) of ``js.scan(body)`` inside ``variable_scope("rnn")``."""
+
+    def f(h0, xs):
+        with js.variable_scope("rnn"):
+            return js.scan(body)(h0, xs)
+
+    return _run_both(f, rnn_scan, _h0(), _xs())
+
+
 def test_scan_body_reuse_of_missing_variable_does_not_exist():
     def body(h, x):
         h, y = cell(h, x)
@@ -904,11 +914,7 @@ def test_scan_body_reuse_of_missing_variable_does_not_exist():
             js.get_variable("v", (H, H))
         return h, y
 
-    def f(h0, xs):
-        with js.variable_scope("rnn"):
-            return js.scan(body)(h0, xs)
-
-    for run in _run_both(f, rnn_scan, _h0(), _xs()):
+    for run in _scan_in_rnn_scope(body):
         with pytest.raises(
             errors.VariableNotFoundError,
             match=path_match("does not exist", "rnn/proj/v"),
@@ -922,11 +928,7 @@ def test_scan_body_creating_a_variable_twice_already_exists():
         js.get_variable("w", (H, H))
         return h, y
 
-    def f(h0, xs):
-        with js.variable_scope("rnn"):
-            return js.scan(body)(h0, xs)
-
-    for run in _run_both(f, rnn_scan, _h0(), _xs()):
+    for run in _scan_in_rnn_scope(body):
         with pytest.raises(
             errors.VariableExistsError, match=path_match("already exists", "rnn/w")
         ):
