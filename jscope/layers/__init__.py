@@ -9,6 +9,12 @@ A bad argument or input raises `jscope.errors.LayerArgumentError` (a
 ``ValueError``) or `jscope.errors.LayerTypeError` (a ``TypeError``) whose message
 starts with the layer's scope path (``Layer net/dense_1: ...``); the checks and
 their messages live in ``_checks.py``.
+
+The variants of one layer (``conv1d``/``conv2d``/``conv3d`` and their transposes,
+``max_pool1d``/``2d``/``3d``, ``avg_pool*``, ``layer_norm``/``rms_norm``/
+``group_norm``, ``lstm_cell``/``gru_cell``) repeat their full TF1 signatures and
+docstrings on purpose, each around one shared private implementation: each is read
+on its own, in help(), an IDE or the docs, as ``tf.layers`` users know it.
 """
 
 # Each group of layers is re-exported from its private module below.
