@@ -25,11 +25,7 @@ from typing import Any, Literal, Protocol
 
 from jscope import errors
 from jscope._src import names
-from jscope._src.jax_compat import (
-    is_staged_trace_of_its_own as is_staged_trace_of_its_own,
-)
-from jscope._src.jax_compat import same_trace as same_trace
-from jscope._src.jax_compat import trace_state as trace_state
+from jscope._src.jax_compat import trace_state
 
 _FRAME: contextvars.ContextVar[Frame | None] = contextvars.ContextVar(
     "jscope_frame", default=None
