@@ -24,3 +24,9 @@ for _name, _base in PROFILES.items():
         print_blob=True,
     )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The tests under multidevice/ need 8 simulated CPU devices, which XLA fixes when
+# jax is first imported; `test_multidevice.py` runs each of their files in a
+# pytest process of its own with the flag set. Collected here only inside such
+# a process.
+collect_ignore_glob = [] if os.environ.get("JSCOPE_MULTIDEVICE") else ["multidevice/*"]
