@@ -6,6 +6,7 @@ explicit variable tree of plain nested dicts, run by `init` and `apply`.
 
 from jscope import errors as errors
 from jscope import initializers as initializers
+from jscope import tf1 as tf1
 from jscope._src.checkpoint import Saver as Saver
 from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
@@ -93,6 +94,7 @@ __all__ = [
     "remat",
     "scan",
     "summary",
+    "tf1",
     "transform",
     "unflatten",
     "verify_checkpoint",

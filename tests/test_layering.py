@@ -21,6 +21,8 @@ The rules, read from every module's imports (its ``ast``, function-level and
   A module imports only modules of a lower layer. The ``checkpoint`` package is a
   branch of its own, layered inside (keys, layout < integrity, lock, orbax_io <
   read < arrays < saver < the package): it needs only ``tree`` and ``errors`` (`ONLY`).
+  ``tf1`` (TF1 checkpoints: protos, table < bundle < api < ``jscope.tf1``) sits
+  beside it and reads the checkpoint state through ``checkpoint.layout``.
 - **No cycles**, not even through an import inside a function. One import is
   exempt: ``jscope/__init__.py`` ends by importing ``jscope.layers`` (public as
   ``js.layers``), whose modules then see a complete ``jscope``; it must stay the
@@ -51,7 +53,7 @@ MAX_LINES = 600
 
 # The layer of every module, lowest first. A new module gets a line here.
 LAYERS = [
-    ["jscope.errors", "jscope._src", "jscope._src.jax_compat"],
+    ["jscope.errors", "jscope._src", "jscope._src.jax_compat", "jscope._src.tf1"],
     ["jscope.typing"],
     [
         "jscope._src.names",
@@ -59,12 +61,15 @@ LAYERS = [
         "jscope.initializers",
         "jscope._src.checkpoint.keys",
         "jscope._src.checkpoint.layout",
+        "jscope._src.tf1.protos",
+        "jscope._src.tf1.table",
     ],
     [
         "jscope._src.context",
         "jscope._src.checkpoint.integrity",
         "jscope._src.checkpoint.lock",
         "jscope._src.checkpoint.orbax_io",
+        "jscope._src.tf1.bundle",
     ],
     ["jscope._src.scope", "jscope._src.values", "jscope._src.rng"],
     ["jscope._src.access", "jscope._src.checkpoint.read"],
@@ -73,9 +78,10 @@ LAYERS = [
         "jscope._src.handle",
         "jscope._src.lift",
         "jscope._src.checkpoint.arrays",
+        "jscope._src.tf1.api",
     ],
     ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint.saver"],
-    ["jscope._src.summary", "jscope._src.checkpoint"],
+    ["jscope._src.summary", "jscope._src.checkpoint", "jscope.tf1"],
     ["jscope"],
     ["jscope.layers._checks"],
     ["jscope.layers._*"],

@@ -23,6 +23,7 @@ No Orbax import: this module handles names and files only.
 
 from __future__ import annotations
 
+import codecs
 import concurrent.futures
 import contextlib
 import ctypes
@@ -158,11 +159,41 @@ def read_state(directory: str) -> dict[str, Any] | None:
     try:
         state = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:
-        raise _bad_state(path, f"not UTF-8 JSON: {type(e).__name__}") from None
+        state = _text_state(data)  # TF1 writes the state as a text-format proto
+        if state is None:
+            raise _bad_state(path, f"not UTF-8 JSON: {type(e).__name__}") from None
     why = _state_problem(state)
     if why:
         raise _bad_state(path, why)
     return state
+
+
+_TEXT_FIELD = re.compile(r'\s*(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|[-+.\w]+)\s*')
+
+
+def _text_state(data: bytes) -> dict[str, Any] | None:
+    """TF1's text-format ``CheckpointState`` as the JSON dict; None if not one."""
+    state: dict[str, Any] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        match = _TEXT_FIELD.fullmatch(line)
+        if match is None:
+            if line.strip():
+                return None
+            continue
+        key, text = match.groups()
+        try:
+            value = (
+                codecs.escape_decode(text[1:-1].encode())[0].decode("utf-8")
+                if text.startswith('"')
+                else float(text)
+            )
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if key.startswith("all_"):
+            state.setdefault(key, []).append(value)
+        else:
+            state[key] = value
+    return state or None
 
 
 def _state_problem(state: Any) -> str | None:
@@ -432,7 +463,7 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> str | None:
     if not model:
         return None
     path = resolve(directory, model)
-    return path if is_checkpoint(path) else None
+    return path if is_checkpoint(path) or os.path.isfile(path + ".index") else None
 
 
 def not_a_checkpoint(path: str) -> CheckpointNotFoundError:
