@@ -412,7 +412,7 @@ def write_bundle(prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
     def write_data(f) -> None:
         offset = 0
         for name in names:
-            array = np.ascontiguousarray(arrays[name])
+            array = np.asarray(arrays[name], order="C")  # keeps 0-d arrays 0-d
             data = array.reshape(-1).view(np.uint8)
             f.write(memoryview(data))
             proto = protos.BundleEntryProto(
