@@ -300,7 +300,7 @@ def test_latest_checkpoint_of_a_deleted_checkpoint_is_none(tmp_path):
 
 
 def test_latest_checkpoint_rejects_a_corrupt_state(tmp_path):
-    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model-1"\n')
+    (tmp_path / "checkpoint").write_text("model_checkpoint_path = model-1\n")
     with pytest.raises(js.CheckpointError, match="checkpoint state file.*checkpoint"):
         js.latest_checkpoint(tmp_path)
 

@@ -426,7 +426,17 @@ def save_checkpoint(
             f"The prefix {target} is a directory; a TF1 prefix names files "
             f"'<prefix>.index', e.g. {os.path.join(target, 'model.ckpt')!r}."
         )
-    with layout.write_errors(target):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        bundle.write_bundle(target, arrays)
+    try:
+        with layout.write_errors(target):
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            bundle.write_bundle(target, arrays)
+    except OSError as e:
+        if isinstance(e, errors.CheckpointWriteError):
+            raise
+        raise errors.CheckpointWriteError(
+            f"Cannot write TF1 checkpoint {target}: {e}. Check that its directory "
+            "can be created and written.",
+            target,
+            e.errno,
+        ) from e
     return target

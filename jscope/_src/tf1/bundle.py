@@ -53,7 +53,8 @@ def numpy_dtype(number: int) -> np.dtype | None:
         return None
     if name == "bfloat16":
         return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name).newbyteorder("<")
+    dtype = np.dtype(name)
+    return dtype if dtype == dtype.newbyteorder("<") else dtype.newbyteorder("<")
 
 
 def dtype_name(number: int) -> str:
