@@ -205,7 +205,40 @@ def _scan(stdout: str, out: str, tmp: pathlib.Path) -> None:
 
 SCAN = Bench("bench_scan.py", lines=SCAN_RATIOS, check=_scan)
 
-BENCHES = {"core": CORE, "checkpoint": CHECKPOINT, "layers": LAYERS, "scan": SCAN}
+# ---------------------------------------------------------- tf1 checkpoint
+# Exit code 1: an array read back by js.tf1.load_checkpoint differs from the
+# one saved.
+
+
+def _tf1_checkpoint(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    for mode in ("cold", "warm"):
+        ratio = re.search(
+            rf"^RATIO read {mode} js\.tf1/np\.fromfile = ([0-9.]+) "
+            r"\(target >= 0\.80\) (PASS|FAIL)$",
+            stdout,
+            re.M,
+        )
+        assert ratio and float(ratio.group(1)) > 0, out
+        for name in ("np.fromfile", "js.tf1.load_checkpoint"):
+            row = rf"^\| read \({mode}\) \| {re.escape(name)} \| [0-9]+ MB/s \|$"
+            assert re.search(row, stdout, re.M), out
+    assert os.listdir(tmp) == []  # the script cleans up after itself
+
+
+TF1_CHECKPOINT = Bench(
+    "bench_tf1_checkpoint.py",
+    args=("--dir", TMP),
+    lines=("checkpoint: 4 float32 arrays of 1024x1024, 16 MiB",),
+    check=_tf1_checkpoint,
+)
+
+BENCHES = {
+    "core": CORE,
+    "checkpoint": CHECKPOINT,
+    "layers": LAYERS,
+    "scan": SCAN,
+    "tf1_checkpoint": TF1_CHECKPOINT,
+}
 
 
 def test_every_benchmark_script_is_in_the_table():
