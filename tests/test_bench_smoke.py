@@ -219,7 +219,7 @@ def _tf1_checkpoint(stdout: str, out: str, tmp: pathlib.Path) -> None:
             re.M,
         )
         assert ratio and float(ratio.group(1)) > 0, out
-        for name in ("np.fromfile", "js.tf1.load_checkpoint"):
+        for name in ("np.fromfile", "js.tf1.load_checkpoint", "readinto"):
             row = rf"^\| read \({mode}\) \| {re.escape(name)} \| [0-9]+ MB/s \|$"
             assert re.search(row, stdout, re.M), out
     assert os.listdir(tmp) == []  # the script cleans up after itself
