@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import re
@@ -216,7 +217,7 @@ class _Reader:
 
     def __init__(self, index: Index):
         self.index = index
-        self.files: dict[int, object] = {}
+        self.files: dict[int, io.FileIO] = {}
         self.stack = contextlib.ExitStack()
         self.pool = concurrent.futures.ThreadPoolExecutor(1)  # in order: one worker
         self.checks: list[tuple[Entry, str, list[concurrent.futures.Future]]] = []
@@ -259,13 +260,13 @@ class _Reader:
         state = [0]
 
         def update(chunk: np.ndarray) -> None:
-            state[0] = crc32c.crc32c(chunk, state[0])
+            state[0] = crc32c.crc32c(chunk.data, state[0])
 
         for start in range(0, flat.size, CHUNK_BYTES):
             chunk = flat[start : start + CHUNK_BYTES]
             got = 0
             while got < chunk.size:
-                n = f.readinto(memoryview(chunk[got:]))
+                n = f.readinto(chunk[got:].data)
                 if not n:
                     raise corrupt(
                         self.index.prefix,
@@ -415,13 +416,13 @@ def write_bundle(prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
         for name in names:
             array = np.asarray(arrays[name], order="C")  # keeps 0-d arrays 0-d
             data = array.reshape(-1).view(np.uint8)
-            f.write(memoryview(data))
+            f.write(data.data)
             proto = protos.BundleEntryProto(
                 dtype=tf_dtype(array.dtype),
                 shard_id=0,
                 offset=offset,
                 size=data.size,
-                crc32c=masked_crc32c(data),
+                crc32c=masked_crc32c(data.data),
             )
             for dim in array.shape:
                 proto.shape.dim.add(size=dim)

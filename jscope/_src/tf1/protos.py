@@ -9,6 +9,8 @@ its number (`DTYPES`). Imports nothing from jscope.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -106,8 +108,8 @@ def _build():
 
 
 _CLASSES = _build()
-BundleHeaderProto = _CLASSES["BundleHeaderProto"]
-BundleEntryProto = _CLASSES["BundleEntryProto"]
+BundleHeaderProto: Any = _CLASSES["BundleHeaderProto"]  # fields as declared above
+BundleEntryProto: Any = _CLASSES["BundleEntryProto"]
 
 #: TensorFlow's ``DataType`` numbers (``types.proto``) and their NumPy names.
 DTYPES = {
