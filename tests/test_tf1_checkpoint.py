@@ -212,6 +212,21 @@ def test_latest_checkpoint_of_a_tf1_state_naming_a_missing_checkpoint(tmp_path):
     assert js.latest_checkpoint(tmp_path) is None
 
 
+def test_js_checkpoint_readers_point_to_js_tf1():
+    directory = DATA / "tf1_model"
+    jax_tree = {"params": {"w": jnp.zeros(1)}}
+    for read in (
+        lambda: js.list_variables(directory),
+        lambda: js.load_variable(prefix("tf1_model"), "global_step"),
+        lambda: js.Saver().restore(prefix("tf1_model") + ".index", jax_tree),
+        lambda: js.verify_checkpoint(directory),
+    ):
+        with pytest.raises(js.errors.CheckpointNotFoundError) as e:
+            read()
+        assert f"{prefix('tf1_model')} is a TF1 checkpoint" in str(e.value)
+        assert "js.tf1.restore" in str(e.value)
+
+
 def test_tf2_state_file_is_read_too():
     assert js.latest_checkpoint(DATA / "tf2_object") == prefix("tf2_object")
 

@@ -443,7 +443,8 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> str | None:
     Returns:
       The checkpoint's path (joined to ``checkpoint_dir``), or None when the
       directory does not exist, has no checkpoint state, or the recorded
-      checkpoint is gone (TF1).
+      checkpoint is gone (TF1). A TF1 directory's text-format state is read
+      too, and gives the TF1 prefix (``model.ckpt-1000``, see ``js.tf1``).
 
     Raises:
       CheckpointError: The checkpoint state file cannot be parsed.
@@ -466,9 +467,22 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> str | None:
     return path if is_checkpoint(path) or os.path.isfile(path + ".index") else None
 
 
+def _tf1_prefix(path: str) -> str | None:
+    """The TF1 checkpoint (``<prefix>.index``) that ``path`` or its state names."""
+    prefix = (latest_checkpoint(path) or "") if os.path.isdir(path) else path
+    prefix = prefix.removesuffix(".index")
+    return prefix if os.path.isfile(prefix + ".index") else None
+
+
 def not_a_checkpoint(path: str) -> CheckpointNotFoundError:
     """The error for a ``save_path`` that is not a checkpoint, saying why."""
-    if is_temporary(os.path.basename(path)):
+    tf1 = _tf1_prefix(path)
+    if tf1 is not None:
+        why = (
+            f"{tf1} is a TF1 checkpoint, .index and .data files: read it with "
+            "js.tf1.restore, js.tf1.load_checkpoint or js.tf1.list_variables"
+        )
+    elif is_temporary(os.path.basename(path)):
         why = "it is an unfinished save (a temporary directory)"
     elif not os.path.exists(path):
         why = "no such file or directory"
@@ -496,6 +510,6 @@ def checkpoint_path(save_path: Any, *, directory_ok: bool) -> str:
         return path
     if directory_ok and os.path.isdir(path):
         latest = latest_checkpoint(path)
-        if latest is not None:
+        if latest is not None and is_checkpoint(latest):
             return latest
     raise not_a_checkpoint(path)
