@@ -159,6 +159,15 @@ def load_variable(path: str | os.PathLike[str], name: str) -> np.ndarray:
       CheckpointMismatchError: It has no variable ``name``.
       CheckpointTypeError: The variable is not numeric (a string tensor).
       CheckpointCorruptError: Its bytes are not what was saved.
+
+    Example:
+      >>> import tempfile, numpy as np, jscope as js
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     _ = js.tf1.save_checkpoint(
+      ...         {"params": {"model": {"b": np.zeros(2, np.float16)}}}, f"{d}/m"
+      ...     )
+      ...     js.tf1.load_variable(d + "/m", "model/b")
+      array([0., 0.], dtype=float16)
     """
     index = _index(path)
     if name not in index.entries:
@@ -362,7 +371,10 @@ def _array(leaf: Any, path: str) -> np.ndarray:
             f"Variable {path} is a PRNG key, which TF1 checkpoints cannot hold; "
             "save jax.random.key_data(key) instead, or leave it out with name_map."
         )
-    array = np.asarray(leaf)
+    if isinstance(leaf, bool | int | float | complex):  # as JAX would hold it
+        array = np.asarray(leaf, read.scalar_dtype(leaf))
+    else:
+        array = np.asarray(leaf)
     if bundle.tf_dtype(array.dtype) is None:
         raise CheckpointTypeError(
             f"Variable {path} has dtype {array.dtype}, which TF1 checkpoints do not "
@@ -382,8 +394,9 @@ def save_checkpoint(
 
     ``<prefix>.index`` and ``<prefix>.data-00000-of-00001``, TensorFlow's V2
     format (``tf.train.Saver``, ``tf.train.load_checkpoint``); each variable
-    under its TF1 name (``params/a/w`` as ``a/w``). No ``checkpoint`` state
-    file is written: pass the prefix to readers.
+    under its TF1 name (``params/a/w`` as ``a/w``), with its dtype (a Python
+    scalar with the one JAX gives it: ``int32`` for ``9`` with x64 off). No
+    ``checkpoint`` state file is written: pass the prefix to readers.
 
     Args:
       variables: A variable tree (collections of nested dicts of arrays).
@@ -400,6 +413,18 @@ def save_checkpoint(
         tracer, an unsupported dtype).
       CheckpointError: Two variables map to one TF1 name.
       CheckpointWriteError: The files cannot be written.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, jscope as js
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     variables = {"params": {"w": jnp.ones(3)}, "state": {"step": 9}}
+      ...     prefix = js.tf1.save_checkpoint(
+      ...         variables, f"{d}/ckpt/model.ckpt-9", name_map={"step": "global_step"}
+      ...     )
+      ...     print(sorted(os.listdir(f"{d}/ckpt")))
+      ...     print(js.tf1.list_variables(prefix))
+      ['model.ckpt-9.data-00000-of-00001', 'model.ckpt-9.index']
+      [('global_step', (), dtype('int32')), ('w', (3,), dtype('float32'))]
     """
     target = layout.fspath(prefix, "prefix")
     arrays: dict[str, np.ndarray] = {}
