@@ -31,7 +31,13 @@ import numpy as np
 
 from jscope import errors
 from jscope._src.tf1 import protos
-from jscope._src.tf1.table import TableCorrupt, masked_crc32c, read_table, write_table
+from jscope._src.tf1.table import (
+    TableCorrupt,
+    mask,
+    masked_crc32c,
+    read_table,
+    write_table,
+)
 
 CheckpointCorruptError = errors.CheckpointCorruptError
 CheckpointTypeError = errors.CheckpointTypeError
@@ -285,7 +291,7 @@ class _Reader:
             crc = futures[-1].result()
             for future in futures:
                 future.result()
-            masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+            masked = mask(crc)
             if masked != entry.crc:
                 raise corrupt(
                     self.index.prefix,

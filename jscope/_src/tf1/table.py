@@ -26,10 +26,14 @@ RESTART_INTERVAL = 16  # keys between two restart points (LevelDB's default)
 _MASK_DELTA = 0xA282EAD8
 
 
-def masked_crc32c(data) -> int:
-    """TensorFlow's masked CRC-32C of a bytes-like object (``crc32c::Mask``)."""
-    crc = crc32c.crc32c(data)
+def mask(crc: int) -> int:
+    """TensorFlow's ``crc32c::Mask``: what its files store of a CRC-32C."""
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def masked_crc32c(data) -> int:
+    """The masked CRC-32C of a bytes-like object."""
+    return mask(crc32c.crc32c(data))
 
 
 class TableCorrupt(Exception):  # noqa: N818 (turned into CheckpointCorruptError)
