@@ -10,7 +10,8 @@ It writes, beside itself:
 - ``dtypes/``: every numeric dtype TensorFlow saves, scalars and 0-size tensors,
   written by ``SaveV2`` (the op behind ``tf.train.Saver``), with a text-format
   ``checkpoint`` state file written by ``tf.train.update_checkpoint_state``
-  (absolute paths, as TF1 writes by default: here, of the machine that made it).
+  (absolute paths, as TF1 writes by default, of another machine:
+  ``/home/user/runs/dtypes/``, as in a directory copied from one).
 - ``tf1_model/``: a TF1 graph-mode model saved by ``tf.compat.v1.train.Saver``
   (``sharded=True`` over three CPU devices: three data shards), with a
   partitioned variable (``fixed_size_partitioner``), ``global_step`` and the
@@ -68,8 +69,10 @@ def make_dtypes(directory):
         shape_and_slices=[""] * len(names),
         tensors=tensors,
     )
-    # TF1's default: absolute paths (of the machine that made the fixtures).
-    tf.compat.v1.train.update_checkpoint_state(directory, prefix, [prefix])
+    # TF1's default is absolute paths; these name the checkpoint where it was
+    # on another machine, as in a directory copied from one.
+    elsewhere = "/home/user/runs/dtypes/model.ckpt-7"
+    tf.compat.v1.train.update_checkpoint_state(directory, elsewhere, [elsewhere])
     return prefix
 
 
