@@ -39,7 +39,7 @@ class Stored:
 
     path: str
     shapes: dict[str, tuple[tuple[int, ...], Any]]  # {key: (shape, dtype)}
-    checksums: dict[str, str | None]
+    checksums: dict[str, tuple[str, str] | None]  # {key: (kind, checksum)}
     key_impls: dict[str, str | None]  # PRNG key implementation, for keys
     nested: bool = False  # a nested dict written by Orbax directly
 
@@ -59,12 +59,13 @@ def describe(ckpt: str) -> Stored:
                 key: (tuple(int(n) for n in v["shape"]), jnp.dtype(v["dtype"]))
                 for key, v in table["variables"].items()
             }
-        except (KeyError, TypeError, ValueError):
+            sums = {k: integrity.record_of(v) for k, v in table["variables"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise integrity.corrupt(ckpt, "its index cannot be parsed") from None
         return Stored(
             ckpt,
             shapes,
-            {k: v.get("xxh3_64") for k, v in table["variables"].items()},
+            sums,
             {k: v.get("key_impl") for k, v in table["variables"].items()},
         )
     version = orbax_io.jscope_version(ckpt)
