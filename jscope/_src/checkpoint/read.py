@@ -199,6 +199,17 @@ def _convert(raw: Any, leaf: Any, spec: Target, impl: str | None) -> Any:
 # ------------------------------------------------------------------ restore
 
 
+def _sharding_problem(spec: Target) -> str | None:
+    """Why the target's sharding cannot hold its shape, or None."""
+    if spec.sharding is None:
+        return None
+    try:
+        spec.sharding.shard_shape(spec.shape)
+    except ValueError as e:
+        return (str(e).splitlines() or [""])[0][:300]
+    return None
+
+
 def mismatch_error(
     ckpt: str,
     chosen: Mapping[str, str],
@@ -230,6 +241,12 @@ def mismatch_error(
             )
             if want != found
         ]
+        unfit = _sharding_problem(spec)
+        if unfit is not None:
+            bad.append(
+                f"    {named}: the target's sharding {spec.sharding} does not fit "
+                f"its shape {spec.shape} ({unfit})"
+            )
         impl = stored.key_impls.get(key)
         if spec.kind == "key" and impl is not None and impl != spec.key_impl:
             bad.append(
@@ -250,7 +267,7 @@ def mismatch_error(
     if gone:
         lines += ["  listed in the Saver but not in the target tree:", *gone]
     if wrong:
-        lines += ["  shape or dtype mismatch:", *wrong]
+        lines += ["  shape, dtype or sharding mismatch:", *wrong]
     lines.append(
         "Restore into a target built by the same model, or restore a subset with "
         "js.Saver([paths]) or js.Saver({checkpoint_key: path}); "
