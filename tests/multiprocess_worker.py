@@ -19,6 +19,7 @@ any failure is an exception (non-zero exit).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -212,6 +213,8 @@ def single_save(work: str) -> None:
 
 def multi(work: str, port: int, process_id: int) -> None:
     jax = setup(4, port, process_id)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
     import jscope as js  # noqa: PLC0415
 
     assert jax.process_count() == 2 and jax.local_device_count() == 4
@@ -252,7 +255,70 @@ def multi(work: str, port: int, process_id: int) -> None:
     compare(jax, again, os.path.join(work, "multi.npz"))
     assert js.verify_checkpoint(pending) == [k for k, _ in js.list_variables(pending)]
     print(f"OK multi {process_id} restore", flush=True)
+
+    # Damage is seen by every process: a wrong recorded checksum (the check is
+    # one collective), and a flipped bit in one process's data file (each
+    # process reads only some chunks; all raise, none waits for the others).
+    for name, damage in (("checksum", wrong_checksum), ("bit", flipped_bit)):
+        copy = os.path.join(work, f"damaged-{name}", "model")
+        if process_id == 0:
+            shutil.copytree(pending, copy)
+            damage(copy)
+        multihost_utils.sync_global_devices(f"damaged-{name}")
+        try:
+            js.Saver().restore(copy, targets(jax, tree, mesh_4x2))
+        except js.CheckpointCorruptError as e:
+            print(f"OK multi {process_id} damaged {name}: {str(e)[:200]}", flush=True)
+        else:
+            raise AssertionError(f"a damaged checkpoint ({name}) was restored")
+    multihost_utils.sync_global_devices("done")
     jax.distributed.shutdown()
+
+
+def rewrite_table(path: str, change) -> None:
+    """Rewrites the checkpoint's ``_CHECKSUMS`` with ``change(table)`` applied."""
+    import json  # noqa: PLC0415
+
+    import xxhash  # noqa: PLC0415
+
+    target = os.path.join(path, "_CHECKSUMS")
+    with open(target, "rb") as f:
+        table = json.loads(f.read().split(b"\n", 1)[1])
+    change(table)
+    body = json.dumps(table, separators=(",", ":")).encode()
+    head = b"jscope-checksums xxh3_64=" + xxhash.xxh3_64_hexdigest(body).encode()
+    with open(target, "wb") as f:
+        f.write(head + b"\n" + body)
+
+
+def wrong_checksum(path: str) -> None:
+    def change(table):
+        table["variables"]["params/w1"]["murmur3_sum64"] = "0123456789abcdef"
+
+    rewrite_table(path, change)
+
+
+def flipped_bit(path: str) -> None:
+    """Flips a bit of the data file, and records the file's new checksum (as if
+    it were too large to have one): only the arrays' reads can tell. (Orbax
+    merges each process's writes into the top-level ``d/`` at commit.)"""
+    import xxhash  # noqa: PLC0415
+
+    rel = "d"
+    names = os.listdir(os.path.join(path, rel))  # the largest holds the arrays
+    name = max(names, key=lambda n: os.path.getsize(os.path.join(path, rel, n)))
+    with open(os.path.join(path, rel, name), "r+b") as f:
+        blob = bytearray(f.read())
+        blob[len(blob) // 2] ^= 0x10
+        f.seek(0)
+        f.write(bytes(blob))
+
+    def change(table):
+        table["files"][os.path.join(rel, name)]["xxh3_64"] = xxhash.xxh3_64_hexdigest(
+            bytes(blob)
+        )
+
+    rewrite_table(path, change)
 
 
 def single_restore(work: str) -> None:

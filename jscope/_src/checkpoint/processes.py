@@ -24,6 +24,7 @@ import jax
 TIMEOUT_S = 1800  # how long a process waits for process 0 (a large save's commit)
 
 _SAVES = itertools.count()
+_READS = itertools.count()
 
 
 def count() -> int:
@@ -43,6 +44,11 @@ def next_save() -> int:
     number everywhere: the keys of its steps are unique and agreed on.
     """
     return next(_SAVES)
+
+
+def next_read() -> int:
+    """The number of this process's next multi-process read (as `next_save`)."""
+    return next(_READS)
 
 
 def describe(error: BaseException) -> str:
@@ -74,3 +80,23 @@ def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
         client.key_value_set(key, json.dumps(value))
         return value
     return json.loads(client.blocking_key_value_get(key, TIMEOUT_S * 1000))
+
+
+def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int, str]]:
+    """Every other process's error at step ``step`` of ``what``, after all got there.
+
+    Each process publishes its outcome (``error`` or success) and waits (at most
+    `TIMEOUT_S`) for every other's: ``[(process, error text), ...]``.
+    """
+    client = _client()
+    me = jax.process_index()
+    prefix = f"jscope/checkpoint/{what}-{step}"
+    text = "" if error is None else describe(error)
+    client.key_value_set(f"{prefix}/{me}", json.dumps(text))
+    failed = []
+    for other in range(count()):
+        if other != me:
+            found = client.blocking_key_value_get(f"{prefix}/{other}", TIMEOUT_S * 1000)
+            if json.loads(found):
+                failed.append((other, json.loads(found)))
+    return failed
