@@ -67,6 +67,12 @@ class Saver:
     time: a Saver holds the directory's lock from its first save there until
     `close` (or its garbage collection, or the end of its process).
 
+    Sharded arrays are saved as they are, each process writing only its
+    shards, and restore into whatever shardings the target gives (another
+    mesh, one device). Under ``jax.distributed`` every process calls `save`
+    and `restore` with the same tree; process 0 writes the shared files and
+    the others wait until it has committed.
+
     Args:
       var_list: None (every variable), a list of full paths such as
         ``"state/counter"``, or a dict ``{checkpoint_key: path}``. A
