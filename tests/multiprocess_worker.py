@@ -268,7 +268,8 @@ def multi(work: str, port: int, process_id: int) -> None:
         try:
             js.Saver().restore(copy, targets(jax, tree, mesh_4x2))
         except js.CheckpointCorruptError as e:
-            print(f"OK multi {process_id} damaged {name}: {str(e)[:200]}", flush=True)
+            said = f"key={e.key} {str(e)[:300]}"
+            print(f"OK multi {process_id} damaged {name}: {said}", flush=True)
         else:
             raise AssertionError(f"a damaged checkpoint ({name}) was restored")
     multihost_utils.sync_global_devices("done")

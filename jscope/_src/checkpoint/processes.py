@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from jscope import errors
+from jscope._src import jax_compat
+
+CheckpointError = errors.CheckpointError
 
 TIMEOUT_S = 1800  # how long a process waits for process 0 (a large save's commit)
 
@@ -57,9 +63,7 @@ def describe(error: BaseException) -> str:
 
 
 def _client() -> Any:
-    from jax._src import distributed  # noqa: PLC0415 (jax's coordination client)
-
-    client = distributed.global_state.client
+    client = jax_compat.distributed_client()
     if client is None:
         raise RuntimeError(
             "jax reports several processes but jax.distributed is not initialized"
@@ -100,3 +104,50 @@ def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int,
             if json.loads(found):
                 failed.append((other, json.loads(found)))
     return failed
+
+
+def begin(step: int, path: str, start: Callable[[], str]) -> str:
+    """The start of save ``step``: process 0 runs ``start``, all get its result.
+
+    ``start`` takes the directory and returns the temporary name that every
+    process passes to Orbax. An error of process 0 is raised in every process.
+    """
+    if primary():
+        try:
+            tmp = start()
+        except BaseException as e:
+            share(step, "begin", {"error": describe(e)})
+            raise
+        share(step, "begin", {"tmp": tmp})
+        return tmp
+    begun = share(step, "begin", None)
+    if "error" in begun:
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: process 0, which writes the "
+            f"checkpoint's directory, failed to start it: {begun['error']}",
+            path,
+        )
+    return str(begun["tmp"])
+
+
+def commit(step: int, path: str, install: Callable[[], None]) -> None:
+    """The end of save ``step``: process 0 runs ``install``, the others wait.
+
+    No process returns before process 0 has committed the checkpoint, and an
+    error of process 0 is raised in every process.
+    """
+    if primary():
+        try:
+            install()
+        except BaseException as e:
+            share(step, "commit", {"error": describe(e)})
+            raise
+        share(step, "commit", {})
+        return
+    committed = share(step, "commit", None)
+    if "error" in committed:
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: process 0 failed to commit "
+            f"it: {committed['error']}",
+            path,
+        )
