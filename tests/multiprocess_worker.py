@@ -155,6 +155,8 @@ def dump(jax, tree, path: str) -> None:
     if jax.process_index() == 0:
         np.savez(path + ".tmp.npz", **values)
         os.replace(path + ".tmp.npz", path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"dumped {path}")
 
 
 def compare(jax, tree, reference: str, *, exact: bool = True) -> None:
@@ -234,7 +236,8 @@ def multi(work: str, port: int, process_id: int) -> None:
     assert js.latest_checkpoint(directory) == pending
     assert not os.path.exists(path.replace("-2", "-1"))  # max_to_keep, process 0
     assert "params/w1" in sharded_kinds(pending)
-    dump(jax, tree, os.path.join(work, "multi.npz"))
+    reference = os.path.join(work, "multi.npz")
+    dump(jax, tree, reference)
     print(f"OK multi {process_id} save", flush=True)
 
     # The one-process checkpoint restores here, on another mesh shape.
@@ -254,6 +257,14 @@ def multi(work: str, port: int, process_id: int) -> None:
     again = js.Saver().restore(pending, tree)
     compare(jax, again, os.path.join(work, "multi.npz"))
     assert js.verify_checkpoint(pending) == [k for k, _ in js.list_variables(pending)]
+    # Readers of one process alone wait for no other process.
+    if process_id == 1:
+        w1 = js.load_variable(pending, "params/w1")
+        np.testing.assert_array_equal(
+            np.asarray(w1), np.load(reference)["['params']['w1']"]
+        )
+        assert js.verify_checkpoint(pending)
+    multihost_utils.sync_global_devices("alone")
     print(f"OK multi {process_id} restore", flush=True)
 
     # Damage is seen by every process: a wrong recorded checksum (the check is

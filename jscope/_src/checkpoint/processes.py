@@ -43,6 +43,14 @@ def primary() -> bool:
     return jax.process_index() == 0
 
 
+def spans(sharding: Any) -> bool:
+    """Whether a sharding has devices of other processes."""
+    if sharding is None:
+        return False
+    me = jax.process_index()
+    return any(d.process_index != me for d in sharding.device_set)
+
+
 def next_save() -> int:
     """The number of this process's next multi-process save.
 

@@ -288,6 +288,9 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         )
         for key, s in specs.items()
     }
+    spans = processes.count() > 1 and any(
+        processes.spans(s.sharding) for s in specs.values()
+    )
     failure: BaseException | None = None
     try:
         raw = orbax_io.restore(
@@ -295,6 +298,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
             orbax_specs,
             partial=len(specs) < len(stored.shapes),
             nested=stored.nested,
+            local=not spans,
         )
     except errors.JscopeError as e:
         failure = e
@@ -303,9 +307,11 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         failure = integrity.corrupt(
             ckpt, f"Orbax cannot read it ({type(e).__name__}: {first})", file=ckpt
         )
-    if processes.count() > 1:
+    if spans:
         # Each process reads its own shards: all agree that every read worked
-        # before the checks (collectives), or all raise.
+        # before the checks (collectives), or all raise. A read of arrays of
+        # this process only (`load_variable`, `verify_checkpoint`, targets on
+        # local devices) involves no other process.
         failure = _agreed(ckpt, failure)
     if failure is not None:
         raise failure from None
