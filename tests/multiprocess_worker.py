@@ -277,6 +277,24 @@ def multi(work: str, port: int, process_id: int) -> None:
     multihost_utils.sync_global_devices("alone")
     print(f"OK multi {process_id} restore", flush=True)
 
+    # A save that process 0 cannot start (an unreadable state file) fails in
+    # every process, and the next save works.
+    broken = os.path.join(work, "broken")
+    if process_id == 0:
+        os.makedirs(broken)
+        with open(os.path.join(broken, "checkpoint"), "w") as f:
+            f.write("{not json")
+    multihost_utils.sync_global_devices("broken")
+    try:
+        js.Saver().save(tree, os.path.join(broken, "model"))
+    except js.CheckpointError as e:
+        assert ("process 0" in str(e)) == (process_id == 1), str(e)
+        print(f"OK multi {process_id} refused: {str(e)[:160]}", flush=True)
+    else:
+        raise AssertionError("a save over an unreadable state succeeded")
+    js.Saver().save(tree, os.path.join(work, "after", "model"), write_state=False)
+    print(f"OK multi {process_id} saved after", flush=True)
+
     # Damage is seen by every process: a wrong recorded checksum (the check is
     # one collective), and a flipped bit in one process's data file (each
     # process reads only some chunks; all raise, none waits for the others).
