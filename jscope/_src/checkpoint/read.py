@@ -20,7 +20,7 @@ import numpy as np
 from jax.core import Tracer
 
 from jscope import errors
-from jscope._src.checkpoint import integrity, orbax_io
+from jscope._src.checkpoint import integrity, orbax_io, processes
 from jscope._src.checkpoint.keys import canonical, suggest
 from jscope._src.checkpoint.layout import CHECKSUMS, checkpoint_path
 
@@ -39,7 +39,7 @@ class Stored:
 
     path: str
     shapes: dict[str, tuple[tuple[int, ...], Any]]  # {key: (shape, dtype)}
-    checksums: dict[str, str | None]
+    checksums: dict[str, tuple[str, str] | None]  # {key: (kind, checksum)}
     key_impls: dict[str, str | None]  # PRNG key implementation, for keys
     nested: bool = False  # a nested dict written by Orbax directly
 
@@ -59,12 +59,13 @@ def describe(ckpt: str) -> Stored:
                 key: (tuple(int(n) for n in v["shape"]), jnp.dtype(v["dtype"]))
                 for key, v in table["variables"].items()
             }
-        except (KeyError, TypeError, ValueError):
+            sums = {k: integrity.record_of(v) for k, v in table["variables"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise integrity.corrupt(ckpt, "its index cannot be parsed") from None
         return Stored(
             ckpt,
             shapes,
-            {k: v.get("xxh3_64") for k, v in table["variables"].items()},
+            sums,
             {k: v.get("key_impl") for k, v in table["variables"].items()},
         )
     version = orbax_io.jscope_version(ckpt)
@@ -103,9 +104,12 @@ def stable_read(ckpt: str, read: Callable[[], _T]) -> _T:
     checkpoint (a save to the same path) can see pieces of both and fail its
     checks. Such a read is retried; only a checkpoint that stays in place
     while it fails its checks is reported corrupt. Once it is gone the retry
-    raises `CheckpointNotFoundError`.
+    raises `CheckpointNotFoundError`. With several processes it is read once.
     """
-    for _ in range(_READ_TRIES - 1):
+    # With several processes a read is not retried: each process would decide
+    # alone, and their collectives (the checks) would no longer match.
+    tries = _READ_TRIES if processes.count() == 1 else 1
+    for _ in range(tries - 1):
         before = _identity(ckpt)
         try:
             return read()
@@ -198,6 +202,17 @@ def _convert(raw: Any, leaf: Any, spec: Target, impl: str | None) -> Any:
 # ------------------------------------------------------------------ restore
 
 
+def _sharding_problem(spec: Target) -> str | None:
+    """Why the target's sharding cannot hold its shape, or None."""
+    if spec.sharding is None:
+        return None
+    try:
+        spec.sharding.shard_shape(spec.shape)
+    except ValueError as e:
+        return (str(e).splitlines() or [""])[0][:300]
+    return None
+
+
 def mismatch_error(
     ckpt: str,
     chosen: Mapping[str, str],
@@ -229,6 +244,12 @@ def mismatch_error(
             )
             if want != found
         ]
+        unfit = _sharding_problem(spec)
+        if unfit is not None:
+            bad.append(
+                f"    {named}: the target's sharding {spec.sharding} does not fit "
+                f"its shape {spec.shape} ({unfit})"
+            )
         impl = stored.key_impls.get(key)
         if spec.kind == "key" and impl is not None and impl != spec.key_impl:
             bad.append(
@@ -249,7 +270,7 @@ def mismatch_error(
     if gone:
         lines += ["  listed in the Saver but not in the target tree:", *gone]
     if wrong:
-        lines += ["  shape or dtype mismatch:", *wrong]
+        lines += ["  shape, dtype or sharding mismatch:", *wrong]
     lines.append(
         "Restore into a target built by the same model, or restore a subset with "
         "js.Saver([paths]) or js.Saver({checkpoint_key: path}); "
@@ -267,22 +288,45 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         )
         for key, s in specs.items()
     }
+    spans = processes.count() > 1 and any(
+        processes.spans(s.sharding) for s in specs.values()
+    )
+    failure: BaseException | None = None
+    raw: dict[str, Any] = {}
     try:
         raw = orbax_io.restore(
             ckpt,
             orbax_specs,
             partial=len(specs) < len(stored.shapes),
             nested=stored.nested,
+            local=not spans,
         )
-    except errors.JscopeError:
-        raise
+    except errors.JscopeError as e:
+        failure = e
     except Exception as e:
         first = (str(e).splitlines() or [""])[0][:300]
-        raise integrity.corrupt(
+        failure = integrity.corrupt(
             ckpt, f"Orbax cannot read it ({type(e).__name__}: {first})", file=ckpt
-        ) from None
+        )
+    if spans:
+        # Each process reads its own shards: all agree that every read worked
+        # before the checks (collectives), or all raise. A read of arrays of
+        # this process only (`load_variable`, `verify_checkpoint`, targets on
+        # local devices) involves no other process.
+        failure = _agreed(ckpt, failure)
+    if failure is not None:
+        raise failure from None
     integrity.check_arrays(ckpt, {key: raw[key] for key in specs}, stored.checksums)
     return raw
+
+
+def _agreed(ckpt: str, failure: BaseException | None) -> BaseException | None:
+    """This process's read error, else another process's, else None."""
+    others = processes.gather("restore", processes.next_read(), failure)
+    if failure is not None or not others:
+        return failure
+    process, text = others[0]
+    return integrity.corrupt(ckpt, f"process {process} cannot read it ({text})")
 
 
 def restore_leaves(
