@@ -389,12 +389,8 @@ class ShardingRules:
         """``NamedSharding(self.mesh, spec)``."""
         return jax.sharding.NamedSharding(self.mesh, spec)
 
-    def place(self, path: str, value: jax.Array, axes: LogicalAxes | None) -> Any:
-        """``value`` constrained to the spec of the variable at ``path``.
-
-        Over an abstract mesh the spec is only checked.
-        """
-        spec = self.spec(path, value.shape, axes)
+    def place(self, value: Any, spec: PartitionSpec) -> Any:
+        """``value`` constrained to ``spec`` (over an abstract mesh: itself)."""
         if self.is_abstract:
             return value
         return _constrain(value, self.named(spec))
