@@ -138,6 +138,7 @@ class Frame:
         "trace_state",  # the JAX trace the run (or body) runs under
         "get_variable",  # the run's js.get_variable, for VariableScope.get_variable
         #                  (scope.py sits below variables.py and cannot import it)
+        "rules",  # the ShardingRules in force (js.init/apply rules=), or None
         # -- rule state: what TF1's rules consult; a lifted body's child starts
         #    from a copy, and the run adopts the child's after the transform
         "scope",  # the VariableScope open now (root: name "")
@@ -146,6 +147,7 @@ class Frame:
         "scope_counts",  # Counts: how often each variable scope was opened
         "kind_of",  # path -> Kind, for every variable of the run so far
         "collection_of",  # path -> the collection holding it
+        "axes_of",  # path -> its logical axes (tuple), for paths given axes=
         "prefixes",  # every proper prefix of those paths ("a" for "a/w"): no
         #              variable may be created at one
         "rng_counts",  # (stream, scope) -> keys drawn so far by next_rng_key
@@ -174,18 +176,21 @@ class Frame:
         given_tree: dict[str, Any] | None = None,
         mutable: frozenset[str] | Literal[True] = frozenset(),
         get_variable: Callable[..., Any] | None = None,
+        rules: Any = None,
     ):
         self.is_run = is_run
         self.initializing = initializing
         self.mutable: frozenset[str] | Literal[True] = mutable
         self.trace_state = trace_state() if is_run else None
         self.get_variable = get_variable
+        self.rules = rules
         self.scope = scope
         self.name_scope = ""
         self.used_names = names.Uniquifier()
         self.scope_counts = Counts()
         self.kind_of: dict[str, Kind] = {}
         self.collection_of: dict[str, str] = {}
+        self.axes_of: dict[str, tuple] = {}
         self.prefixes: set[str] = set()
         self.rng_counts: dict[tuple[str, str], int] = {}
         self.templates: dict[int, Any] = {}
@@ -229,12 +234,14 @@ class Frame:
             given_tree=given_tree,
             mutable=self.mutable,
             get_variable=self.get_variable,
+            rules=self.rules,
         )
         child.name_scope = self.name_scope
         child.used_names = self.used_names.copy()
         child.scope_counts = self.scope_counts.copy()
         child.kind_of = dict(self.kind_of)
         child.collection_of = dict(self.collection_of)
+        child.axes_of = dict(self.axes_of)
         child.prefixes = set(self.prefixes)
         child.rng_counts = dict(self.rng_counts)
         child.templates = dict(self.templates)
@@ -274,9 +281,12 @@ class Frame:
         self.prefixes = child.prefixes
         self.rng_counts = child.rng_counts
         self.templates = child.templates
+        axes_of = child.axes_of
         for path in new:
             self.kind_of[path] = child.kind_of[path]
             self.collection_of[path] = child.collection_of[path]
+            if path in axes_of:
+                self.axes_of[path] = axes_of[path]
         return new
 
     def new_paths(self, child: Frame) -> list[str]:
