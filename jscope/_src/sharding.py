@@ -14,6 +14,8 @@ runs only when ``axes=`` is given.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -21,6 +23,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from jscope import errors
+from jscope._src import tree
 
 LogicalAxes: TypeAlias = "tuple[str | None, ...]"
 """A variable's logical axes: one name (or None, no name) per dimension."""
@@ -97,27 +100,315 @@ def check_reuse_axes(
 MeshAxes: TypeAlias = "str | tuple[str, ...] | None"
 """What one dimension maps to: a mesh axis, several (their product), or None."""
 
+SpecLike: TypeAlias = "PartitionSpec | Sequence[MeshAxes]"
+"""A spec: a `PartitionSpec`, or a tuple with one entry per dimension."""
+
 
 class ShardingRules:
     """A mesh, path rules and logical-axis rules: where each variable lives.
 
+    A variable's spec (`spec`) is, in order of precedence:
+
+    1. the spec of the first ``paths`` rule whose regex matches its path, found
+       with `re.search` (as Keras' ``LayoutMap``): anchor with ``^`` and ``$``
+       to match a whole path. The path has no collection: ``block/attn/kernel``.
+    2. else its logical ``axes=`` mapped through the ``axes`` table (as Flax's
+       logical axis rules). When the rules have an ``axes`` table, every name a
+       variable uses must be in it (map a name to None to replicate it); without
+       one, logical names are not used.
+    3. else replicated, ``PartitionSpec()``.
+
+    A spec has one entry per dimension (None: not sharded; a mesh axis; or a
+    tuple of mesh axes, sharded over their product), or none at all
+    (replicated, whatever the rank).
+
     Args:
       mesh: A `jax.sharding.Mesh`, or a `jax.sharding.AbstractMesh` for
-        shape-only planning.
-      paths: ``[(regex, spec), ...]``: the first regex that matches a
-        variable's path gives its spec (a `PartitionSpec` or a tuple of mesh
-        axes, one entry per dimension).
+        shape-only planning (`js.partition_specs`).
+      paths: ``[(regex, spec), ...]``; the first regex that matches decides.
       axes: ``{logical name: mesh axis, tuple of mesh axes, or None}``.
+
+    Raises:
+      ShardingError: A regex does not compile; a spec or an ``axes`` entry
+        names a mesh axis the mesh lacks, or one mesh axis twice.
+      ArgumentTypeError: ``mesh``, ``paths`` or ``axes`` has the wrong type.
+
+    Example:
+      >>> import jax
+      >>> mesh = jax.sharding.AbstractMesh((2, 4), ("data", "model"))
+      >>> rules = ShardingRules(
+      ...     mesh,
+      ...     paths=[(r"attn/.*kernel$", (None, "model"))],
+      ...     axes={"embed": None, "mlp": "model"},
+      ... )
+      >>> rules.spec("block/attn/q/kernel", (8, 16))
+      P(None, 'model')
+      >>> rules.spec("block/mlp/kernel", (8, 32), ("embed", "mlp"))
+      P(None, 'model')
+      >>> rules.spec("block/scale", (8,))
+      P()
     """
 
-    __slots__ = ("mesh", "paths", "axes")
+    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled")
 
     def __init__(
         self,
         mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
-        paths: Sequence[tuple[str, Any]] = (),
+        paths: Sequence[tuple[str, SpecLike]] = (),
         axes: Mapping[str, MeshAxes] | None = None,
     ):
+        shape = getattr(mesh, "shape", None)
+        if not isinstance(mesh, jax.sharding.Mesh | jax.sharding.AbstractMesh):
+            raise errors.ArgumentTypeError(
+                "js.ShardingRules needs a jax.sharding.Mesh (e.g. "
+                "jax.make_mesh((2, 4), ('data', 'model'))) or a "
+                f"jax.sharding.AbstractMesh, got {type(mesh).__name__}."
+            )
         self.mesh = mesh
-        self.paths = [(regex, PartitionSpec(*spec)) for regex, spec in paths]
-        self.axes = dict(axes or {})
+        self._sizes: dict[str, int] = dict(shape)
+        if isinstance(paths, str | bytes | Mapping) or not all(
+            isinstance(rule, tuple | list) and len(rule) == 2 for rule in paths
+        ):
+            raise errors.ArgumentTypeError(
+                "js.ShardingRules(paths=...) must be a list of (regex, spec) pairs, "
+                "e.g. [(r'attn/.*/kernel$', (None, 'model'))], got "
+                f"{paths!r}."
+            )
+        self.paths: list[tuple[str, PartitionSpec]] = []
+        self._compiled: list[tuple[re.Pattern, PartitionSpec]] = []
+        for regex, spec in paths:
+            what = f"paths rule {regex!r}"
+            if not isinstance(regex, str):
+                raise errors.ArgumentTypeError(
+                    f"A js.ShardingRules paths rule must start with a regex (str), "
+                    f"got {regex!r}."
+                )
+            try:
+                compiled = re.compile(regex)
+            except re.error as e:
+                raise errors.ShardingError(
+                    f"The regex of {what} does not compile: {e}. Fix the pattern "
+                    "(it is matched with re.search against variable paths such as "
+                    "'block/attn/kernel')."
+                ) from None
+            spec = self._check_spec(as_spec(spec, what), what)
+            self.paths.append((regex, spec))
+            self._compiled.append((compiled, spec))
+        if axes is not None and not isinstance(axes, Mapping):
+            raise errors.ArgumentTypeError(
+                "js.ShardingRules(axes=...) must be a dict {logical name: mesh axis, "
+                f"tuple of mesh axes, or None}}, got {type(axes).__name__}."
+            )
+        self.axes: dict[str, MeshAxes] | None = None
+        if axes is not None:
+            self.axes = {}
+            for name, target in axes.items():
+                what = f"the axes entry {name!r}: {target!r}"
+                if not isinstance(name, str):
+                    raise errors.ArgumentTypeError(
+                        f"js.ShardingRules(axes=...) keys are logical axis names "
+                        f"(str), got {name!r}."
+                    )
+                entry = as_spec((target,), what)
+                self._check_spec(entry, what)
+                self.axes[name] = entry[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardingRules(mesh={self._sizes}, paths={self.paths!r}, "
+            f"axes={self.axes!r})"
+        )
+
+    @property
+    def mesh_shape(self) -> dict[str, int]:
+        """``{mesh axis: size}``, in the mesh's order."""
+        return dict(self._sizes)
+
+    # ----------------------------------------------------------- resolution
+
+    def spec(
+        self, path: str, shape: Sequence[int], axes: LogicalAxes | None = None
+    ) -> PartitionSpec:
+        """The spec of the variable at ``path`` (no collection) of ``shape``.
+
+        Args:
+          path: The variable's path, e.g. ``block/attn/kernel``.
+          shape: Its shape (stacked variables: the stacked shape).
+          axes: Its logical axes, one per dimension, or None.
+
+        Returns:
+          The first matching ``paths`` rule's spec, else the logical axes'
+          spec, else ``PartitionSpec()``.
+
+        Raises:
+          ShardingError: The spec does not fit the variable (rank, a
+            dimension not divisible by the mesh axes' size) or a logical name
+            is not in the ``axes`` table.
+        """
+        for compiled, spec in self._compiled:
+            if compiled.search(path) is not None:
+                origin = f"the paths rule {compiled.pattern!r}"
+                return self._fit(spec, path, tuple(shape), origin)
+        if axes is None or self.axes is None:
+            return _REPLICATED
+        spec = self.logical_spec(axes, path=path)
+        origin = f"its logical axes {tuple(axes)!r}"
+        return self._fit(spec, path, tuple(shape), origin)
+
+    def logical_spec(
+        self, axes: Sequence[str | None], *, path: str | None = None
+    ) -> PartitionSpec:
+        """Maps logical axis names through the ``axes`` table to a spec.
+
+        Raises:
+          ShardingError: A name is not in the table, or two names map to one
+            mesh axis.
+        """
+        table = self.axes or {}
+        where = f"variable {path}" if path is not None else "js.constrain"
+        entries = []
+        for name in axes:
+            if name is None:
+                entries.append(None)
+                continue
+            if name not in table:
+                raise errors.ShardingError(
+                    f"The logical axis {name!r} of {where} (axes {tuple(axes)!r}) "
+                    f"is not in the rules' axes table {table!r}. Add it, mapped to "
+                    "a mesh axis or to None to replicate that dimension. Mesh: "
+                    f"{self._sizes}.",
+                    path,
+                )
+            entries.append(table[name])
+        spec = PartitionSpec(*entries)
+        used = _mesh_axes(spec)
+        if len(used) != len(set(used)):
+            raise errors.ShardingError(
+                f"The logical axes {tuple(axes)!r} of {where} map to {spec}, which "
+                f"uses mesh axis {_twice(used)!r} twice. A mesh axis may shard one "
+                "dimension only: map one of the names to None or to another mesh "
+                f"axis. Mesh: {self._sizes}.",
+                path,
+            )
+        return spec
+
+    def _fit(
+        self, spec: PartitionSpec, path: str, shape: tuple, origin: str
+    ) -> PartitionSpec:
+        """Checks that ``spec`` fits a variable of ``shape``; returns it."""
+        if len(spec) == 0:
+            return spec
+        head = f"Variable {path} of shape {shape} gets {spec} from {origin}, but"
+        tail = f" Mesh: {self._sizes}."
+        if len(spec) != len(shape):
+            raise errors.ShardingError(
+                f"{head} the spec has {len(spec)} entries for a shape of rank "
+                f"{len(shape)}. Give one entry per dimension (None: not sharded), or "
+                "narrow the rule's regex so it does not match this variable (a "
+                f"js.scan stack has one more dimension, first).{tail}",
+                path,
+            )
+        for dim, (size, entry) in enumerate(zip(shape, spec, strict=True)):
+            if entry is None:
+                continue
+            names = (entry,) if isinstance(entry, str) else tuple(entry)
+            ways = math.prod(self._sizes[n] for n in names)
+            if size % ways:
+                raise errors.ShardingError(
+                    f"{head} dimension {dim} (size {size}) is not divisible by "
+                    f"{ways}, the size of mesh axis {entry!r}. Pick sizes the mesh "
+                    "axis divides, another mesh axis, or None for this "
+                    f"dimension.{tail}",
+                    path,
+                )
+        return spec
+
+    def _check_spec(self, spec: PartitionSpec, what: str) -> PartitionSpec:
+        used = _mesh_axes(spec)
+        for name in used:
+            if name not in self._sizes:
+                raise errors.ShardingError(
+                    f"The spec {spec} of {what} names mesh axis {name!r}, which the "
+                    f"mesh does not have. Mesh: {self._sizes}. Use one of "
+                    f"{list(self._sizes)}, or None for no sharding."
+                )
+        if len(used) != len(set(used)):
+            raise errors.ShardingError(
+                f"The spec {spec} of {what} uses mesh axis {_twice(used)!r} twice; "
+                "a mesh axis may shard one dimension only. Mesh: "
+                f"{self._sizes}."
+            )
+        return spec
+
+    # ---------------------------------------------------------------- checks
+
+    def unused(self, specs: Mapping[str, Any]) -> list[str]:
+        """The regexes of ``paths`` that decide the spec of no variable.
+
+        A rule is unused when its regex matches no path of ``specs``, or only
+        paths an earlier rule already takes: silently unused rules are the
+        common mistake (a misspelt scope, a missing ``$``).
+
+        Args:
+          specs: A tree keyed like `js.init`'s, ``{collection: {scope: ...}}``
+            (its leaves are not read): `js.partition_specs`'s output, or the
+            variables themselves.
+
+        Returns:
+          The unused regexes, in the order of ``paths``.
+
+        Example:
+          >>> import jax
+          >>> mesh = jax.sharding.AbstractMesh((2,), ("model",))
+          >>> rules = ShardingRules(mesh, paths=[("kernel$", ()), ("kernal$", ())])
+          >>> rules.unused({"params": {"dense": {"kernel": None}}})
+          ['kernal$']
+        """
+        deciding = set()
+        for coll in specs.values():
+            paths = tree.flatten(coll) if isinstance(coll, Mapping) else {}
+            for path in paths:
+                for i, (compiled, _) in enumerate(self._compiled):
+                    if compiled.search(path) is not None:
+                        deciding.add(i)
+                        break
+        return [regex for i, (regex, _) in enumerate(self.paths) if i not in deciding]
+
+
+_REPLICATED = PartitionSpec()
+
+
+def as_spec(spec: Any, what: str) -> PartitionSpec:
+    """``spec`` as a `PartitionSpec`, from one or a tuple/list of entries.
+
+    Raises:
+      ArgumentTypeError: An entry is not None, a str or a tuple of str.
+    """
+    if isinstance(spec, PartitionSpec):
+        return spec
+    ok = isinstance(spec, tuple | list) and all(
+        e is None
+        or isinstance(e, str)
+        or (isinstance(e, tuple | list) and all(isinstance(n, str) for n in e))
+        for e in spec
+    )
+    if not ok:
+        raise errors.ArgumentTypeError(
+            f"The spec of {what} must be a PartitionSpec or a tuple with one entry "
+            "per dimension, each None, a mesh axis name or a tuple of them, got "
+            f"{spec!r}. E.g. (None, 'model')."
+        )
+    return PartitionSpec(*(tuple(e) if isinstance(e, list) else e for e in spec))
+
+
+def _mesh_axes(spec: PartitionSpec) -> list[str]:
+    out: list[str] = []
+    for entry in spec:
+        if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+            continue
+        out.extend((entry,) if isinstance(entry, str) else entry)
+    return out
+
+
+def _twice(used: list[str]) -> str:
+    return next(n for n in used if used.count(n) > 1)
