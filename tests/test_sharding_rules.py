@@ -4,11 +4,12 @@ Single device: the mesh is a `jax.sharding.AbstractMesh` (or a 1-device `Mesh`).
 The properties play random rules and variables against a small model of the
 resolution written here in plain Python:
 
-1. ``rules.spec(path, shape, axes)`` is the spec of the first ``paths`` regex that
-   `re.search`es the path, else the logical axes through the ``axes`` table, else
-   ``P()``; or it raises `ShardingError` exactly when the model says the spec does
-   not fit (rank, divisibility, unknown logical axis, one mesh axis twice), with
-   the path, the shape, the spec and the mesh in the message.
+1. ``rules.spec(path, shape, axes)`` is the spec of the first ``paths`` regex
+   that `re.search`es the path, else the logical axes through the ``axes``
+   table, else ``P()`` (without trailing None entries); or it raises
+   `ShardingError` exactly when the model says the spec does not fit (rank,
+   divisibility, unknown logical axis, one mesh axis twice), with the path, the
+   shape, the spec and the mesh in the message.
 2. A matching path rule wins whatever the variable's logical axes are.
 3. Constructing rules refuses a regex that does not compile, an unknown mesh
    axis and a mesh axis used twice, naming the rule.
@@ -47,6 +48,14 @@ class Refused(Exception):
     """The model's ShardingError."""
 
 
+def canonical(spec):
+    """Specs come back without trailing None entries, as array.sharding.spec."""
+    entries = list(spec)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return P(*entries)
+
+
 def model_fit(spec, shape, sizes):
     if len(spec) == 0:
         return spec
@@ -58,7 +67,7 @@ def model_fit(spec, shape, sizes):
         names = (entry,) if isinstance(entry, str) else entry
         if size % math.prod(sizes[n] for n in names):
             raise Refused("divisible")
-    return spec
+    return canonical(spec)
 
 
 def model_spec(sizes, paths, table, path, shape, axes):
@@ -256,7 +265,7 @@ def test_precedence_path_then_axes_then_replicated():
         axes={"embed": "data", "mlp": "model"},
     )
     assert r.spec("b/attn/q/kernel", (8, 8), ("embed", "mlp")) == P(None, "model")
-    assert r.spec("b/mlp/kernel", (8, 8), ("embed", "mlp")) == P("model", None)
+    assert r.spec("b/mlp/kernel", (8, 8), ("embed", "mlp")) == P("model")
     assert r.spec("b/mlp/bias", (8,), ("mlp",)) == P("model")
     assert r.spec("b/mlp/bias", (8,)) == P()
 
@@ -270,7 +279,7 @@ def test_search_not_fullmatch():
 
 def test_a_tuple_of_mesh_axes_shards_over_their_product():
     r = rules(axes={"vocab": ("data", "model")})
-    assert r.spec("emb", (16, 3), ("vocab", None)) == P(("data", "model"), None)
+    assert r.spec("emb", (16, 3), ("vocab", None)) == P(("data", "model"))
     with pytest.raises(errors.ShardingError, match=r"not divisible by 8"):
         r.spec("emb", (12, 3), ("vocab", None))
 

@@ -8,8 +8,12 @@ those axes into a `jax.sharding.PartitionSpec`: the first ``paths`` regex that
 matches the path, else the logical axes through the ``axes`` table, else
 replicated. Trees stay plain dicts of `jax.Array`: the rules live beside them.
 
-Imports: `jscope.errors`, JAX. Hot path: none without rules; `check_axes`
-runs only when ``axes=`` is given.
+`constrain` reads the rules in force from the run's frame (``frame.rules``,
+set by `js.init` / `js.apply` given ``rules=``).
+
+Imports: `jscope.errors`, `context`, `tree`, JAX. Hot path: none without
+rules (`constrain` is one frame read); `check_axes` runs only when ``axes=``
+is given.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from jscope import errors
-from jscope._src import tree
+from jscope._src import context, tree
 
 LogicalAxes: TypeAlias = "tuple[str | None, ...]"
 """A variable's logical axes: one name (or None, no name) per dimension."""
@@ -122,6 +126,9 @@ class ShardingRules:
     tuple of mesh axes, sharded over their product), or none at all
     (replicated, whatever the rank).
 
+    Specs come back canonical, as ``array.sharding.spec`` shows them: without
+    trailing None entries (``P("model", None)`` is ``P("model")``).
+
     Args:
       mesh: A `jax.sharding.Mesh`, or a `jax.sharding.AbstractMesh` for
         shape-only planning (`js.partition_specs`).
@@ -149,7 +156,7 @@ class ShardingRules:
       P()
     """
 
-    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled")
+    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled", "_auto")
 
     def __init__(
         self,
@@ -166,6 +173,7 @@ class ShardingRules:
             )
         self.mesh = mesh
         self._sizes: dict[str, int] = dict(shape)
+        self._auto: ShardingRules | None = None
         if isinstance(paths, str | bytes | Mapping) or not all(
             isinstance(rule, tuple | list) and len(rule) == 2 for rule in paths
         ):
@@ -248,12 +256,12 @@ class ShardingRules:
         for compiled, spec in self._compiled:
             if compiled.search(path) is not None:
                 origin = f"the paths rule {compiled.pattern!r}"
-                return self._fit(spec, path, tuple(shape), origin)
+                return self._fit(spec, f"Variable {path}", path, tuple(shape), origin)
         if axes is None or self.axes is None:
             return _REPLICATED
         spec = self.logical_spec(axes, path=path)
         origin = f"its logical axes {tuple(axes)!r}"
-        return self._fit(spec, path, tuple(shape), origin)
+        return self._fit(spec, f"Variable {path}", path, tuple(shape), origin)
 
     def logical_spec(
         self, axes: Sequence[str | None], *, path: str | None = None
@@ -293,12 +301,17 @@ class ShardingRules:
         return spec
 
     def _fit(
-        self, spec: PartitionSpec, path: str, shape: tuple, origin: str
+        self,
+        spec: PartitionSpec,
+        subject: str,
+        path: str | None,
+        shape: tuple,
+        origin: str,
     ) -> PartitionSpec:
-        """Checks that ``spec`` fits a variable of ``shape``; returns it."""
+        """Checks that ``spec`` fits an array of ``shape``; returns it canonical."""
         if len(spec) == 0:
             return spec
-        head = f"Variable {path} of shape {shape} gets {spec} from {origin}, but"
+        head = f"{subject} of shape {shape} gets {spec} from {origin}, but"
         tail = f" Mesh: {self._sizes}."
         if len(spec) != len(shape):
             raise errors.ShardingError(
@@ -321,7 +334,7 @@ class ShardingRules:
                     f"dimension.{tail}",
                     path,
                 )
-        return spec
+        return canonical(spec)
 
     def _check_spec(self, spec: PartitionSpec, what: str) -> PartitionSpec:
         used = _mesh_axes(spec)
@@ -339,6 +352,71 @@ class ShardingRules:
                 f"{self._sizes}."
             )
         return spec
+
+    # ----------------------------------------------------------- placement
+
+    @property
+    def is_abstract(self) -> bool:
+        """Whether the mesh is an `AbstractMesh` (planning only, no devices)."""
+        return isinstance(self.mesh, jax.sharding.AbstractMesh)
+
+    def for_init(self) -> ShardingRules:
+        """These rules over the mesh with every axis `AxisType.Auto`.
+
+        `js.init` places variables with `jax.lax.with_sharding_constraint`
+        and leaves the rest to XLA's sharding propagation, which computes each
+        initializer in its shards only; explicit mesh axes would type every
+        intermediate value replicated and build whole variables first.
+        """
+        if self._auto is None:
+            auto = (jax.sharding.AxisType.Auto,) * len(self._sizes)
+            if tuple(self.mesh.axis_types) == auto:
+                self._auto = self
+            else:
+                rules = object.__new__(ShardingRules)
+                rules.paths, rules.axes, rules._compiled = (
+                    self.paths,
+                    self.axes,
+                    self._compiled,
+                )
+                rules._sizes = self._sizes
+                rules.mesh = self.mesh.update(axis_types=auto)
+                rules._auto = rules
+                self._auto = rules
+        return self._auto
+
+    def named(self, spec: PartitionSpec) -> jax.sharding.NamedSharding:
+        """``NamedSharding(self.mesh, spec)``."""
+        return jax.sharding.NamedSharding(self.mesh, spec)
+
+    def place(self, path: str, value: jax.Array, axes: LogicalAxes | None) -> Any:
+        """``value`` constrained to the spec of the variable at ``path``.
+
+        Over an abstract mesh the spec is only checked.
+        """
+        spec = self.spec(path, value.shape, axes)
+        if self.is_abstract:
+            return value
+        return _constrain(value, self.named(spec))
+
+    def constrain(self, x: Any, logical_axes: Sequence[str | None]) -> Any:
+        """``x`` constrained to the spec of ``logical_axes``; see `constrain`."""
+        if self.axes is None:
+            return x
+        logical_axes = tuple(logical_axes)
+        shape = tuple(getattr(x, "shape", ()))
+        if len(logical_axes) != len(shape):
+            raise errors.ShardingError(
+                f"js.constrain got logical axes {logical_axes!r} for an array of "
+                f"shape {shape}: give one name (or None) per dimension. Mesh: "
+                f"{self._sizes}."
+            )
+        spec = self.logical_spec(logical_axes)
+        origin = f"the logical axes {logical_axes!r}"
+        spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
+        if self.is_abstract:
+            return x
+        return _constrain(x, self.named(spec))
 
     # ---------------------------------------------------------------- checks
 
@@ -378,6 +456,19 @@ class ShardingRules:
 _REPLICATED = PartitionSpec()
 
 
+def canonical(spec: PartitionSpec) -> PartitionSpec:
+    """``spec`` without trailing None entries, as ``array.sharding.spec`` shows.
+
+    Example:
+      >>> canonical(PartitionSpec("model", None))
+      P('model',)
+    """
+    entries = list(spec)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
 def as_spec(spec: Any, what: str) -> PartitionSpec:
     """``spec`` as a `PartitionSpec`, from one or a tuple/list of entries.
 
@@ -412,3 +503,91 @@ def _mesh_axes(spec: PartitionSpec) -> list[str]:
 
 def _twice(used: list[str]) -> str:
     return next(n for n in used if used.count(n) > 1)
+
+
+def _constrain(x: Any, sharding: jax.sharding.NamedSharding) -> Any:
+    """`with_sharding_constraint` over auto axes, `reshard` over explicit ones."""
+    types = sharding.mesh.axis_types
+    if all(t == jax.sharding.AxisType.Auto for t in types):
+        return jax.lax.with_sharding_constraint(x, sharding)
+    return jax.sharding.reshard(x, sharding)
+
+
+def constrain(x: Any, logical_axes: Sequence[str | None]) -> Any:
+    """Constrains an activation's sharding by its logical axes, under rules.
+
+    Inside `js.apply` (or `js.init`) given ``rules=``, maps ``logical_axes``
+    through the rules' ``axes`` table and applies
+    `jax.lax.with_sharding_constraint` (`jax.sharding.reshard` on a mesh of
+    explicit axes). Without rules, or rules without an ``axes`` table, returns
+    ``x`` itself: model code can name its activations' axes and run unchanged
+    on one device.
+
+    Args:
+      x: An array.
+      logical_axes: One logical name (or None) per dimension of ``x``, e.g.
+        ``("batch", "mlp")``.
+
+    Returns:
+      ``x``, constrained (a new array), or ``x`` itself without rules.
+
+    Raises:
+      ShardingError: Under rules, the names are not one per dimension, a name
+        is not in the ``axes`` table, or the spec does not fit ``x``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscope as js
+      >>> x = jnp.ones((4, 8))
+      >>> js.constrain(x, ("batch", "mlp")) is x  # no rules in force
+      True
+    """
+    frame = context.peek()
+    if frame is None or frame.rules is None:
+        return x
+    return frame.rules.constrain(x, logical_axes)
+
+
+def shardings(tree_: Mapping[str, Any], rules: ShardingRules) -> dict[str, Any]:
+    """A tree of `NamedSharding`s over ``rules.mesh``, for `jax.jit` and Orbax.
+
+    Args:
+      tree_: A tree keyed like `js.init`'s. Its leaves are `PartitionSpec`s
+        (`js.partition_specs`'s output), or arrays / `jax.ShapeDtypeStruct`s:
+        one with a `NamedSharding` (as `js.init(..., rules=rules)` returns
+        them) keeps its spec; any other gets the spec of its path from the
+        rules, where only ``paths`` rules can apply (the tree does not hold
+        logical axes: use `js.partition_specs` for those).
+      rules: The rules whose mesh the shardings are over.
+
+    Returns:
+      A new tree of the same keys, leaves `NamedSharding(rules.mesh, spec)`.
+
+    Raises:
+      ShardingError: A spec does not fit its array.
+      ArgumentTypeError: ``tree_`` is not a dict, or ``rules`` is not a
+        `ShardingRules`.
+
+    Example:
+      >>> import jax
+      >>> from jax.sharding import PartitionSpec as P
+      >>> rules = ShardingRules(jax.make_mesh((1,), ("model",)))
+      >>> shardings({"params": {"w": P("model")}}, rules)["params"]["w"].spec
+      P('model',)
+    """
+    if not isinstance(rules, ShardingRules):
+        raise errors.ArgumentTypeError(
+            f"js.shardings needs a js.ShardingRules, got {type(rules).__name__}."
+        )
+    out = {}
+    for path, leaf in tree.flatten(tree_).items():
+        var = path.split("/", 1)[1] if "/" in path else path
+        if isinstance(leaf, PartitionSpec):
+            spec = leaf
+        else:
+            found = getattr(leaf, "sharding", None)
+            if isinstance(found, jax.sharding.NamedSharding):
+                spec = found.spec
+            else:
+                spec = rules.spec(var, tuple(leaf.shape))
+        out[path] = rules.named(spec)
+    return tree.unflatten(out)
