@@ -169,7 +169,11 @@ def file_table(root: str) -> dict[str, dict[str, Any]]:
 
 
 def write(root: str, variables: Mapping[str, Any], files: Mapping[str, Any]) -> None:
-    """Writes the ``_CHECKSUMS`` file of the checkpoint at ``root``, fsynced."""
+    """Writes the ``_CHECKSUMS`` file of the checkpoint at ``root``.
+
+    Not fsynced here: the Saver flushes the whole new checkpoint next
+    (`layout.fsync_tree`, every file at once) before it moves it into place.
+    """
     body = json.dumps(
         {"version": VERSION, "variables": variables, "files": files},
         separators=(",", ":"),
@@ -178,11 +182,8 @@ def write(root: str, variables: Mapping[str, Any], files: Mapping[str, Any]) -> 
     fd = os.open(
         os.path.join(root, CHECKSUMS), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
     )
-    try:
-        os.write(fd, header + body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as f:
+        f.write(header + body)
 
 
 def corrupt(ckpt: str, what: str, *, key: str | None = None, file: str | None = None):
