@@ -395,8 +395,8 @@ def train(args, cfg: Config, mesh, say) -> dict:
     key = jax.random.key(args.seed)
     example = jnp.zeros((batch, cfg.length), jnp.int32)
     summary = js.summary(gpt, key, cfg, example, rules=rules)
-    if jax.process_index() == 0:
-        if _has_rich():
+    if jax.process_index() == 0:  # rich's table on a terminal, plain text in logs
+        if sys.stdout.isatty() and _has_rich():
             summary.print_rich()
         else:
             print(summary)

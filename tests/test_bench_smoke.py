@@ -205,7 +205,43 @@ def _scan(stdout: str, out: str, tmp: pathlib.Path) -> None:
 
 SCAN = Bench("bench_scan.py", lines=SCAN_RATIOS, check=_scan)
 
-BENCHES = {"core": CORE, "checkpoint": CHECKPOINT, "layers": LAYERS, "scan": SCAN}
+# ----------------------------------------------------------------- sharding
+# Exit code 1: the compiled sharded init's outputs are not the rules' shardings,
+# its values differ from the unsharded init's, or the 8-device train step's loss
+# differs from the 1-device step's.
+
+SHARDING_RATIOS = (
+    "RATIO memory held/whole x N (2x4, N=4) = ",
+    "RATIO memory held/whole x N (1x8, N=8) = ",
+    "RATIO memory peak/whole x N (2x4, N=4) = ",
+    "RATIO memory peak/whole x N (1x8, N=8) = ",
+    "RATIO init_trace rules/no rules = ",
+    "RATIO train_step 8 devices/1 device = ",
+)
+
+
+def _sharding(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    for line in SHARDING_RATIOS:
+        value = re.search(re.escape(line) + r"([0-9.]+)", stdout)
+        assert value and float(value.group(1)) > 0, line
+    # What one device holds after the sharded init is about 1/N of the model.
+    for mesh in ("2x4, N=4", "1x8, N=8"):
+        held = re.search(
+            re.escape(f"RATIO memory held/whole x N ({mesh}) = ") + r"([0-9.]+)", stdout
+        )
+        assert float(held.group(1)) <= 1.1, stdout
+    assert re.search(r"first-step loss: 1 device [0-9.]+, 8 devices [0-9.]+", stdout)
+
+
+SHARDING = Bench("bench_sharding.py", lines=SHARDING_RATIOS, check=_sharding)
+
+BENCHES = {
+    "core": CORE,
+    "checkpoint": CHECKPOINT,
+    "layers": LAYERS,
+    "scan": SCAN,
+    "sharding": SHARDING,
+}
 
 
 def test_every_benchmark_script_is_in_the_table():
