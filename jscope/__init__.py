@@ -27,6 +27,7 @@ from jscope._src.scope import VariableScope as VariableScope
 from jscope._src.scope import get_variable_scope as get_variable_scope
 from jscope._src.scope import name_scope as name_scope
 from jscope._src.scope import variable_scope as variable_scope
+from jscope._src.sharding import ShardingRules as ShardingRules
 from jscope._src.summary import Summary as Summary
 from jscope._src.summary import summary as summary
 from jscope._src.transforms import cond as cond
@@ -64,6 +65,7 @@ __all__ = [
     "CheckpointTypeError",
     "CheckpointWriteError",
     "Saver",
+    "ShardingRules",
     "Summary",
     "Transformed",
     "Variable",

@@ -44,6 +44,7 @@ __all__ = [
     "ScopeArgumentError",
     "ShapeMismatchError",
     "ShapeTypeError",
+    "ShardingError",
     "UninitializedVariableError",
     "UnknownCollectionWarning",
     "UnknownArgumentError",
@@ -139,6 +140,17 @@ class LayerTypeError(ArgumentTypeError):
     For example a size that is not an int, integer inputs to a layer that needs
     floating point, or a traced ``training`` flag. ``path`` is the layer's scope
     path and the message starts ``Layer <path>:``.
+    """
+
+
+class ShardingError(JscopeError, ValueError):
+    """A variable's sharding cannot be what the rules or its axes ask.
+
+    A spec of the wrong rank, a dimension a mesh axis does not divide, an unknown
+    mesh or logical axis, one mesh axis used twice, a ``paths`` regex that does
+    not compile, ``axes=`` of the wrong length or contradicting the axes the
+    variable was created with. The message names the variable path, its shape,
+    the spec and the mesh (axis names and sizes).
     """
 
 

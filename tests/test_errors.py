@@ -49,6 +49,7 @@ EXPECTED_BUILTIN = {
     "ScopeArgumentError": ValueError,
     "ShapeMismatchError": ValueError,
     "ShapeTypeError": TypeError,
+    "ShardingError": ValueError,
     "UninitializedVariableError": ValueError,
     "UnknownCollectionWarning": UserWarning,
     "UnknownArgumentError": TypeError,
@@ -424,6 +425,11 @@ ERROR_PROGRAMS = {
         "foo/v",
     ),
     "argument_type": (lambda: js.flatten([1]), errors.ArgumentTypeError, None),
+    "sharding": (
+        lambda: js.init(lambda: js.get_variable("foo/v", [2], axes=("a", "b")), KEY),
+        errors.ShardingError,
+        "foo/v",
+    ),
     "layer_argument": (
         lambda: js.init(lambda: js.layers.dense(jnp.ones((1, 2)), 0, name="fc"), KEY),
         errors.LayerArgumentError,

@@ -9,7 +9,7 @@ The rules, read from every module's imports (its ``ast``, function-level and
       typing (type aliases and AUTO_REUSE's type)
       names, tree, initializers
       context (the frame), checkpoint
-      scope, values (dtypes, shapes), rng (keys)
+      scope, values (dtypes, shapes), rng (keys), sharding (rules, axes)
       access (how a run reaches a variable)
       variables (get_variable), handle (Variable, assign), lift
       run, transforms
@@ -66,7 +66,12 @@ LAYERS = [
         "jscope._src.checkpoint.lock",
         "jscope._src.checkpoint.orbax_io",
     ],
-    ["jscope._src.scope", "jscope._src.values", "jscope._src.rng"],
+    [
+        "jscope._src.scope",
+        "jscope._src.values",
+        "jscope._src.rng",
+        "jscope._src.sharding",
+    ],
     ["jscope._src.access", "jscope._src.checkpoint.read"],
     [
         "jscope._src.variables",

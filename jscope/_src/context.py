@@ -146,6 +146,7 @@ class Frame:
         "scope_counts",  # Counts: how often each variable scope was opened
         "kind_of",  # path -> Kind, for every variable of the run so far
         "collection_of",  # path -> the collection holding it
+        "axes_of",  # path -> its logical axes (tuple), for paths given axes=
         "prefixes",  # every proper prefix of those paths ("a" for "a/w"): no
         #              variable may be created at one
         "rng_counts",  # (stream, scope) -> keys drawn so far by next_rng_key
@@ -186,6 +187,7 @@ class Frame:
         self.scope_counts = Counts()
         self.kind_of: dict[str, Kind] = {}
         self.collection_of: dict[str, str] = {}
+        self.axes_of: dict[str, tuple] = {}
         self.prefixes: set[str] = set()
         self.rng_counts: dict[tuple[str, str], int] = {}
         self.templates: dict[int, Any] = {}
@@ -235,6 +237,7 @@ class Frame:
         child.scope_counts = self.scope_counts.copy()
         child.kind_of = dict(self.kind_of)
         child.collection_of = dict(self.collection_of)
+        child.axes_of = dict(self.axes_of)
         child.prefixes = set(self.prefixes)
         child.rng_counts = dict(self.rng_counts)
         child.templates = dict(self.templates)
@@ -274,9 +277,12 @@ class Frame:
         self.prefixes = child.prefixes
         self.rng_counts = child.rng_counts
         self.templates = child.templates
+        axes_of = child.axes_of
         for path in new:
             self.kind_of[path] = child.kind_of[path]
             self.collection_of[path] = child.collection_of[path]
+            if path in axes_of:
+                self.axes_of[path] = axes_of[path]
         return new
 
     def new_paths(self, child: Frame) -> list[str]:

@@ -6,9 +6,9 @@ scope plus its name, uniquified in the run, invisible to `get_variable`; and
 very array `get_variable` returned.
 
 Imports: `jscope.errors`, `jscope.initializers` (its check that a Python scalar
-fits a dtype), `context`, `names`, `tree`, `values`, `rng`, `access`. Only the
-public API imports it: `get_variable` lives in `variables.py` and never needs a
-handle.
+fits a dtype), `context`, `names`, `tree`, `values`, `rng`, `access`,
+`sharding`. Only the public API imports it: `get_variable` lives in
+`variables.py` and never needs a handle.
 
 No hot path: the handle's operators read ``self.value`` (a property and two
 dict lookups) and delegate to `jax.Array`.
@@ -16,7 +16,7 @@ dict lookups) and delegate to `jax.Array`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import jax
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors, initializers
-from jscope._src import access, context, names, rng, tree, values
+from jscope._src import access, context, names, rng, sharding, tree, values
 from jscope._src.context import VAR
 from jscope.typing import ArrayLike, DTypeLike
 
@@ -57,8 +57,13 @@ class Variable:
       trainable: Whether it goes to ``params`` (if floating point) or ``state``.
       dtype: Casts the initial value to this dtype.
       collection: Overrides the collection.
+      axes: Logical axis names, one per dimension (str, or None for a dimension
+        without a name), e.g. ``("embed", "mlp")``: `js.ShardingRules` map them
+        to mesh axes.
 
     Raises:
+      ShardingError: ``axes`` has not one entry per dimension.
+      ArgumentTypeError: ``axes`` is not a sequence of str or None.
       InitialValueError: ``initial_value`` is ragged or not numeric.
       InitializerError: A callable ``initial_value`` returned no array.
       LeafTypeError: At apply, the tree holds no array at its path.
@@ -86,6 +91,7 @@ class Variable:
         trainable: bool = True,
         dtype: DTypeLike | None = None,
         collection: str | None = None,
+        axes: Sequence[str | None] | None = None,
     ):
         frame = context.current_run("Variable")
         base = "Variable" if name is None else name
@@ -120,6 +126,8 @@ class Variable:
         frame.kind_of[path] = VAR
         frame.values[path] = value
         frame.collection_of[path] = coll
+        if axes is not None:
+            frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
         self._frame = frame
         self._path = path
 

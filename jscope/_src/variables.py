@@ -9,8 +9,8 @@ tree (at `js.apply`). Values, shapes and dtypes are checked by `values`; keys
 come from `rng`; tree reads and plain-transform checks from `access`.
 
 Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
-`values`, `rng`, `access`. `scope.VariableScope.get_variable` imports this module
-lazily.
+`values`, `rng`, `access`, `sharding` (``axes=``).
+`scope.VariableScope.get_variable` imports this module lazily.
 
 Hot path: `get_variable` → `_get` → `_create` → `_read_fast` at apply runs for
 every variable of every un-jitted step (benchmarks/bench_core.py measures it);
@@ -19,13 +19,14 @@ keep it to dict lookups and attribute reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jscope import errors
-from jscope._src import access, context, jax_compat, names, rng, tree, values
+from jscope._src import access, context, jax_compat, names, rng, sharding, tree, values
 from jscope._src.access import lookup, register  # bound names: the hot path
 from jscope._src.context import GET, VAR
 from jscope._src.scope import wrap_getter
@@ -98,6 +99,7 @@ def get_variable(
     *,
     trainable: bool | None = True,
     collection: str | None = None,
+    axes: Sequence[str | None] | None = None,
     **tf1_kwargs: Any,
 ) -> jax.Array:
     """Gets the variable at ``<scope>/name`` or creates it, under the reuse rules.
@@ -116,6 +118,10 @@ def get_variable(
       regularizer: ``(value) -> scalar`` added to `js.get_regularization_loss`.
       trainable: Whether it goes to ``params`` (if floating point) or ``state``.
       collection: Overrides the collection.
+      axes: Logical axis names, one per dimension (str, or None for a dimension
+        without a name), e.g. ``("embed", "mlp")``: `js.ShardingRules` map them
+        to mesh axes. A reuse may repeat them (each dimension both name must
+        agree) or omit them; the axes given at creation stay the variable's.
       **tf1_kwargs: TF1 arguments (``validate_shape``, ``collections``, ...) that
         are accepted at their TF1 defaults, and ``custom_getter``.
 
@@ -137,6 +143,9 @@ def get_variable(
       InitializerError: The initializer returned no array, or a wrong one.
       JaxTransformError: Created, or read in a staged one, inside a plain JAX
         transform opened within the run.
+      ShardingError: ``axes`` has not one entry per dimension, or names a
+        dimension otherwise than at creation.
+      ArgumentTypeError: ``axes`` is not a sequence of str or None.
       NotInRunError: Called outside `js.init` / `js.apply`.
 
     Example:
@@ -171,26 +180,30 @@ def get_variable(
     if getter is None:
         return _get(
             frame, full, shape, dtype, initializer, regularizer, scope.reuse,
-            trainable, collection,
+            trainable, collection, axes,
         )  # fmt: skip
 
     def real_getter(
         name, shape=None, dtype=None, initializer=None, regularizer=None,
-        reuse=None, trainable=True, collection=None, **unused,
+        reuse=None, trainable=True, collection=None, axes=axes, **unused,
     ):  # fmt: skip
         return _get(
             frame, name, shape, dtype, initializer, regularizer, reuse,
-            True if trainable is None else trainable, collection,
+            True if trainable is None else trainable, collection, axes,
         )  # fmt: skip
 
+    # A getter sees axes= only when given: TF1 getters predate it.
+    more = {} if axes is None else {"axes": axes}
     return getter(
         real_getter, full, shape=shape, dtype=dtype, initializer=initializer,
         regularizer=regularizer, reuse=scope.reuse, trainable=trainable,
-        collection=collection,
+        collection=collection, **more,
     )  # fmt: skip
 
 
-def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, coll):
+def _get(
+    frame, path, shape, dtype, initializer, regularizer, reuse, trainable, coll, axes
+):
     if not isinstance(path, str) or path not in frame.kind_of:
         names.validate(path)
         kind = None
@@ -214,6 +227,8 @@ def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, 
             )
         value = frame.values[path]
         values.check_meta(path, shape, dtype, initializer, value, "share")
+        if axes is not None:
+            sharding.check_reuse_axes(frame.axes_of.get(path), axes, value.shape, path)
         return value
     if reuse is True:
         raise errors.VariableNotFoundError(
@@ -221,10 +236,12 @@ def _get(frame, path, shape, dtype, initializer, regularizer, reuse, trainable, 
             "get_variable(). Did you mean to set reuse=AUTO_REUSE in VarScope?",
             path,
         )
-    return _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll)
+    return _create(
+        frame, path, shape, dtype, initializer, regularizer, trainable, coll, axes
+    )
 
 
-def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll):
+def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll, axes):
     # The same rules at init and apply: a path may not sit above or below another.
     tree.check_no_conflict(path, frame.kind_of, frame.prefixes)
     if frame.initializing:
@@ -267,6 +284,8 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
     frame.values[path] = value
     frame.collection_of[path] = coll
     frame.used_names.mark(path)
+    if axes is not None:
+        frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
         frame.regularizers.append((path, regularizer))
     register(frame, value, path)

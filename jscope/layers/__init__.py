@@ -15,6 +15,58 @@ The variants of one layer (``conv1d``/``conv2d``/``conv3d`` and their transposes
 ``group_norm``, ``lstm_cell``/``gru_cell``) repeat their full TF1 signatures and
 docstrings on purpose, each around one shared private implementation: each is read
 on its own, in help(), an IDE or the docs, as ``tf.layers`` users know it.
+
+Logical axes. Every layer names the dimensions of its variables with logical
+axes, for `js.ShardingRules` to map to mesh axes (DESIGN §8; `js.get_variable`'s
+``axes=``). Each variable's names are an argument of its layer, ``<variable>_axes``
+(``kernel_axes=``, ``bias_axes=``, ``gamma_axes=``, ...), a tuple of one str or
+None per dimension; None for the argument means no names (the variable is
+replicated unless a ``paths`` rule matches it). A tuple whose length is not the
+variable's rank is a `jscope.errors.LayerArgumentError` naming the variable.
+The defaults, in one table (``conv`` is ``conv1d``/``2d``/``3d`` and ``n`` their
+spatial axes; a norm over several axes names its last one ``"embed"`` and the
+others None; `gru_cell`'s ``kernel_axes`` and ``bias_axes`` name both its
+``gates`` and ``candidate`` variables, `multi_head_attention`'s those of
+``query``, ``key`` and ``value``, and its ``output_*`` those of ``output``)::
+
+    layer                 argument              default
+    dense                 kernel_axes           ("embed", "mlp")
+    dense                 bias_axes             ("mlp",)
+    conv                  kernel_axes           (None,) * n + ("conv_in", "conv_out")
+    conv                  bias_axes             ("conv_out",)
+    conv_transpose        kernel_axes           (None,) * n + ("conv_out", "conv_in")
+    conv_transpose        bias_axes             ("conv_out",)
+    embedding             embedding_axes        ("vocab", "embed")
+    embedding_attend      embedding_axes        ("vocab", "embed")
+    layer_norm            gamma_axes            ("embed",)
+    layer_norm            beta_axes             ("embed",)
+    rms_norm              scale_axes            ("embed",)
+    group_norm            gamma_axes            ("embed",)
+    group_norm            beta_axes             ("embed",)
+    batch_norm            gamma_axes            ("embed",)
+    batch_norm            beta_axes             ("embed",)
+    batch_norm            moving_mean_axes      ("embed",)
+    batch_norm            moving_variance_axes  ("embed",)
+    lstm_cell             kernel_axes           ("embed", "mlp")
+    lstm_cell             bias_axes             ("mlp",)
+    gru_cell              kernel_axes           ("embed", "mlp")
+    gru_cell              bias_axes             ("mlp",)
+    multi_head_attention  kernel_axes           ("embed", "heads", "kv")
+    multi_head_attention  bias_axes             ("heads", "kv")
+    multi_head_attention  output_kernel_axes    ("heads", "kv", "embed")
+    multi_head_attention  output_bias_axes      ("embed",)
+
+The names are Flax's and MaxText's, chosen so that a GPT-style transformer shards
+Megatron-style with ``axes={"batch": "data", "embed": None, "mlp": "model",
+"heads": "model", "kv": None, "vocab": "model"}``: the embedding table is split
+over its vocabulary (as are the logits of `embedding_attend`), attention over its
+heads (query/key/value by output heads, the output projection by input heads), the
+first MLP ``dense`` by its outputs, and the norms are replicated. The MLP's second
+``dense`` maps ``"mlp"`` back to ``"embed"``: pass it ``kernel_axes=("mlp",
+"embed"), bias_axes=("embed",)`` so it is split by its inputs (with the default it
+is split by its outputs too, which is correct but moves more data). Convolutions
+name their channels ``"conv_in"``/``"conv_out"``, apart from a transformer's
+names, so a rule for one family never shards the other by accident.
 """
 
 # Each group of layers is re-exported from its private module below.

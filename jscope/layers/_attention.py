@@ -10,9 +10,17 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError, LayerTypeError
 from jscope.layers import _checks
+from jscope.layers._checks import Axes
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Reuse
 
 _MHA = "multi_head_attention"
+
+# The default logical axes (the table in `jscope.layers`): query, key and value
+# project "embed" to ("heads", "kv"), the output projection back to "embed".
+_KERNEL_AXES = ("embed", "heads", "kv")
+_BIAS_AXES = ("heads", "kv")
+_OUTPUT_KERNEL_AXES = ("heads", "kv", "embed")
+_OUTPUT_BIAS_AXES = ("embed",)
 
 
 def _check_inputs(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
@@ -86,23 +94,44 @@ def _mask(
     return out
 
 
-def _project(x, name, shape, bias_shape, spec, opts):
-    """``einsum(spec, x, <name>/kernel) + <name>/bias``, in the kernel's dtype."""
+def _projection_axes(shape, bias_shape, axes, what, name):
+    """The checked axes ``(kernel, bias)`` of projection ``name``'s variables.
+
+    ``axes`` is the pair of arguments, ``what`` their names' prefix (``""`` or
+    ``"output_"``).
+    """
+    kernel = _checks.axes(
+        axes[0], shape, variable=f"{name}/kernel", what=f"{what}kernel_axes",
+        layer=_MHA, default=_OUTPUT_KERNEL_AXES if what else _KERNEL_AXES,
+    )  # fmt: skip
+    bias = _checks.axes(
+        axes[1], bias_shape, variable=f"{name}/bias", what=f"{what}bias_axes",
+        layer=_MHA, default=_OUTPUT_BIAS_AXES if what else _BIAS_AXES,
+    )  # fmt: skip
+    return kernel, bias
+
+
+def _project(x, name, shape, bias_shape, spec, opts, axes):
+    """``einsum(spec, x, <name>/kernel) + <name>/bias``, in the kernel's dtype.
+
+    ``axes`` are the checked logical axes of the kernel and the bias.
+    """
     kernel_init, bias_init, dtype, use_bias, precision = opts
-    kernel = js.get_variable(f"{name}/kernel", shape, dtype, kernel_init)
+    kernel = js.get_variable(f"{name}/kernel", shape, dtype, kernel_init, axes=axes[0])
     y = jnp.einsum(spec, x.astype(kernel.dtype), kernel, precision=precision)
     if use_bias:
         bias = js.get_variable(
-            f"{name}/bias", bias_shape, dtype, bias_init or js.initializers.zeros()
-        )
+            f"{name}/bias", bias_shape, dtype, bias_init or js.initializers.zeros(),
+            axes=axes[1],
+        )  # fmt: skip
         y = y + bias.astype(y.dtype)
     return y
 
 
-def _heads(x, name, heads, dim, opts):
+def _heads(x, name, heads, dim, opts, axes):
     """Projects ``[..., length, features]`` to ``[..., length, heads, dim]``."""
     shape = (x.shape[-1], heads, dim)
-    return _project(x, name, shape, (heads, dim), "...tf,fhd->...thd", opts)
+    return _project(x, name, shape, (heads, dim), "...tf,fhd->...thd", opts, axes)
 
 
 def _dropout(weights: jax.Array, rate: float) -> jax.Array:
@@ -132,6 +161,10 @@ def multi_head_attention(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES,
+    bias_axes: Axes | None = _BIAS_AXES,
+    output_kernel_axes: Axes | None = _OUTPUT_KERNEL_AXES,
+    output_bias_axes: Axes | None = _OUTPUT_BIAS_AXES,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Multi-head scaled dot-product attention, as Keras's ``MultiHeadAttention``.
 
@@ -190,6 +223,13 @@ def multi_head_attention(
       precision: Passed to the einsums.
       name: The variable scope; defaults to ``multi_head_attention``.
       reuse: Whether to share the variables of an earlier call with this name.
+      kernel_axes: The logical axes of the query, key and value kernels for
+        sharding rules, as `js.get_variable`'s ``axes``; defaults from the
+        table in `jscope.layers`: ``("embed", "heads", "kv")``. None: no names.
+      bias_axes: Their biases' logical axes (``("heads", "kv")``).
+      output_kernel_axes: The output kernel's logical axes (``("heads", "kv",
+        "embed")``).
+      output_bias_axes: The output bias's logical axes (``("embed",)``).
 
     Returns:
       ``[batch..., q_length, output_dim]``, and the attention weights if
@@ -197,9 +237,10 @@ def multi_head_attention(
 
     Raises:
       LayerArgumentError: A bad shape, ``num_heads`` or dimension, a mask that
-        does not broadcast, or ``dropout_rate`` outside ``[0, 1)`` (a
-        ``ValueError``).
-      LayerTypeError: A non-int size, or a float mask (a ``TypeError``).
+        does not broadcast, ``dropout_rate`` outside ``[0, 1)``, or axes that do
+        not name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: A non-int size, a float mask, or axes that are not names
+        (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -238,9 +279,18 @@ def multi_head_attention(
         )
         _checks.rate(dropout_rate, "dropout_rate", _MHA)
         opts = (kernel_initializer, bias_initializer, dtype, use_bias, precision)
-        q = _heads(q_in, "query", heads, key_dim, opts)
-        k = _heads(k_in, "key", heads, key_dim, opts)
-        v = _heads(v_in, "value", heads, value_dim, opts)
+        axes = _projection_axes(
+            (q_in.shape[-1], heads, key_dim), (heads, key_dim),
+            (kernel_axes, bias_axes), "", "query",
+        )  # fmt: skip
+        out_shape = (heads, value_dim, out_dim)
+        out_axes = _projection_axes(
+            out_shape, (out_dim,), (output_kernel_axes, output_bias_axes),
+            "output_", "output",
+        )  # fmt: skip
+        q = _heads(q_in, "query", heads, key_dim, opts, axes)
+        k = _heads(k_in, "key", heads, key_dim, opts, axes)
+        v = _heads(v_in, "value", heads, value_dim, opts, axes)
         dt = q.dtype
         q = q / jnp.sqrt(np.float32(key_dim)).astype(dt)
         logits = jnp.einsum("...qhd,...khd->...hqk", q, k, precision=precision)
@@ -255,8 +305,9 @@ def multi_head_attention(
         o = jnp.einsum(
             "...hqk,...khd->...qhd", attended, v.astype(dt), precision=precision
         )
-        shape = (heads, value_dim, out_dim)
-        y = _project(o, "output", shape, (out_dim,), "...qhd,hdo->...qo", opts)
+        y = _project(
+            o, "output", out_shape, (out_dim,), "...qhd,hdo->...qo", opts, out_axes
+        )
         if return_attention_scores:
             return y, weights
         return y

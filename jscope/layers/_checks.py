@@ -27,6 +27,12 @@ Padding: TypeAlias = str | Sequence[tuple[int, int]]
 SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 """The spatial axes of a channels-last layout, by their number."""
 
+Axes: TypeAlias = Sequence[str | None]
+"""Logical axis names of a variable, one per dimension (None: no name)."""
+
+FEATURE_AXES: tuple[str | None, ...] = ("embed",)
+"""The default logical axes of a normalization layer's variables (see `axes`)."""
+
 
 def error(cls: type[E], layer: str, message: str) -> E:
     """``cls`` for the layer at the current scope: ``Layer <path>: <layer> ...``."""
@@ -149,3 +155,64 @@ def rate(value: float, what: str, layer: str) -> float:
             "dropping an element: 0 keeps everything, 1 is not allowed.",
         )
     return value
+
+
+def axes(
+    value: Any,
+    shape: Sequence[int],
+    *,
+    variable: str,
+    what: str,
+    layer: str,
+    default: Axes,
+) -> tuple[str | None, ...] | None:
+    """``value`` as a tuple of logical axis names for ``variable`` of ``shape``.
+
+    None stays None (no names). Otherwise one name, a str or None, per
+    dimension of the variable. `FEATURE_AXES` itself (the norms' default) names
+    the last dimension and leaves the others unnamed, ``(None, ..., "embed")``,
+    whatever the number of normalized axes; an equal tuple passed by the caller
+    must fit the rank like any other. ``default`` is the layer's default for the
+    variable, shown in the message as an example.
+    """
+    if value is None:
+        return None
+    if value is FEATURE_AXES:
+        return _fitted(value, len(shape))
+    path = f"{js.get_variable_scope().name}/{variable}"
+    fix = f"e.g. {what}={_fitted(default, len(shape))!r}, or {what}=None for no names."
+    names = _names(value)
+    if names is None:
+        raise error(
+            LayerTypeError,
+            layer,
+            f"{what} must be a tuple of logical axis names (str or None), one per "
+            f"dimension of {path} of shape {tuple(shape)}, got {value!r}. Pass "
+            f"{fix}",
+        )
+    if len(names) != len(shape):
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"{what} must name each of the {len(shape)} dimensions of {path} of "
+            f"shape {tuple(shape)}, got {names!r}. Pass one name (str or None) "
+            f"per dimension, {fix}",
+        )
+    return names
+
+
+def _fitted(default: Axes, rank: int) -> tuple[str | None, ...]:
+    """`FEATURE_AXES` fitted to ``rank`` dimensions; another default as it is."""
+    if default is FEATURE_AXES:
+        return (None,) * (rank - 1) + FEATURE_AXES
+    return tuple(default)
+
+
+def _names(value: Any) -> tuple[str | None, ...] | None:
+    """``value`` as a tuple of str-or-None; None if it is not such a sequence."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return None
+    names = tuple(value)
+    if not all(n is None or isinstance(n, str) for n in names):
+        return None
+    return names

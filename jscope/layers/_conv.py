@@ -18,8 +18,14 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError
 from jscope.layers import _checks
-from jscope.layers._checks import Padding
+from jscope.layers._checks import Axes, Padding
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
+
+# The default logical axes (the table in `jscope.layers`): spatial dimensions
+# unnamed, then the channels; a transposed kernel has its channels swapped.
+_KERNEL_AXES = {n: (None,) * n + ("conv_in", "conv_out") for n in (1, 2, 3)}
+_TRANSPOSE_KERNEL_AXES = {n: (None,) * n + ("conv_out", "conv_in") for n in (1, 2, 3)}
+_BIAS_AXES = ("conv_out",)
 
 
 def _dimension_numbers(n: int, kernel: str) -> tuple[str, str, str]:
@@ -27,11 +33,26 @@ def _dimension_numbers(n: int, kernel: str) -> tuple[str, str, str]:
     return f"N{s}C", f"{s}{kernel}", f"N{s}C"
 
 
-def _bias_act(y, units, use_bias, init, reg, trainable, dtype, activation):
+def _bias_act(y, units, use_bias, init, reg, trainable, dtype, activation, axes):
     if use_bias:
-        bias = js.get_variable("bias", (units,), dtype, init, reg, trainable=trainable)
+        bias = js.get_variable(
+            "bias", (units,), dtype, init, reg, trainable=trainable, axes=axes
+        )
         y = y + bias.astype(y.dtype)
     return y if activation is None else activation(y)
+
+
+def _conv_axes(kernel_axes, bias_axes, kernel_shape, filters, default, kind):
+    """The checked ``(kernel_axes, bias_axes)`` of a convolution ``kind``."""
+    k_axes = _checks.axes(
+        kernel_axes, kernel_shape, variable="kernel", what="kernel_axes",
+        layer=kind, default=default,
+    )  # fmt: skip
+    b_axes = _checks.axes(
+        bias_axes, (filters,), variable="bias", what="bias_axes", layer=kind,
+        default=_BIAS_AXES,
+    )  # fmt: skip
+    return k_axes, b_axes
 
 
 # ---------------------------------------------------------------- convolutions
@@ -58,6 +79,8 @@ def _conv(
     precision: Any,
     name: str | None,
     reuse: Any,
+    kernel_axes: Any,
+    bias_axes: Any,
 ) -> jax.Array:
     with js.variable_scope(name, default_name=kind, reuse=reuse):
         filters = _checks.positive_int(filters, "filters", kind)
@@ -79,9 +102,13 @@ def _conv(
             )
         if pad == "CAUSAL":
             pad = (((kernel_size[0] - 1) * dilation[0], 0),)
+        shape = (*kernel_size, channels // groups, filters)
+        k_axes, b_axes = _conv_axes(
+            kernel_axes, bias_axes, shape, filters, _KERNEL_AXES[n], kind
+        )
         kernel = js.get_variable(
-            "kernel", (*kernel_size, channels // groups, filters), dtype,
-            kernel_initializer, kernel_regularizer, trainable=trainable,
+            "kernel", shape, dtype, kernel_initializer, kernel_regularizer,
+            trainable=trainable, axes=k_axes,
         )  # fmt: skip
         y = lax.conv_general_dilated(
             x.astype(kernel.dtype),
@@ -95,7 +122,7 @@ def _conv(
         )
         return _bias_act(
             y, filters, use_bias, bias_initializer, bias_regularizer, trainable,
-            dtype, activation,
+            dtype, activation, b_axes,
         )  # fmt: skip
 
 
@@ -118,6 +145,8 @@ def conv2d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES[2],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A 2-D convolution over NHWC inputs, as ``tf.layers.conv2d``.
 
@@ -148,14 +177,21 @@ def conv2d(
       precision: Passed to `jax.lax.conv_general_dilated`.
       name: The variable scope's name; None picks ``conv2d``, ``conv2d_1``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's variables.
+      kernel_axes: The kernel's logical axes for sharding rules, one name (or
+        None) per dimension, as `js.get_variable`'s ``axes``; defaults from the
+        table in `jscope.layers`: ``(None, None, "conv_in", "conv_out")``.
+        None: no names.
+      bias_axes: The bias's logical axes, likewise (``("conv_out",)``).
 
     Returns:
       An array ``[batch, out_height, out_width, filters]``.
 
     Raises:
       LayerArgumentError: Wrong input rank, unknown padding, non-positive sizes,
-        or ``groups`` not dividing the channels (a ``ValueError``).
-      LayerTypeError: A size that is not an int (a ``TypeError``).
+        ``groups`` not dividing the channels, or axes that do not name each
+        dimension of their variable (a ``ValueError``).
+      LayerTypeError: A size that is not an int, or axes that are not names (a
+        ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -189,13 +225,17 @@ def conv1d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES[1],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A 1-D convolution over NWC inputs, as ``tf.layers.conv1d``.
 
     The arguments are `conv2d`'s with one spatial axis: ``inputs`` is
     ``[batch, width, in]``, the kernel ``[k, in // groups, filters]`` (scope
-    ``conv1d``, ...). ``padding`` may also be ``"CAUSAL"`` (Keras): all padding
-    on the left, so output step ``t`` sees inputs up to ``t`` only.
+    ``conv1d``, ...; ``kernel_axes`` default ``(None, "conv_in", "conv_out")``,
+    the table in `jscope.layers`). ``padding`` may also be ``"CAUSAL"``
+    (Keras): all padding on the left, so output step ``t`` sees inputs up to
+    ``t`` only.
 
     Returns:
       An array ``[batch, out_width, filters]``.
@@ -230,12 +270,16 @@ def conv3d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES[3],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A 3-D convolution over NDHWC inputs, as ``tf.layers.conv3d``.
 
     The arguments are `conv2d`'s with three spatial axes: ``inputs`` is
     ``[batch, depth, height, width, in]``, the kernel
-    ``[kd, kh, kw, in // groups, filters]`` (scope ``conv3d``, ...).
+    ``[kd, kh, kw, in // groups, filters]`` (scope ``conv3d``, ...; ``kernel_axes``
+    default ``(None, None, None, "conv_in", "conv_out")``, the table in
+    `jscope.layers`).
 
     Returns:
       An array ``[batch, out_depth, out_height, out_width, filters]``.
@@ -311,6 +355,8 @@ def _conv_transpose(
     precision: Any,
     name: str | None,
     reuse: Any,
+    kernel_axes: Any,
+    bias_axes: Any,
 ) -> jax.Array:
     with js.variable_scope(name, default_name=kind, reuse=reuse):
         filters = _checks.positive_int(filters, "filters", kind)
@@ -336,9 +382,13 @@ def _conv_transpose(
             )  # fmt: skip
             for i in range(n)
         ]
+        shape = (*kernel_size, filters, x.shape[-1])
+        k_axes, b_axes = _conv_axes(
+            kernel_axes, bias_axes, shape, filters, _TRANSPOSE_KERNEL_AXES[n], kind
+        )
         kernel = js.get_variable(
-            "kernel", (*kernel_size, filters, x.shape[-1]), dtype,
-            kernel_initializer, kernel_regularizer, trainable=trainable,
+            "kernel", shape, dtype, kernel_initializer, kernel_regularizer,
+            trainable=trainable, axes=k_axes,
         )  # fmt: skip
         y = lax.conv_general_dilated(
             x.astype(kernel.dtype),
@@ -352,7 +402,7 @@ def _conv_transpose(
         )
         return _bias_act(
             y, filters, use_bias, bias_initializer, bias_regularizer, trainable,
-            dtype, activation,
+            dtype, activation, b_axes,
         )  # fmt: skip
 
 
@@ -375,6 +425,8 @@ def conv2d_transpose(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _TRANSPOSE_KERNEL_AXES[2],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A transposed 2-D convolution over NHWC inputs, ``tf.layers.conv2d_transpose``.
 
@@ -416,14 +468,21 @@ def conv2d_transpose(
       precision: Passed to `jax.lax.conv_general_dilated`.
       name: The variable scope's name; None picks ``conv2d_transpose``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's variables.
+      kernel_axes: The kernel's logical axes for sharding rules, one name (or
+        None) per dimension, as `js.get_variable`'s ``axes``; defaults from the
+        table in `jscope.layers`: ``(None, None, "conv_out", "conv_in")``, the
+        kernel's channels being ``[filters, in]``. None: no names.
+      bias_axes: The bias's logical axes, likewise (``("conv_out",)``).
 
     Returns:
       An array ``[batch, out_height, out_width, filters]``.
 
     Raises:
       LayerArgumentError: Wrong input rank, unknown padding, non-positive sizes,
-        or an ``output_padding`` not smaller than the stride (a ``ValueError``).
-      LayerTypeError: A size that is not an int (a ``TypeError``).
+        an ``output_padding`` not smaller than the stride, or axes that do not
+        name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: A size that is not an int, or axes that are not names (a
+        ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -457,12 +516,15 @@ def conv1d_transpose(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _TRANSPOSE_KERNEL_AXES[1],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A transposed 1-D convolution over NWC inputs (Keras's ``Conv1DTranspose``).
 
     The arguments and size rules are `conv2d_transpose`'s with one spatial axis:
     ``inputs`` is ``[batch, width, in]``, the kernel ``[k, filters, in]`` (scope
-    ``conv1d_transpose``, ...).
+    ``conv1d_transpose``, ...; ``kernel_axes`` default ``(None, "conv_out",
+    "conv_in")``, the table in `jscope.layers`).
 
     Returns:
       An array ``[batch, out_width, filters]``.
@@ -497,12 +559,16 @@ def conv3d_transpose(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _TRANSPOSE_KERNEL_AXES[3],
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A transposed 3-D convolution, as ``tf.layers.conv3d_transpose``.
 
     The arguments and size rules are `conv2d_transpose`'s with three spatial
     axes: ``inputs`` is ``[batch, depth, height, width, in]``, the kernel
-    ``[kd, kh, kw, filters, in]`` (scope ``conv3d_transpose``, ...).
+    ``[kd, kh, kw, filters, in]`` (scope ``conv3d_transpose``, ...; ``kernel_axes``
+    default ``(None, None, None, "conv_out", "conv_in")``, the table in
+    `jscope.layers`).
 
     Returns:
       An array ``[batch, out_depth, out_height, out_width, filters]``.

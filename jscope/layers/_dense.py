@@ -10,7 +10,13 @@ from jax import lax
 
 import jscope as js
 from jscope.layers import _checks
+from jscope.layers._checks import Axes
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
+
+_KERNEL_AXES = ("embed", "mlp")
+"""`dense`'s default ``kernel_axes`` (the table in `jscope.layers`)."""
+_BIAS_AXES = ("mlp",)
+"""`dense`'s default ``bias_axes``."""
 
 
 def dense(
@@ -27,6 +33,8 @@ def dense(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES,
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
     """A fully connected layer: ``activation(inputs @ kernel + bias)``.
 
@@ -54,14 +62,20 @@ def dense(
       name: The variable scope's name; None picks ``dense``, ``dense_1``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares the variables of an earlier call
         with the same ``name``.
+      kernel_axes: The kernel's logical axes for sharding rules, one name (or
+        None) per dimension, as `js.get_variable`'s ``axes``; defaults from the
+        table in `jscope.layers`. The second projection of an MLP block takes
+        ``("mlp", "embed")`` with ``bias_axes=("embed",)``. None: no names.
+      bias_axes: The bias's logical axes, likewise.
 
     Returns:
       An array ``[..., units]`` in the kernel's dtype.
 
     Raises:
-      LayerArgumentError: ``units`` is not positive, or ``inputs`` is a scalar
-        (a ``ValueError``).
-      LayerTypeError: ``units`` is not an int (a ``TypeError``).
+      LayerArgumentError: ``units`` is not positive, ``inputs`` is a scalar, or
+        axes do not name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: ``units`` is not an int, or axes are not names (a
+        ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -76,9 +90,18 @@ def dense(
         units = _checks.positive_int(units, "units", "dense")
         x = jnp.asarray(inputs)
         _checks.rank(x, "dense", ">= 1", "[..., features]")
+        shape = (x.shape[-1], units)
+        k_axes = _checks.axes(
+            kernel_axes, shape, variable="kernel", what="kernel_axes",
+            layer="dense", default=_KERNEL_AXES,
+        )  # fmt: skip
+        b_axes = _checks.axes(
+            bias_axes, (units,), variable="bias", what="bias_axes",
+            layer="dense", default=_BIAS_AXES,
+        )  # fmt: skip
         kernel = js.get_variable(
-            "kernel", (x.shape[-1], units), dtype, kernel_initializer,
-            kernel_regularizer, trainable=trainable,
+            "kernel", shape, dtype, kernel_initializer, kernel_regularizer,
+            trainable=trainable, axes=k_axes,
         )  # fmt: skip
         x = x.astype(kernel.dtype)
         y = lax.dot_general(
@@ -87,7 +110,7 @@ def dense(
         if use_bias:
             bias = js.get_variable(
                 "bias", (units,), dtype, bias_initializer, bias_regularizer,
-                trainable=trainable,
+                trainable=trainable, axes=b_axes,
             )  # fmt: skip
             y = y + bias.astype(y.dtype)
         if activation is not None:

@@ -9,17 +9,28 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError, LayerTypeError
 from jscope.layers import _checks
+from jscope.layers._checks import Axes
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
+_EMBEDDING_AXES = ("vocab", "embed")
+"""The table's default logical axes (the table in `jscope.layers`)."""
 
-def _table(vocab_size, embed_dim, initializer, regularizer, trainable, dtype, layer):
+
+def _table(
+    vocab_size, embed_dim, initializer, regularizer, trainable, dtype, axes, layer
+):
     vocab_size = _checks.positive_int(vocab_size, "vocab_size", layer)
     embed_dim = _checks.positive_int(embed_dim, "embed_dim", layer)
+    shape = (vocab_size, embed_dim)
+    axes = _checks.axes(
+        axes, shape, variable="embeddings", what="embedding_axes", layer=layer,
+        default=_EMBEDDING_AXES,
+    )  # fmt: skip
     if initializer is None and js.get_variable_scope().initializer is None:
         initializer = js.initializers.random_normal(stddev=embed_dim**-0.5)
     return js.get_variable(
-        "embeddings", (vocab_size, embed_dim), dtype, initializer, regularizer,
-        trainable=trainable,
+        "embeddings", shape, dtype, initializer, regularizer, trainable=trainable,
+        axes=axes,
     )  # fmt: skip
 
 
@@ -33,6 +44,7 @@ def embedding(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
+    embedding_axes: Axes | None = _EMBEDDING_AXES,
 ) -> jax.Array:
     """Looks ``ids`` up in a table ``embeddings`` of shape ``[vocab_size, embed_dim]``.
 
@@ -58,14 +70,18 @@ def embedding(
       dtype: The table's dtype; None uses the scope's, else float32.
       name: The variable scope's name; None picks ``embedding``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's table.
+      embedding_axes: The table's logical axes for sharding rules, as
+        `js.get_variable`'s ``axes``; defaults from the table in
+        `jscope.layers`: ``("vocab", "embed")``. None: no names.
 
     Returns:
       An array ``ids.shape + (embed_dim,)`` in the table's dtype.
 
     Raises:
-      LayerTypeError: ``ids`` are not integers, or a size is not an int (a
-        ``TypeError``).
-      LayerArgumentError: A size is not positive (a ``ValueError``).
+      LayerTypeError: ``ids`` are not integers, a size is not an int, or
+        ``embedding_axes`` are not names (a ``TypeError``).
+      LayerArgumentError: A size is not positive, or ``embedding_axes`` do not
+        name each dimension of the table (a ``ValueError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -86,7 +102,7 @@ def embedding(
             )
         table = _table(
             vocab_size, embed_dim, initializer, regularizer, trainable, dtype,
-            "embedding",
+            embedding_axes, "embedding",
         )  # fmt: skip
         if jnp.issubdtype(ids.dtype, jnp.signedinteger):
             ids = jnp.where(ids < 0, table.shape[0], ids)
@@ -102,6 +118,7 @@ def embedding_attend(
     precision: lax.PrecisionLike = None,
     name: str | js.VariableScope = "embedding",
     reuse: Reuse = True,
+    embedding_axes: Axes | None = _EMBEDDING_AXES,
 ) -> jax.Array:
     """Logits ``inputs @ embeddings.T`` over an `embedding`'s table (tied weights).
 
@@ -122,6 +139,8 @@ def embedding_attend(
       precision: Passed to `jax.lax.dot_general`.
       name: The scope holding the table.
       reuse: ``True`` (the default: the table must exist) or `js.AUTO_REUSE`.
+      embedding_axes: The table's logical axes, as `embedding`'s (pass the
+        same ones; the defaults are the table in `jscope.layers`).
 
     Returns:
       An array ``[..., vocab_size]`` in the table's dtype.
@@ -144,8 +163,9 @@ def embedding_attend(
     with js.variable_scope(name, reuse=reuse):
         x = jnp.asarray(inputs)
         table = _table(
-            vocab_size, embed_dim, initializer, None, True, dtype, "embedding_attend"
-        )
+            vocab_size, embed_dim, initializer, None, True, dtype, embedding_axes,
+            "embedding_attend",
+        )  # fmt: skip
         if x.ndim < 1 or x.shape[-1] != table.shape[1]:
             path = js.get_variable_scope().name
             raise _checks.error(

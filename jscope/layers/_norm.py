@@ -23,6 +23,7 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError, LayerTypeError
 from jscope.layers import _checks
+from jscope.layers._checks import FEATURE_AXES, Axes
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 Axis: TypeAlias = int | Sequence[int]
@@ -98,15 +99,33 @@ def _bshape(ndim: int, axes: tuple[int, ...], shape: tuple[int, ...]) -> list[in
     return out
 
 
+def _feature_axes(
+    value: Any, pshape: tuple[int, ...], variable: str, layer: str
+) -> tuple[str | None, ...] | None:
+    """The checked logical axes ``<variable>_axes`` of a variable of ``pshape``."""
+    return _checks.axes(
+        value,
+        pshape,
+        variable=variable,
+        what=f"{variable}_axes",
+        layer=layer,
+        default=FEATURE_AXES,
+    )
+
+
 def _gamma_beta(
     pshape: tuple[int, ...],
     center: bool,
     scale: bool,
     init: tuple[Any, Any],
     reg: tuple[Any, Any],
+    axes: tuple[Any, Any],
     dtype: DTypeLike | None,
+    layer: str,
 ) -> tuple[jax.Array | None, jax.Array | None]:
     """Gets or creates ``gamma`` (if ``scale``) and ``beta`` (if ``center``)."""
+    gamma_axes = _feature_axes(axes[0], pshape, "gamma", layer)
+    beta_axes = _feature_axes(axes[1], pshape, "beta", layer)
     gamma = beta = None
     if scale:
         gamma = js.get_variable(
@@ -115,6 +134,7 @@ def _gamma_beta(
             dtype=dtype,
             initializer=init[0] or js.initializers.ones(),
             regularizer=reg[0],
+            axes=gamma_axes,
         )
     if center:
         beta = js.get_variable(
@@ -123,6 +143,7 @@ def _gamma_beta(
             dtype=dtype,
             initializer=init[1] or js.initializers.zeros(),
             regularizer=reg[1],
+            axes=beta_axes,
         )
     return gamma, beta
 
@@ -160,6 +181,8 @@ def layer_norm(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
+    gamma_axes: Axes | None = FEATURE_AXES,
+    beta_axes: Axes | None = FEATURE_AXES,
 ) -> jax.Array:
     """Layer normalization (Ba et al., 2016), as Keras ``LayerNormalization``.
 
@@ -184,15 +207,20 @@ def layer_norm(
       dtype: The variables' dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``layer_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
+      gamma_axes: ``gamma``'s logical axes for sharding rules, one name (or
+        None) per normalized axis, as `js.get_variable`'s ``axes``; defaults
+        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
+        "embed")`` for several normalized axes. None: no names.
+      beta_axes: ``beta``'s logical axes, likewise.
 
     Returns:
       The normalized array, shaped like ``inputs``.
 
     Raises:
-      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
-        ``ValueError``).
-      LayerTypeError: ``inputs`` are not floating point, or ``axis`` is not
-        ints (a ``TypeError``).
+      LayerArgumentError: ``axis`` is out of range or repeats an axis, or axes
+        do not name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, ``axis`` is not ints,
+        or axes are not names (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -214,7 +242,9 @@ def layer_norm(
             scale,
             (gamma_initializer, beta_initializer),
             (gamma_regularizer, beta_regularizer),
+            (gamma_axes, beta_axes),
             dtype,
+            "layer_norm",
         )
         x32 = x.astype(_stat_dtype(x))
         mean, var = _moments(x32, axes)
@@ -235,6 +265,7 @@ def rms_norm(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
+    scale_axes: Axes | None = FEATURE_AXES,
 ) -> jax.Array:
     """Root-mean-square normalization (Zhang & Sennrich, 2019).
 
@@ -253,15 +284,19 @@ def rms_norm(
       dtype: The variable's dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``rms_norm``, uniquified.
       reuse: Whether to share the variable of an earlier call with this name.
+      scale_axes: ``scale``'s logical axes for sharding rules, one name (or
+        None) per normalized axis, as `js.get_variable`'s ``axes``; defaults
+        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
+        "embed")`` for several normalized axes. None: no names.
 
     Returns:
       The normalized array, shaped like ``inputs``.
 
     Raises:
-      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
-        ``ValueError``).
-      LayerTypeError: ``inputs`` are not floating point, or ``axis`` is not
-        ints (a ``TypeError``).
+      LayerArgumentError: ``axis`` is out of range or repeats an axis, or axes
+        do not name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, ``axis`` is not ints,
+        or axes are not names (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -281,12 +316,14 @@ def rms_norm(
         y = x32 * lax.rsqrt(ms + epsilon)
         if not scale:
             return y.astype(x.dtype)
+        pshape = tuple(x.shape[a] for a in axes)
         s = js.get_variable(
             "scale",
-            tuple(x.shape[a] for a in axes),
+            pshape,
             dtype=dtype,
             initializer=scale_initializer or js.initializers.ones(),
             regularizer=scale_regularizer,
+            axes=_feature_axes(scale_axes, pshape, "scale", "rms_norm"),
         )
         y = y * s.astype(y.dtype).reshape(_bshape(x.ndim, axes, x.shape))
         return y.astype(s.dtype)
@@ -309,6 +346,8 @@ def group_norm(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
+    gamma_axes: Axes | None = FEATURE_AXES,
+    beta_axes: Axes | None = FEATURE_AXES,
 ) -> jax.Array:
     """Group normalization (Wu & He, 2018), as Keras ``GroupNormalization``.
 
@@ -333,16 +372,20 @@ def group_norm(
       dtype: The variables' dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``group_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
+      gamma_axes: ``gamma``'s logical axes for sharding rules, as
+        `js.get_variable`'s ``axes``; defaults from the table in
+        `jscope.layers`: ``("embed",)``. None: no names.
+      beta_axes: ``beta``'s logical axes, likewise.
 
     Returns:
       The normalized array, shaped like ``inputs``.
 
     Raises:
       LayerArgumentError: ``groups`` does not divide the channels, the rank is
-        below 2, or ``axis`` is the batch axis or out of range (a
-        ``ValueError``).
-      LayerTypeError: ``inputs`` are not floating point, or ``groups`` is not
-        an int (a ``TypeError``).
+        below 2, ``axis`` is the batch axis or out of range, or axes do not
+        name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: ``inputs`` are not floating point, ``groups`` is not an
+        int, or axes are not names (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -391,7 +434,9 @@ def group_norm(
             scale,
             (gamma_initializer, beta_initializer),
             (gamma_regularizer, beta_regularizer),
+            (gamma_axes, beta_axes),
             dtype,
+            "group_norm",
         )
         x32 = jnp.moveaxis(x.astype(_stat_dtype(x)), ax, -1)
         grouped = x32.reshape(*x32.shape[:-1], groups, channels // groups)
@@ -454,6 +499,10 @@ def batch_norm(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
+    gamma_axes: Axes | None = FEATURE_AXES,
+    beta_axes: Axes | None = FEATURE_AXES,
+    moving_mean_axes: Axes | None = FEATURE_AXES,
+    moving_variance_axes: Axes | None = FEATURE_AXES,
 ) -> jax.Array:
     """Batch normalization (Ioffe & Szegedy, 2015): ``tf.layers.batch_normalization``.
 
@@ -491,16 +540,23 @@ def batch_norm(
         float32. The moving statistics are always float32.
       name: The variable scope; defaults to ``batch_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
+      gamma_axes: ``gamma``'s logical axes for sharding rules, one name (or
+        None) per feature axis, as `js.get_variable`'s ``axes``; defaults
+        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
+        "embed")`` for several feature axes. None: no names.
+      beta_axes: ``beta``'s logical axes, likewise.
+      moving_mean_axes: ``moving_mean``'s logical axes, likewise.
+      moving_variance_axes: ``moving_variance``'s logical axes, likewise.
 
     Returns:
       The normalized array, shaped like ``inputs``.
 
     Raises:
       NotMutableError: ``training=True`` at `js.apply` without ``state`` mutable.
-      LayerArgumentError: ``axis`` is out of range or repeats an axis (a
-        ``ValueError``).
-      LayerTypeError: ``training`` is not a bool, or ``inputs`` not floating
-        point (a ``TypeError``).
+      LayerArgumentError: ``axis`` is out of range or repeats an axis, or axes
+        do not name each dimension of their variable (a ``ValueError``).
+      LayerTypeError: ``training`` is not a bool, ``inputs`` not floating
+        point, or axes are not names (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jscope as js
@@ -522,13 +578,19 @@ def batch_norm(
         red = tuple(a for a in range(x.ndim) if a not in axes)
         pshape = tuple(x.shape[a] for a in axes)
         bshape = _bshape(x.ndim, axes, x.shape)
+        mean_axes = _feature_axes(moving_mean_axes, pshape, "moving_mean", "batch_norm")
+        var_axes = _feature_axes(
+            moving_variance_axes, pshape, "moving_variance", "batch_norm"
+        )
         gamma, beta = _gamma_beta(
             pshape,
             center,
             scale,
             (gamma_initializer, beta_initializer),
             (gamma_regularizer, beta_regularizer),
+            (gamma_axes, beta_axes),
             dtype,
+            "batch_norm",
         )
         moving_mean = js.get_variable(
             "moving_mean",
@@ -536,6 +598,7 @@ def batch_norm(
             dtype=jnp.float32,
             initializer=moving_mean_initializer or js.initializers.zeros(),
             trainable=False,
+            axes=mean_axes,
         )
         moving_var = js.get_variable(
             "moving_variance",
@@ -543,6 +606,7 @@ def batch_norm(
             dtype=jnp.float32,
             initializer=moving_variance_initializer or js.initializers.ones(),
             trainable=False,
+            axes=var_axes,
         )
         x32 = x.astype(_stat_dtype(x))
         if training:

@@ -23,10 +23,16 @@ from jax import lax
 import jscope as js
 from jscope.errors import LayerArgumentError
 from jscope.layers import _checks
+from jscope.layers._checks import Axes
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Reuse
 
 Cell: TypeAlias = Callable[[Any, Any], tuple[Any, Any]]
 Activation: TypeAlias = Callable[[jax.Array], jax.Array]
+
+# The cells' default logical axes (the table in `jscope.layers`): `dense`'s, the
+# kernels mapping the concatenated [inputs, state] to the gates.
+_KERNEL_AXES = ("embed", "mlp")
+_BIAS_AXES = ("mlp",)
 
 
 # --------------------------------------------------------------------- helpers
@@ -53,6 +59,21 @@ def _inputs(inputs: ArrayLike, kind: str) -> jax.Array:
     return x
 
 
+def _cell_axes(
+    kernel_axes: Any, bias_axes: Any, shape: tuple[int, int], kind: str, prefix=""
+) -> tuple[Any, Any]:
+    """The checked ``(kernel_axes, bias_axes)`` of ``<prefix>kernel`` and bias."""
+    k_axes = _checks.axes(
+        kernel_axes, shape, variable=f"{prefix}kernel", what="kernel_axes",
+        layer=kind, default=_KERNEL_AXES,
+    )  # fmt: skip
+    b_axes = _checks.axes(
+        bias_axes, shape[1:], variable=f"{prefix}bias", what="bias_axes",
+        layer=kind, default=_BIAS_AXES,
+    )  # fmt: skip
+    return k_axes, b_axes
+
+
 def _matmul(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
     return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=precision)
 
@@ -72,6 +93,8 @@ def lstm_cell(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES,
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One step of TF1's ``tf.nn.rnn_cell.LSTMCell`` (no peepholes, no projection).
 
@@ -101,14 +124,20 @@ def lstm_cell(
       precision: Passed to `jax.lax.dot_general`.
       name: The variable scope; defaults to ``lstm_cell``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
+      kernel_axes: The kernel's logical axes for sharding rules, as
+        `js.get_variable`'s ``axes``; defaults from the table in
+        `jscope.layers`: ``("embed", "mlp")``, as `dense`'s. None: no names.
+      bias_axes: The bias's logical axes, likewise (``("mlp",)``).
 
     Returns:
       ``(new_h, (new_c, new_h))``: the output and the new state.
 
     Raises:
-      LayerArgumentError: ``units`` is not positive, or a state part's shape is
-        wrong (a ``ValueError``).
-      LayerTypeError: ``units`` is not an int (a ``TypeError``).
+      LayerArgumentError: ``units`` is not positive, a state part's shape is
+        wrong, or axes do not name each dimension of their variable (a
+        ``ValueError``).
+      LayerTypeError: ``units`` is not an int, or axes are not names (a
+        ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -135,12 +164,15 @@ def lstm_cell(
         c = _check_state(x, state[0], units, "c", "lstm_cell")
         h = _check_state(x, state[1], units, "h", "lstm_cell")
         act = jnp.tanh if activation is None else activation
+        shape = (x.shape[-1] + units, 4 * units)
+        k_axes, b_axes = _cell_axes(kernel_axes, bias_axes, shape, "lstm_cell")
         kernel = js.get_variable(
-            "kernel", (x.shape[-1] + units, 4 * units), dtype, kernel_initializer
+            "kernel", shape, dtype, kernel_initializer, axes=k_axes
         )
         bias = js.get_variable(
-            "bias", (4 * units,), dtype, bias_initializer or js.initializers.zeros()
-        )
+            "bias", (4 * units,), dtype,
+            bias_initializer or js.initializers.zeros(), axes=b_axes,
+        )  # fmt: skip
         dt = kernel.dtype
         xh = jnp.concatenate([x.astype(dt), h.astype(dt)], axis=-1)
         gates = _matmul(xh, kernel, precision) + bias.astype(dt)
@@ -188,6 +220,8 @@ def gru_cell(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    kernel_axes: Axes | None = _KERNEL_AXES,
+    bias_axes: Axes | None = _BIAS_AXES,
 ) -> tuple[jax.Array, jax.Array]:
     """One step of TF1's ``tf.nn.rnn_cell.GRUCell`` (Cho et al., 2014).
 
@@ -217,14 +251,20 @@ def gru_cell(
       precision: Passed to `jax.lax.dot_general`.
       name: The variable scope; defaults to ``gru_cell``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
+      kernel_axes: Both kernels' logical axes for sharding rules, as
+        `js.get_variable`'s ``axes``; defaults from the table in
+        `jscope.layers`: ``("embed", "mlp")``, as `dense`'s. None: no names.
+      bias_axes: Both biases' logical axes, likewise (``("mlp",)``).
 
     Returns:
       ``(new_h, new_h)``: the output and the new state.
 
     Raises:
-      LayerArgumentError: ``units`` is not positive, or the state's shape is
-        wrong (a ``ValueError``).
-      LayerTypeError: ``units`` is not an int (a ``TypeError``).
+      LayerArgumentError: ``units`` is not positive, the state's shape is
+        wrong, or axes do not name each dimension of their variable (a
+        ``ValueError``).
+      LayerTypeError: ``units`` is not an int, or axes are not names (a
+        ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -243,24 +283,25 @@ def gru_cell(
         h = _check_state(x, state, units, "h", "gru_cell")
         act = jnp.tanh if activation is None else activation
         n_in = x.shape[-1] + units
+        k_axes, b_axes = _cell_axes(
+            kernel_axes, bias_axes, (n_in, 2 * units), "gru_cell", "gates/"
+        )
         gate_kernel = js.get_variable(
-            "gates/kernel", (n_in, 2 * units), dtype, kernel_initializer
-        )
+            "gates/kernel", (n_in, 2 * units), dtype, kernel_initializer,
+            axes=k_axes,
+        )  # fmt: skip
         gate_bias = js.get_variable(
-            "gates/bias",
-            (2 * units,),
-            dtype,
-            bias_initializer or js.initializers.constant(1.0),
-        )
+            "gates/bias", (2 * units,), dtype,
+            bias_initializer or js.initializers.constant(1.0), axes=b_axes,
+        )  # fmt: skip
         cand_kernel = js.get_variable(
-            "candidate/kernel", (n_in, units), dtype, kernel_initializer
-        )
+            "candidate/kernel", (n_in, units), dtype, kernel_initializer,
+            axes=k_axes,
+        )  # fmt: skip
         cand_bias = js.get_variable(
-            "candidate/bias",
-            (units,),
-            dtype,
-            bias_initializer or js.initializers.zeros(),
-        )
+            "candidate/bias", (units,), dtype,
+            bias_initializer or js.initializers.zeros(), axes=b_axes,
+        )  # fmt: skip
         dt = gate_kernel.dtype
         x, h = x.astype(dt), h.astype(dt)
         value = _matmul(jnp.concatenate([x, h], axis=-1), gate_kernel, precision)

@@ -190,6 +190,71 @@ LAYER_CASES = {
                       "time axis ([batch, time, ...])"),
     "rnn_lengths": (_rnn((jnp.zeros((2, 3, 1)), jnp.zeros((2, 4, 1)))), ARG,
                     ValueError, "net/rnn", "disagree on the number of time steps"),
+    # _checks.axes: one name per dimension of the variable, each a str or None
+    "dense_kernel_axes_length": (
+        _in_net(lambda: layers.dense(_x(1, 3), 2, kernel_axes=("embed",))), ARG,
+        ValueError, "net/dense",
+        "kernel_axes must name each of the 2 dimensions of net/dense/kernel of "
+        "shape (3, 2), got ('embed',)"),
+    "dense_bias_axes_str": (
+        _in_net(lambda: layers.dense(_x(1, 3), 2, bias_axes="mlp")), TYP,
+        TypeError, "net/dense", "bias_axes must be a tuple of logical axis names"),
+    "dense_kernel_axes_int": (
+        _in_net(lambda: layers.dense(_x(1, 3), 2, kernel_axes=("embed", 1))), TYP,
+        TypeError, "net/dense", "e.g. kernel_axes=('embed', 'mlp')"),
+    "conv_kernel_axes_length": (
+        _in_net(lambda: layers.conv2d(_x(1, 4, 4, 2), 2, 3,
+                                      kernel_axes=("conv_in", "conv_out"))),
+        ARG, ValueError, "net/conv2d",
+        "4 dimensions of net/conv2d/kernel of shape (3, 3, 2, 2)"),
+    "conv_transpose_bias_axes_empty": (
+        _in_net(lambda: layers.conv1d_transpose(_x(1, 4, 2), 2, 3, bias_axes=())),
+        ARG, ValueError, "net/conv1d_transpose",
+        "e.g. bias_axes=('conv_out',), or bias_axes=None for no names"),
+    "embedding_axes_length": (
+        _in_net(lambda: layers.embedding(jnp.array([1]), 10, 4,
+                                         embedding_axes=("vocab",))),
+        ARG, ValueError, "net/embedding", "net/embedding/embeddings of shape"),
+    "layer_norm_gamma_axes_length": (
+        _in_net(lambda: layers.layer_norm(_x(2, 3), gamma_axes=("a", "b"))), ARG,
+        ValueError, "net/layer_normalization",
+        "gamma_axes must name each of the 1 dimensions"),
+    "layer_norm_explicit_axes_two_axes": (
+        _in_net(lambda: layers.layer_norm(_x(2, 3, 4), axis=(1, 2),
+                                          beta_axes=("embed",))),
+        ARG, ValueError, "net/layer_normalization",
+        "e.g. beta_axes=(None, 'embed')"),
+    "rms_norm_scale_axes_type": (
+        _in_net(lambda: layers.rms_norm(_x(2, 3), scale_axes={"embed"})), TYP,
+        TypeError, "net/rms_norm", "scale_axes must be a tuple"),
+    "group_norm_beta_axes_type": (
+        _in_net(lambda: layers.group_norm(_x(2, 6), groups=2, beta_axes=5)), TYP,
+        TypeError, "net/group_normalization", "got 5"),
+    "batch_norm_moving_axes_length": (
+        _in_net(lambda: layers.batch_norm(_x(2, 3),
+                                          moving_variance_axes=(None, None))),
+        ARG, ValueError, "net/batch_normalization",
+        "net/batch_normalization/moving_variance"),
+    "lstm_kernel_axes_length": (
+        _in_net(lambda: layers.lstm_cell(_x(2, 4), layers.lstm_zero_state(2, 3), 3,
+                                         kernel_axes=("embed",))),
+        ARG, ValueError, "net/lstm_cell", "net/lstm_cell/kernel of shape (7, 12)"),
+    "gru_bias_axes_length": (
+        _in_net(lambda: layers.gru_cell(_x(2, 4), jnp.zeros((2, 3)), 3,
+                                        bias_axes=("mlp", None))),
+        ARG, ValueError, "net/gru_cell", "net/gru_cell/gates/bias of shape (6,)"),
+    "mha_kernel_axes_length": (
+        _mha(_x(2, 3, 8), num_heads=2, kernel_axes=("embed", "heads")), ARG,
+        ValueError, "net/multi_head_attention",
+        "net/multi_head_attention/query/kernel of shape (8, 2, 4)"),
+    "mha_output_kernel_axes_length": (
+        _mha(_x(2, 3, 8), num_heads=2, output_kernel_axes=("heads", "embed")), ARG,
+        ValueError, "net/multi_head_attention",
+        "output_kernel_axes must name each of the 3 dimensions of "
+        "net/multi_head_attention/output/kernel"),
+    "mha_output_bias_axes_type": (
+        _mha(_x(2, 3, 8), num_heads=2, output_bias_axes=[("embed",)]), TYP,
+        TypeError, "net/multi_head_attention", "output_bias_axes must be a tuple"),
 }  # fmt: skip
 
 
