@@ -19,8 +19,12 @@ file is a `CheckpointCorruptError` naming the file or the variable, never a
 wrong value. Orbax's ``_METADATA`` says that the file exists, so deleting it is
 detected too.
 
-Arrays whose values this process cannot see whole (sharded over several
-processes) get no array checksum; their files' sizes are still checked.
+An array sharded over several devices (or processes) is never gathered to
+check it: it gets a checksum of another kind, ``murmur3_sum64``, that does not
+depend on how the array is sharded, computed where its shards live (see
+`sum_checksums`). Each variable's entry names its kind by its key
+(``"xxh3_64"`` or ``"murmur3_sum64"``); a restore checks it with that kind,
+whatever the target's sharding (see `check_arrays`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xxhash
 
@@ -44,13 +49,46 @@ VERSION = 2
 SMALL_FILE = 1 << 20  # files up to this size get a checksum
 CHUNK = 1 << 24  # arrays are hashed in chunks of this many bytes
 _HEADER = b"jscope-checksums xxh3_64="
+XXH3 = "xxh3_64"  # the kind of an array whole on one device or host
+SUM = "murmur3_sum64"  # the kind of an array sharded over several devices
+KINDS = (XXH3, SUM)
 
 
-def host_view(value: Any) -> np.ndarray | None:
-    """The values of an array as NumPy (no copy on CPU), or None if not all here."""
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        return None
+def kind(value: Any) -> str:
+    """The checksum kind of a value to save: `SUM` for a sharded `jax.Array`.
+
+    An array on one device, or replicated over devices all of this process,
+    is whole here and gets `XXH3` (hashed on the host, as NumPy, no copy on
+    CPU); any other `jax.Array` (sharded, or over several processes) `SUM`.
+    """
+    if not isinstance(value, jax.Array) or _whole_here(value):
+        return XXH3
+    return SUM
+
+
+def _whole_here(value: jax.Array) -> bool:
+    sharding = value.sharding
+    return len(sharding.device_set) == 1 or (
+        value.is_fully_addressable and value.is_fully_replicated
+    )
+
+
+def host_view(value: Any) -> np.ndarray:
+    """The values of an array whole here (see `kind`) as NumPy, no copy on CPU."""
     return np.asarray(value)
+
+
+def _gathered(value: Any) -> np.ndarray:
+    """The whole values of a restored array on this host (see `check_arrays`)."""
+    if not isinstance(value, jax.Array) or _whole_here(value):
+        return np.asarray(value)
+    if value.is_fully_replicated:  # replicated over several processes
+        return np.asarray(value.addressable_data(0))
+    if value.is_fully_addressable:
+        return np.asarray(value)
+    from jax.experimental import multihost_utils  # noqa: PLC0415 (rare path)
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
 
 
 def _chunks(values: np.ndarray) -> list[Any]:
@@ -211,15 +249,177 @@ def check_files(ckpt: str, files: Mapping[str, Any]) -> None:
 
 
 def check_arrays(
-    ckpt: str, values: Mapping[str, Any], expected: Mapping[str, str | None]
+    ckpt: str,
+    values: Mapping[str, Any],
+    expected: Mapping[str, tuple[str, str] | None],
 ) -> None:
-    """Checks restored arrays against their recorded checksums."""
-    views = {k: host_view(v) for k, v in values.items() if expected.get(k)}
-    for key, found in checksums(views).items():
-        if found is not None and found != expected[key]:
+    """Checks restored arrays against their recorded ``(kind, checksum)``.
+
+    A `SUM` checksum is computed where the restored array lives, whatever its
+    sharding (NumPy values on the host). An `XXH3` checksum needs the values in
+    C order: an array restored whole here (one device, replicated, NumPy) is
+    hashed as at save; one restored sharded is gathered once to this host to
+    check it (it was saved whole from one device, so one host held it then).
+    Variables without a checksum (written by Orbax directly, or by jscope 0.1)
+    are not checked.
+    """
+    by_kind: dict[str, dict[str, Any]] = {XXH3: {}, SUM: {}}
+    for key, value in values.items():
+        record = expected.get(key)
+        if record is not None:
+            by_kind[record[0]][key] = value
+    views = {key: _gathered(v) for key, v in by_kind[XXH3].items()}
+    found = checksums(views)
+    found.update(sum_hex(sum_checksums(by_kind[SUM])))
+    for key, checksum_ in found.items():
+        if checksum_ != expected[key][1]:  # type: ignore[index]
             raise corrupt(
                 ckpt,
                 "the restored values do not match the checksum recorded at save",
                 key=key,
                 file=ckpt,
             )
+
+
+def record_of(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The ``(kind, checksum)`` of a variable's index entry, or None."""
+    for name in KINDS:
+        value = entry.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"a {name} checksum is not a string")
+            return name, value
+    return None
+
+
+# ------------------------------------------ murmur3_sum64: sharding-independent
+#
+# For an array ``x`` of any supported dtype, with ``i`` the C-order flat index
+# of an element (mod 2**32) and ``w_0, ..., w_{n-1}`` its value's bits as
+# uint32 words (bool, ints and floats of up to 32 bits widened bit for bit;
+# 64-bit values split low word first; complex as real then imaginary part;
+# 2- and 4-bit values through int32 or float32, which hold them exactly):
+#
+#     h(seed) = fmix32(i ^ seed);  h = fmix32(h ^ w_k) for k = 0 .. n-1
+#     s(seed) = sum of h(seed) over the elements, mod 2**32
+#
+# with fmix32 MurmurHash3's 32-bit finalizer (a bijection of uint32). The
+# checksum is ``f"{s(SEED_HI):08x}{s(SEED_LO):08x}"``. A sum mod 2**32 is
+# the same in any order, so every device adds up its own shard and one
+# reduction gives the same 64 bits whatever the mesh, the sharding or the
+# number of processes. Changing one element always changes both sums (each
+# step is a bijection); other changes go unseen with a chance near 2**-64.
+
+SEED_LO, SEED_HI = 0x2545F491, 0x9E3779B9
+_M1, _M2 = 0x85EBCA6B, 0xC2B2AE35
+_NARROW = frozenset({"int2", "int4", "uint2", "uint4"})  # held exactly by int32
+
+
+def _fmix32(h: Any) -> Any:
+    h = h ^ (h >> 16)
+    h = h * np.uint32(_M1)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(_M2)
+    return h ^ (h >> 16)
+
+
+def _words_jax(x: Any) -> list[Any]:
+    dtype = np.dtype(x.dtype)
+    if dtype == np.bool_:
+        return [x.astype(jnp.uint32)]
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return _words_jax(jnp.real(x)) + _words_jax(jnp.imag(x))
+    if dtype.name in _NARROW:
+        return [jax.lax.bitcast_convert_type(x.astype(jnp.int32), jnp.uint32)]
+    if dtype.name == "float4_e2m1fn":
+        return [jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)]
+    if dtype.itemsize == 8:
+        pair = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        return [pair[..., 0], pair[..., 1]]
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[dtype.itemsize]
+    return [jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)]
+
+
+def _words_numpy(x: np.ndarray) -> list[np.ndarray]:
+    x = x.reshape(-1)
+    if x.dtype == np.bool_:
+        return [x.astype(np.uint32)]
+    if np.issubdtype(x.dtype, np.complexfloating):
+        return _words_numpy(x.real.copy()) + _words_numpy(x.imag.copy())
+    if x.dtype.name in _NARROW:
+        return [x.astype(np.int32).view(np.uint32)]
+    if x.dtype.name == "float4_e2m1fn":
+        return [x.astype(np.float32).view(np.uint32)]
+    if x.dtype.itemsize == 8:
+        pair = np.ascontiguousarray(x).view("<u4").reshape(-1, 2)
+        return [pair[:, 0], pair[:, 1]]
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
+    return [np.ascontiguousarray(x).view(unsigned).astype(np.uint32)]
+
+
+def _flat_index(shape: tuple[int, ...]) -> Any:
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(len(shape))):
+        step = np.uint32(stride % (1 << 32))
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * step
+        stride *= shape[dim]
+    return index
+
+
+def _sum64_jax(x: Any) -> Any:
+    index, words, sums = _flat_index(x.shape), _words_jax(x), []
+    for seed in (SEED_LO, SEED_HI):
+        h = _fmix32(index ^ np.uint32(seed))
+        for w in words:
+            h = _fmix32(h ^ w)
+        sums.append(jnp.sum(h, dtype=jnp.uint32))
+    return jnp.stack(sums)
+
+
+@jax.jit
+def _sum64_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    return {key: _sum64_jax(x) for key, x in tree.items()}
+
+
+def _sum64_numpy(x: np.ndarray) -> np.ndarray:
+    index = np.arange(x.size, dtype=np.uint64).astype(np.uint32)
+    words, sums = _words_numpy(np.asarray(x)), []
+    for seed in (SEED_LO, SEED_HI):
+        h = _fmix32(index ^ np.uint32(seed))
+        for w in words:
+            h = _fmix32(h ^ w)
+        sums.append(np.sum(h, dtype=np.uint32))
+    return np.asarray(sums, np.uint32)
+
+
+def sum_checksums(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Starts the `SUM` checksums of ``values``: ``{key: uint32[2] (lo, hi)}``.
+
+    jax arrays are checksummed where they live, one `jax.jit` per set of
+    devices (a collective when they span processes: every process calls this
+    with the same keys, in the same order); NumPy values on the host. The
+    results are not waited for; `sum_hex` turns them into checksums.
+    """
+    out: dict[str, Any] = {}
+    groups: dict[tuple[int, ...], dict[str, Any]] = {}
+    for key, value in values.items():
+        if isinstance(value, jax.Array):
+            devices = tuple(sorted(d.id for d in value.sharding.device_set))
+            groups.setdefault(devices, {})[key] = value
+        else:
+            out[key] = _sum64_numpy(np.asarray(value))
+    for group in groups.values():
+        out.update(_sum64_tree(group))
+    return out
+
+
+def sum_hex(sums: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: 16 hex digits}`` of `sum_checksums`'s results (waits for them)."""
+    out = {}
+    for key, pair in sums.items():
+        if isinstance(pair, jax.Array) and not pair.is_fully_addressable:
+            pair = pair.addressable_data(0)  # replicated over the processes
+        lo, hi = (int(v) for v in np.asarray(pair))
+        out[key] = f"{hi:08x}{lo:08x}"
+    return out

@@ -39,7 +39,7 @@ class Stored:
 
     path: str
     shapes: dict[str, tuple[tuple[int, ...], Any]]  # {key: (shape, dtype)}
-    checksums: dict[str, str | None]
+    checksums: dict[str, tuple[str, str] | None]  # {key: (kind, checksum)}
     key_impls: dict[str, str | None]  # PRNG key implementation, for keys
     nested: bool = False  # a nested dict written by Orbax directly
 
@@ -59,12 +59,13 @@ def describe(ckpt: str) -> Stored:
                 key: (tuple(int(n) for n in v["shape"]), jnp.dtype(v["dtype"]))
                 for key, v in table["variables"].items()
             }
-        except (KeyError, TypeError, ValueError):
+            sums = {k: integrity.record_of(v) for k, v in table["variables"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise integrity.corrupt(ckpt, "its index cannot be parsed") from None
         return Stored(
             ckpt,
             shapes,
-            {k: v.get("xxh3_64") for k, v in table["variables"].items()},
+            sums,
             {k: v.get("key_impl") for k, v in table["variables"].items()},
         )
     version = orbax_io.jscope_version(ckpt)
@@ -198,6 +199,17 @@ def _convert(raw: Any, leaf: Any, spec: Target, impl: str | None) -> Any:
 # ------------------------------------------------------------------ restore
 
 
+def _sharding_problem(spec: Target) -> str | None:
+    """Why the target's sharding cannot hold its shape, or None."""
+    if spec.sharding is None:
+        return None
+    try:
+        spec.sharding.shard_shape(spec.shape)
+    except ValueError as e:
+        return (str(e).splitlines() or [""])[0][:300]
+    return None
+
+
 def mismatch_error(
     ckpt: str,
     chosen: Mapping[str, str],
@@ -229,6 +241,12 @@ def mismatch_error(
             )
             if want != found
         ]
+        unfit = _sharding_problem(spec)
+        if unfit is not None:
+            bad.append(
+                f"    {named}: the target's sharding {spec.sharding} does not fit "
+                f"its shape {spec.shape} ({unfit})"
+            )
         impl = stored.key_impls.get(key)
         if spec.kind == "key" and impl is not None and impl != spec.key_impl:
             bad.append(
@@ -249,7 +267,7 @@ def mismatch_error(
     if gone:
         lines += ["  listed in the Saver but not in the target tree:", *gone]
     if wrong:
-        lines += ["  shape or dtype mismatch:", *wrong]
+        lines += ["  shape, dtype or sharding mismatch:", *wrong]
     lines.append(
         "Restore into a target built by the same model, or restore a subset with "
         "js.Saver([paths]) or js.Saver({checkpoint_key: path}); "

@@ -32,7 +32,16 @@ from typing import Any
 import numpy as np
 
 from jscope import errors
-from jscope._src.checkpoint import arrays, integrity, keys, layout, lock, orbax_io, read
+from jscope._src.checkpoint import (
+    arrays,
+    integrity,
+    keys,
+    layout,
+    lock,
+    orbax_io,
+    processes,
+    read,
+)
 
 CheckpointError = errors.CheckpointError
 CheckpointTypeError = errors.CheckpointTypeError
@@ -261,7 +270,14 @@ class Saver:
                 "js.init, or build the Saver with allow_empty=True."
             )
         items, index = arrays.prepare(chosen, leaves)
-        views = _views(items)  # raises here for a deleted (donated) array
+        kinds = {key: integrity.kind(value) for key, value in items.items()}
+        # Both raise here for a deleted (donated) array. The sharded arrays'
+        # checksums are computed on their devices, started here in the caller's
+        # thread (a collective across processes), fetched by the commit.
+        views = _views(items, kinds)
+        sums = integrity.sum_checksums(
+            {key: items[key] for key, k in kinds.items() if k == integrity.SUM}
+        )
         path = self._target_path(save_path, global_step)
         final = os.path.abspath(path)
         directory = os.path.dirname(final)
@@ -276,19 +292,24 @@ class Saver:
             )
         mutex = lock.mutex(directory)
         mutex.acquire()
-        tmp = layout.temporary_path(final)
+        shared = processes.count() > 1
+        tmp = layout.temporary_path(final) if not shared else ""
+        step = processes.next_save() if shared else None
         try:
-            self._begin(path, tmp, directory, items, write_state)
+            if shared:
+                tmp = self._begin_shared(path, final, directory, write_state, step)
+            else:
+                self._begin(path, tmp, directory, write_state)
+            self._start_orbax(path, tmp, items)
         except BaseException:
-            for leftover in (tmp, tmp + layout.ORBAX_TMP):
-                shutil.rmtree(leftover, ignore_errors=True)
+            if tmp and (not shared or processes.primary()):
+                for leftover in (tmp, tmp + layout.ORBAX_TMP):
+                    shutil.rmtree(leftover, ignore_errors=True)
             mutex.release()
             raise
-        commit = functools.partial(
-            self._commit,
-            _Save(path, final, directory, tmp, index, views, write_state),
-            mutex,
-        )
+        job = _Save(path, final, directory, tmp, index, views, write_state)
+        job.kinds, job.sums, job.step = kinds, sums, step
+        commit = functools.partial(self._commit, job, mutex)
         if blocking:
             commit()
             return path
@@ -328,15 +349,8 @@ class Saver:
             )
         return path
 
-    def _begin(
-        self,
-        path: str,
-        tmp: str,
-        directory: str,
-        items: Mapping[str, Any],
-        write_state: bool,
-    ) -> None:
-        """Takes the directory, cleans it, starts Orbax writing ``tmp``."""
+    def _begin(self, path: str, tmp: str, directory: str, write_state: bool) -> None:
+        """Takes the directory, cleans it, checks that ``tmp`` can be created."""
         if directory not in self._held:
             lock.acquire(directory, self._owner, self._lock_timeout)
             self._held.add(directory)
@@ -350,6 +364,37 @@ class Saver:
             probe = tmp + layout.ORBAX_TMP
             os.mkdir(probe)
             os.rmdir(probe)
+
+    def _begin_shared(
+        self, path: str, final: str, directory: str, write_state: bool, step: int
+    ) -> str:
+        """`_begin` in several processes: process 0 does it, names the temp.
+
+        Returns the temporary name every process passes to Orbax. An error of
+        process 0 is raised in every process.
+        """
+        if processes.primary():
+            tmp = layout.temporary_path(final)
+            try:
+                self._begin(path, tmp, directory, write_state)
+            except BaseException as e:
+                processes.share(step, "begin", {"error": processes.describe(e)})
+                raise
+            processes.share(step, "begin", {"tmp": tmp})
+            return tmp
+        begun = processes.share(step, "begin", None)
+        if "error" in begun:
+            raise CheckpointError(
+                f"Cannot save a checkpoint at {path!r}: process 0, which writes "
+                f"the checkpoint's directory, failed to start it: {begun['error']}",
+                path,
+            )
+        if write_state and self._max_to_keep and directory not in self._adopted:
+            self._adopt(path, directory)
+        return str(begun["tmp"])
+
+    def _start_orbax(self, path: str, tmp: str, items: Mapping[str, Any]) -> None:
+        with layout.write_errors(path):
             orbax_io.start_save(self._orbax(), tmp, items)
 
     def _adopt(self, path: str, directory: str) -> None:
@@ -375,30 +420,64 @@ class Saver:
             self._last = sorted(found + self._last, key=lambda e: e[2])
 
     def _commit(self, job: _Save, mutex: threading.Lock) -> None:
-        """The second half of a save (see the module docstring)."""
+        """The second half of a save (see the module docstring).
+
+        With several processes every process waits for Orbax (whose own
+        barriers see every process's shards written), process 0 alone writes
+        ``_CHECKSUMS``, moves the checkpoint into place and updates the state,
+        and the others wait for its outcome: no process returns before the
+        checkpoint is committed, and an error of process 0 is raised in all.
+        """
+        writer = job.step is None or processes.primary()
         old = None
         try:
             try:
-                sums = integrity.checksums(job.views)
+                sums = integrity.checksums(job.views) if writer else {}
+                sums.update(integrity.sum_hex(job.sums))
             finally:
                 with layout.write_errors(job.final):
                     orbax_io.finish_save(self._orbax())
-            with layout.write_errors(job.final):
-                for key, entry in job.index.items():
-                    entry["xxh3_64"] = sums[key]
-                integrity.write(job.tmp, job.index, integrity.file_table(job.tmp))
-                layout.fsync_tree(job.tmp)
-                old = layout.install(job.tmp, job.final)
-            if job.write_state:
-                self._record_and_rotate(job.path, job.final, job.directory)
+            if not writer:
+                self._await_commit(job)
+                return
+            try:
+                with layout.write_errors(job.final):
+                    for key, entry in job.index.items():
+                        entry[job.kinds[key]] = sums[key]
+                    integrity.write(job.tmp, job.index, integrity.file_table(job.tmp))
+                    layout.fsync_tree(job.tmp)
+                    old = layout.install(job.tmp, job.final)
+                if job.write_state:
+                    self._record_and_rotate(job.path, job.final, job.directory)
+            except BaseException as e:
+                if job.step is not None:
+                    failed = {"error": processes.describe(e)}
+                    processes.share(job.step, "commit", failed)
+                raise
+            if job.step is not None:
+                processes.share(job.step, "commit", {})
         except BaseException:
-            for leftover in (job.tmp, job.tmp + layout.ORBAX_TMP):
-                shutil.rmtree(leftover, ignore_errors=True)
+            if writer:
+                for leftover in (job.tmp, job.tmp + layout.ORBAX_TMP):
+                    shutil.rmtree(leftover, ignore_errors=True)
             raise
         finally:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             mutex.release()
+
+    def _await_commit(self, job: _Save) -> None:
+        """In a process other than 0: waits until process 0 committed the save."""
+        committed = processes.share(job.step, "commit", None)
+        if "error" in committed:
+            raise CheckpointError(
+                f"Cannot save a checkpoint at {job.path!r}: process 0 failed to "
+                f"commit it: {committed['error']}",
+                job.path,
+            )
+        if job.write_state:
+            with self._lock:
+                self._record(job.path, job.final, time.time())  # process 0 deletes
 
     def _record_and_rotate(self, path: str, final: str, directory: str) -> None:
         """Records a written checkpoint, updates the state, deletes old ones."""
@@ -520,11 +599,18 @@ class _Save:
     def __init__(self, path, final, directory, tmp, index, views, write_state):
         self.path, self.final, self.directory, self.tmp = path, final, directory, tmp
         self.index, self.views, self.write_state = index, views, write_state
+        self.kinds: dict[str, str] = {}
+        self.sums: dict[str, Any] = {}  # the started `SUM` checksums
+        self.step: int | None = None  # the save's number, with several processes
 
 
-def _views(items: Mapping[str, Any]) -> dict[str, Any]:
-    """Host views of the arrays (no copy on CPU), kept alive for the checksums."""
-    return {key: integrity.host_view(value) for key, value in items.items()}
+def _views(items: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
+    """Host views of the arrays whole here (no copy on CPU), for the checksums."""
+    return {
+        key: integrity.host_view(value)
+        for key, value in items.items()
+        if kinds[key] == integrity.XXH3
+    }
 
 
 @contextlib.contextmanager

@@ -1,0 +1,294 @@
+"""One process of the multi-process checkpoint test (``tests/test_multiprocess.py``).
+
+Usage::
+
+    python tests/multiprocess_worker.py single-save WORK
+    python tests/multiprocess_worker.py multi WORK PORT PROCESS_ID   # 2 processes
+    python tests/multiprocess_worker.py single-restore WORK
+
+``single-*`` run in one process with 8 CPU devices; ``multi`` in one of two
+processes with 4 CPU devices each, under ``jax.distributed`` with gloo
+collectives. Each builds the same model sharded on a 2x4 mesh (created in its
+shards by one jitted init), takes one jitted optax step on a batch that each
+process loads only its part of, and saves; the other kind of run restores that
+checkpoint onto a 4x2 mesh (and onto one device) and compares it with the
+values the saving run wrote to ``WORK/<run>.npz``. Prints ``OK <what>`` lines;
+any failure is an exception (non-zero exit).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+MESH_AXES = ("data", "model")
+# Variable specs by name; the optimizer's moments take their parameter's spec.
+SPECS = {
+    "w1": (None, "model"),
+    "b1": ("model",),
+    "w2": ("model", None),
+    "b2": (),
+}
+BATCH, WIDTH, HIDDEN, OUT = 16, 16, 32, 8
+
+
+def setup(devices: int, port: int | None = None, process_id: int | None = None):
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax  # noqa: PLC0415 (after the flags)
+
+    if port is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}",
+            num_processes=2,
+            process_id=process_id,
+            initialization_timeout=120,
+        )
+    assert jax.device_count() == 8, jax.devices()
+    return jax
+
+
+def model(x):
+    import jax  # noqa: PLC0415
+
+    import jscope as js  # noqa: PLC0415
+
+    init = js.initializers.random_normal(stddev=0.3)
+    w1 = js.get_variable("w1", (WIDTH, HIDDEN), initializer=init)
+    b1 = js.get_variable("b1", (HIDDEN,), initializer=init)
+    w2 = js.get_variable("w2", (HIDDEN, OUT), initializer=init)
+    b2 = js.get_variable("b2", (OUT,), initializer=init)
+    return jax.nn.relu(x @ w1 + b1) @ w2 + b2
+
+
+def make_mesh(jax, shape):
+    auto = (jax.sharding.AxisType.Auto,) * 2  # shardings propagated by XLA
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+
+
+def spec_of(jax, path, leaf):
+    """The spec of a leaf: its variable's (by name, moments too), else replicated."""
+    P = jax.sharding.PartitionSpec
+    name = str(getattr(path[-1], "key", "")) if path else ""
+    if name in SPECS and len(SPECS[name]) <= np.ndim(leaf):
+        return P(*SPECS[name])
+    return P()
+
+
+def shardings_of(jax, tree, mesh):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.sharding.NamedSharding(mesh, spec_of(jax, p, x)), tree
+    )
+
+
+def global_batch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, WIDTH)).astype(np.float32)
+    y = rng.normal(size=(BATCH, OUT)).astype(np.float32)
+    return x, y
+
+
+def train(jax):
+    """A sharded init and one optax step on a 2x4 mesh: ``(mesh, tree)``."""
+    import optax  # noqa: PLC0415
+
+    import jscope as js  # noqa: PLC0415
+
+    mesh = make_mesh(jax, (2, 4))
+    sample = np.zeros((1, WIDTH), np.float32)
+    shapes = jax.eval_shape(lambda k: js.init(model, k, sample), jax.random.key(0))
+    param_shardings = shardings_of(jax, shapes, mesh)
+    variables = jax.jit(
+        lambda k: js.init(model, k, sample), out_shardings=param_shardings
+    )(jax.random.key(0))
+    for leaf in jax.tree.leaves(variables):  # created in its shards
+        assert leaf.sharding in jax.tree.leaves(param_shardings)
+    opt = optax.adam(0.1)
+    opt_shapes = jax.eval_shape(opt.init, variables["params"])
+    opt_shardings = shardings_of(jax, opt_shapes, mesh)
+    opt_state = jax.jit(opt.init, out_shardings=opt_shardings)(variables["params"])
+
+    # Process-local loading: each process makes only the rows its devices hold.
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    x_all, y_all = global_batch()
+    x = jax.make_array_from_callback(x_all.shape, data, lambda i: x_all[i])
+    y = jax.make_array_from_callback(y_all.shape, data, lambda i: y_all[i])
+
+    def loss(params, x, y):
+        return ((js.apply(model, {"params": params}, x) - y) ** 2).mean()
+
+    def step(params, opt_state, x, y):
+        value, grads = jax.value_and_grad(loss)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    step = jax.jit(
+        step,
+        in_shardings=(param_shardings["params"], opt_shardings, data, data),
+        out_shardings=(param_shardings["params"], opt_shardings, None),
+    )
+    params, opt_state, value = step(variables["params"], opt_state, x, y)
+    tree = {"params": params, "opt": opt_state, "step": np.int32(1)}
+    return mesh, tree, float(np.asarray(value.addressable_data(0)))
+
+
+def flat(jax, tree) -> dict[str, object]:
+    return {
+        jax.tree_util.keystr(p): leaf
+        for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def dump(jax, tree, path: str) -> None:
+    """Writes the tree's whole values (gathered: a test's reference) to ``path``."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    values = {}
+    for key, leaf in flat(jax, tree).items():
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        values[key] = np.asarray(leaf)
+    if jax.process_index() == 0:
+        np.savez(path + ".tmp.npz", **values)
+        os.replace(path + ".tmp.npz", path)
+
+
+def compare(jax, tree, reference: str, *, exact: bool = True) -> None:
+    """Checks each shard this process holds against the reference's values."""
+    with np.load(reference) as ref:
+        want = dict(ref)
+    got = flat(jax, tree)
+    assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+    for key, leaf in got.items():
+        shards = (
+            [(s.index, s.data) for s in leaf.addressable_shards]
+            if isinstance(leaf, jax.Array)
+            else [((), leaf)]
+        )
+        for index, data in shards:
+            expected = want[key][index]
+            if exact:
+                np.testing.assert_array_equal(np.asarray(data), expected, err_msg=key)
+            else:
+                np.testing.assert_allclose(
+                    np.asarray(data), expected, rtol=1e-5, atol=1e-6, err_msg=key
+                )
+
+
+def targets(jax, tree, mesh):
+    """``jax.ShapeDtypeStruct`` targets of the tree's leaves on ``mesh``."""
+    shardings = shardings_of(jax, tree, mesh)
+
+    def struct(leaf, sharding):
+        if not isinstance(leaf, jax.Array):
+            return leaf
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    return jax.tree.map(struct, tree, shardings)
+
+
+def sharded_kinds(path: str) -> set[str]:
+    import json  # noqa: PLC0415
+
+    with open(os.path.join(path, "_CHECKSUMS"), "rb") as f:
+        table = json.loads(f.read().split(b"\n", 1)[1])
+    return {k for k, v in table["variables"].items() if v.get("murmur3_sum64")}
+
+
+def single_save(work: str) -> None:
+    jax = setup(8)
+    import jscope as js  # noqa: PLC0415
+
+    _, tree, value = train(jax)
+    with js.Saver() as saver:
+        path = saver.save(tree, os.path.join(work, "single", "model"), global_step=1)
+    assert "params/w1" in sharded_kinds(path), sharded_kinds(path)
+    dump(jax, tree, os.path.join(work, "single.npz"))
+    print(f"OK single-save loss={value:.6f}", flush=True)
+
+
+def multi(work: str, port: int, process_id: int) -> None:
+    jax = setup(4, port, process_id)
+    import jscope as js  # noqa: PLC0415
+
+    assert jax.process_count() == 2 and jax.local_device_count() == 4
+    _, tree, value = train(jax)
+    # The same numbers as the one-process run (up to the order of reductions).
+    compare(jax, tree, os.path.join(work, "single.npz"), exact=False)
+    print(f"OK multi {process_id} step loss={value:.6f}", flush=True)
+
+    with js.Saver(max_to_keep=2) as saver:
+        directory = os.path.join(work, "multi")
+        for step in (1, 2):
+            path = saver.save(tree, os.path.join(directory, "model"), global_step=step)
+        assert saver.last_checkpoints == [path.replace("-2", "-1"), path]
+        # Non-blocking too: every process returns once process 0 committed it.
+        pending = saver.save(tree, os.path.join(directory, "model"), 3, blocking=False)
+        saver.wait_until_finished()
+    assert js.latest_checkpoint(directory) == pending
+    assert not os.path.exists(path.replace("-2", "-1"))  # max_to_keep, process 0
+    assert "params/w1" in sharded_kinds(pending)
+    dump(jax, tree, os.path.join(work, "multi.npz"))
+    print(f"OK multi {process_id} save", flush=True)
+
+    # The one-process checkpoint restores here, on another mesh shape.
+    mesh_4x2 = make_mesh(jax, (4, 2))
+    saved = os.path.join(work, "single", "model-1")
+    restored = js.Saver().restore(saved, targets(jax, tree, mesh_4x2))
+    for got, want in zip(
+        jax.tree.leaves(restored),
+        jax.tree.leaves(targets(jax, tree, mesh_4x2)),
+        strict=True,
+    ):
+        if isinstance(got, jax.Array):
+            assert got.sharding == want.sharding, (got.sharding, want.sharding)
+            assert not got.is_fully_addressable or got.is_fully_replicated
+    compare(jax, restored, os.path.join(work, "single.npz"))
+    # Its own checkpoint, checked, into sharded array targets.
+    again = js.Saver().restore(pending, tree)
+    compare(jax, again, os.path.join(work, "multi.npz"))
+    assert js.verify_checkpoint(pending) == [k for k, _ in js.list_variables(pending)]
+    print(f"OK multi {process_id} restore", flush=True)
+    jax.distributed.shutdown()
+
+
+def single_restore(work: str) -> None:
+    jax = setup(8)
+    import jscope as js  # noqa: PLC0415
+
+    _, tree, _ = train(jax)
+    saved = js.latest_checkpoint(os.path.join(work, "multi"))
+    mesh_4x2 = make_mesh(jax, (4, 2))
+    restored = js.Saver().restore(saved, targets(jax, tree, mesh_4x2))
+    compare(jax, restored, os.path.join(work, "multi.npz"))
+    w1 = restored["params"]["w1"]
+    assert w1.sharding.mesh.shape == mesh_4x2.shape and len(w1.sharding.device_set) == 8
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    on_one = jax.tree.map(
+        lambda t: t.update(sharding=one) if isinstance(t, jax.ShapeDtypeStruct) else t,
+        targets(jax, tree, mesh_4x2),
+    )
+    alone = js.Saver().restore(saved, on_one)
+    assert alone["params"]["w1"].sharding == one
+    compare(jax, alone, os.path.join(work, "multi.npz"))
+    assert js.verify_checkpoint(saved)
+    print("OK single-restore", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    role, work = argv[0], argv[1]
+    if role == "single-save":
+        single_save(work)
+    elif role == "multi":
+        multi(work, int(argv[2]), int(argv[3]))
+    elif role == "single-restore":
+        single_restore(work)
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,115 @@
+"""Two processes under ``jax.distributed`` against one process with 8 devices.
+
+Runs ``tests/multiprocess_worker.py``: a one-process run with 8 CPU devices
+(sharded init on a 2x4 mesh, one jitted optax step, a save), then two
+processes on 127.0.0.1 with 4 CPU devices each and gloo collectives (the same
+init and step, with the same numbers; saves, with process 0 committing; the
+one-process checkpoint restored on a 4x2 mesh), then one process again
+restoring the two-process checkpoint on 8 devices and on one. Every child has a
+bounded time; on any failure all are killed and their output is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+WORKER = HERE / "multiprocess_worker.py"
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return env
+
+
+def run_all(args_list: list[list[str]], logs: pathlib.Path) -> list[str]:
+    """Runs the workers at once; returns their outputs; fails (all killed) if any
+    fails or runs past `TIMEOUT_S`."""
+    procs, files = [], []
+    try:
+        for i, args in enumerate(args_list):
+            out = open(logs / f"{args[0]}-{i}.log", "w+")  # noqa: SIM115 (closed below)
+            files.append(out)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(),
+                    cwd=HERE.parent,
+                )
+            )
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break  # one failed: the others would wait for it
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    outputs = []
+    for f in files:
+        f.seek(0)
+        outputs.append(f.read())
+        f.close()
+    codes = [p.returncode for p in procs]
+    if codes != [0] * len(procs):
+        shown = "\n".join(
+            f"--- {' '.join(a)} (rc {c}) ---\n{o[-6000:]}"
+            for a, c, o in zip(args_list, codes, outputs, strict=True)
+        )
+        pytest.fail(f"workers failed or timed out after {TIMEOUT_S} s:\n{shown}")
+    return outputs
+
+
+def test_two_processes_save_and_restore_against_one_process(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (single,) = run_all([["single-save", str(work)]], tmp_path)
+    assert "OK single-save" in single, single
+
+    port = str(free_port())
+    outs = run_all(
+        [["multi", str(work), port, "0"], ["multi", str(work), port, "1"]], tmp_path
+    )
+    loss = single.split("loss=")[1].split()[0]
+    for i, out in enumerate(outs):
+        for what in ("step", "save", "restore"):
+            assert f"OK multi {i} {what}" in out, out[-4000:]
+        assert f"loss={loss}" in out, (loss, out[-2000:])
+    # Both processes wrote their shards; process 0 committed the checkpoint.
+    names = sorted(os.listdir(work / "multi" / "model-3"))
+    assert {"ocdbt.process_0", "ocdbt.process_1", "_CHECKSUMS"} <= set(names), names
+    assert sorted(os.listdir(work / "multi")) == [
+        ".checkpoint.lock",
+        "checkpoint",
+        "model-2",
+        "model-3",
+    ]
+
+    (back,) = run_all([["single-restore", str(work)]], tmp_path)
+    assert "OK single-restore" in back, back
