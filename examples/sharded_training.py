@@ -407,11 +407,15 @@ def train(args, cfg: Config, mesh, say) -> dict:
     # Sharded init: one jit whose outputs are the shards; compare with the plan.
     variables = js.init(gpt, key, cfg, example, rules=rules)
     params = variables["params"]
+    device = jax.local_devices()[0]
     on_one = sum(
-        leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(params)
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(params)
+        for shard in leaf.addressable_shards
+        if shard.device == device
     )
     say(
-        f"sharded init: device {jax.local_devices()[0].id} holds {on_one:,} bytes of "
+        f"sharded init: device {device.id} holds {on_one:,} bytes of "
         f"{summary.total_bytes:,} (summary: {summary.total_device_bytes:,} per device)"
     )
 
@@ -459,19 +463,21 @@ def train(args, cfg: Config, mesh, say) -> dict:
 
 def save_and_restore(params, directory: str, step: int, say) -> None:
     """Saves the sharded params (each process its shards), restores into shardings."""
-    saver = js.Saver(max_to_keep=2)
-    path = saver.save({"params": params}, os.path.join(directory, "gpt"), step)
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
         {"params": params},
     )
-    restored = saver.restore(path, target)
+    with js.Saver(max_to_keep=2) as saver:
+        path = saver.save({"params": params}, os.path.join(directory, "gpt"), step)
+        restored = saver.restore(path, target)
     same = all(
-        np.array_equal(a.addressable_shards[0].data, b.addressable_shards[0].data)
-        and a.sharding == b.sharding
+        a.sharding == b.sharding
+        and all(
+            np.array_equal(x.data, y.data)
+            for x, y in zip(a.addressable_shards, b.addressable_shards, strict=True)
+        )
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored), strict=True)
     )
-    saver.close()
     say(f"saved {path}; restored into the same shardings, equal: {same}")
 
 
