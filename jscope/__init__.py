@@ -21,6 +21,7 @@ from jscope._src.run import apply as apply
 from jscope._src.run import init as init
 from jscope._src.run import init_with_output as init_with_output
 from jscope._src.run import make_template as make_template
+from jscope._src.run import partition_specs as partition_specs
 from jscope._src.run import transform as transform
 from jscope._src.scope import AUTO_REUSE as AUTO_REUSE
 from jscope._src.scope import VariableScope as VariableScope
@@ -28,6 +29,8 @@ from jscope._src.scope import get_variable_scope as get_variable_scope
 from jscope._src.scope import name_scope as name_scope
 from jscope._src.scope import variable_scope as variable_scope
 from jscope._src.sharding import ShardingRules as ShardingRules
+from jscope._src.sharding import constrain as constrain
+from jscope._src.sharding import shardings as shardings
 from jscope._src.summary import Summary as Summary
 from jscope._src.summary import summary as summary
 from jscope._src.transforms import cond as cond
@@ -76,6 +79,7 @@ __all__ = [
     "assign_add",
     "assign_sub",
     "cond",
+    "constrain",
     "errors",
     "flatten",
     "get_regularization_loss",
@@ -92,8 +96,10 @@ __all__ = [
     "make_template",
     "name_scope",
     "next_rng_key",
+    "partition_specs",
     "remat",
     "scan",
+    "shardings",
     "summary",
     "transform",
     "unflatten",

@@ -88,6 +88,18 @@ def _affine(x: jax.Array, scale: float, shift: float) -> jax.Array:
     return x
 
 
+def _one_computation(fn: Any) -> Any:
+    """``fn(key, shape, dtype)`` compiled as one computation (shape, dtype static).
+
+    XLA fuses ``a * x + b`` into one fused multiply-add inside a compiled
+    computation but not across eager operations, so an initializer whose
+    arithmetic ran op by op would give other bits eagerly (`js.init`) than
+    under `jax.jit` (`js.init(..., rules=...)`, a jitted init). Compiled as one
+    computation, its constants and fusions are the same in both.
+    """
+    return jax.jit(fn, static_argnums=(1, 2))
+
+
 def keyless(init: Initializer) -> Initializer:
     """Marks an initializer that ignores its key, so no key is derived for it."""
     init.keyless = True
@@ -116,9 +128,12 @@ def random_normal(
       dtype('float32')
     """
 
-    def init(key, shape, dtype=dtype, out_sharding=None):
-        dtype = _float_dtype(dtype, "random_normal")
+    @_one_computation
+    def values(key, shape, dtype):
         return _affine(jax.random.normal(key, shape, dtype), stddev, mean)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        return values(key, tuple(shape), _float_dtype(dtype, "random_normal"))
 
     return init
 
@@ -137,10 +152,13 @@ def truncated_normal(
       True
     """
 
-    def init(key, shape, dtype=dtype, out_sharding=None):
-        dtype = _float_dtype(dtype, "truncated_normal")
+    @_one_computation
+    def values(key, shape, dtype):
         x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
         return _affine(x, stddev, mean)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        return values(key, tuple(shape), _float_dtype(dtype, "truncated_normal"))
 
     return init
 
@@ -158,6 +176,11 @@ def random_uniform(
       dtype('int32')
     """
 
+    @_one_computation
+    def floats(key, shape, dtype):
+        high = 1.0 if maxval is None else maxval
+        return jax.random.uniform(key, shape, dtype, minval, high)
+
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = np.dtype(dtype)
         if jnp.issubdtype(dtype, jnp.integer):
@@ -168,9 +191,7 @@ def random_uniform(
                     "random_uniform(0, 10)."
                 )
             return jax.random.randint(key, shape, minval, maxval, dtype)
-        dtype = _float_dtype(dtype, "random_uniform")
-        high = 1.0 if maxval is None else maxval
-        return jax.random.uniform(key, shape, dtype, minval, high)
+        return floats(key, tuple(shape), _float_dtype(dtype, "random_uniform"))
 
     return init
 
@@ -347,8 +368,8 @@ def variance_scaling(
             f"one of {dists}. Pass e.g. distribution='truncated_normal'."
         )
 
-    def init(key, shape, dtype=dtype, out_sharding=None):
-        dtype = _float_dtype(dtype, "variance_scaling")
+    @_one_computation
+    def values(key, shape, dtype):
         fan_in, fan_out = compute_fans(shape)
         fan = {"fan_in": fan_in, "fan_out": fan_out}.get(mode, (fan_in + fan_out) / 2)
         variance = scale / max(1.0, fan)
@@ -360,6 +381,9 @@ def variance_scaling(
             x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
             return _affine(x, stddev, 0.0)
         return _affine(jax.random.normal(key, shape, dtype), math.sqrt(variance), 0.0)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        return values(key, tuple(shape), _float_dtype(dtype, "variance_scaling"))
 
     return init
 

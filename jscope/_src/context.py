@@ -138,6 +138,7 @@ class Frame:
         "trace_state",  # the JAX trace the run (or body) runs under
         "get_variable",  # the run's js.get_variable, for VariableScope.get_variable
         #                  (scope.py sits below variables.py and cannot import it)
+        "rules",  # the ShardingRules in force (js.init/apply rules=), or None
         # -- rule state: what TF1's rules consult; a lifted body's child starts
         #    from a copy, and the run adopts the child's after the transform
         "scope",  # the VariableScope open now (root: name "")
@@ -175,12 +176,14 @@ class Frame:
         given_tree: dict[str, Any] | None = None,
         mutable: frozenset[str] | Literal[True] = frozenset(),
         get_variable: Callable[..., Any] | None = None,
+        rules: Any = None,
     ):
         self.is_run = is_run
         self.initializing = initializing
         self.mutable: frozenset[str] | Literal[True] = mutable
         self.trace_state = trace_state() if is_run else None
         self.get_variable = get_variable
+        self.rules = rules
         self.scope = scope
         self.name_scope = ""
         self.used_names = names.Uniquifier()
@@ -231,6 +234,7 @@ class Frame:
             given_tree=given_tree,
             mutable=self.mutable,
             get_variable=self.get_variable,
+            rules=self.rules,
         )
         child.name_scope = self.name_scope
         child.used_names = self.used_names.copy()

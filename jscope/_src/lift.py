@@ -66,6 +66,16 @@ def check_axes(variable_axes: Any, what: str) -> dict[str, int]:
     return out
 
 
+def check_axis_name(axis_name: Any, what: str) -> str | None:
+    """Validates ``axis_name``: a str or None."""
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise errors.LiftError(
+            f"{what}: axis_name must be a str (the logical name of the stacked "
+            f"dimension, e.g. 'layers') or None, got {axis_name!r}."
+        )
+    return axis_name
+
+
 def check_split(split_rngs: Any, what: str) -> dict[str, bool]:
     """Validates ``split_rngs``: ``{stream: bool}``."""
     if split_rngs is None:
@@ -303,6 +313,8 @@ class LiftedCall:
       split: ``{stream: bool}``: streams whose keys differ per pass.
       carry_shared: Whether mutable shared variables are carried from pass to
         pass; if False (`js.vmap`) the body may not assign them.
+      axis_name: The logical axis name of the dimension stacked variables gain
+        (for `js.ShardingRules`), or None.
 
     Raises:
       NotInRunError: Called outside a run.
@@ -319,6 +331,7 @@ class LiftedCall:
         "found",
         "children",
         "makes",
+        "axis_name",
     )
 
     def __init__(
@@ -328,8 +341,10 @@ class LiftedCall:
         axes: dict[str, int] | None = None,
         split: dict[str, bool] | None = None,
         carry_shared: bool = True,
+        axis_name: str | None = None,
     ):
         self.what = what
+        self.axis_name = axis_name
         self.axes = axes or {}
         self.split = split or {}
         self.carry_shared = carry_shared
@@ -476,6 +491,16 @@ class LiftedCall:
                     path,
                 )
 
+    def _stack_axes(self, path: str, ndim: int, axis: int) -> None:
+        """Names the stacked dimension in the logical axes of ``path``."""
+        axes_of = self.outer.axes_of
+        inner = axes_of.get(path)
+        if inner is None and self.axis_name is None:
+            return
+        if inner is None:
+            inner = (None,) * (ndim - 1)
+        axes_of[path] = (*inner[:axis], self.axis_name, *inner[axis:])
+
     def finish(self, crossed: Crossed, child: context.Frame | None = None) -> None:
         """Makes the body's rule state the run's, with the transform's results.
 
@@ -501,6 +526,8 @@ class LiftedCall:
                     )
             else:
                 value = self.shared[path]
+            if coll in axes:
+                self._stack_axes(path, value.ndim, axes[coll])
             if outer.initializing:
                 outer.created[path] = (coll, value)
             outer.values[path] = value

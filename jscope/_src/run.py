@@ -1,8 +1,11 @@
 """`init`, `apply`, `transform` and `make_template`: the runs.
 
 Each run makes a `context.Frame` with a fresh root scope, runs the function in
-it (`Frame.entered`) and closes it, whatever happens. Imports: `errors`,
-`context`, `names`, `tree`, `scope`. Hot path: `apply` without jit.
+it (`Frame.entered`) and closes it, whatever happens. Given `ShardingRules`,
+`init` runs under one `jax.jit` that places every variable in its shards, and
+`partition_specs` runs it shape-only (`jax.eval_shape`). Imports: `errors`,
+`context`, `names`, `tree`, `scope`, `variables`, `sharding`. Hot path:
+`apply` without jit; without rules it costs one ``is None`` test per run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from jscope import errors
 from jscope._src import context, names, tree
 from jscope._src.scope import VariableScope, variable_scope
+from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
 
 _MSG_NOT_A_KEY = (
@@ -82,11 +86,20 @@ def _init_frame(rng: Any) -> context.Frame:
     )
 
 
-def init_with_output(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any):
+def init_with_output(
+    fn: Callable[..., Any],
+    rng: Any,
+    *args: Any,
+    rules: ShardingRules | None = None,
+    **kwargs: Any,
+):
     """Runs ``fn`` creating its variables; returns ``(output, variables)``.
 
-    See `init`.
+    See `init`. With ``rules``, ``fn`` runs under `jax.jit`, so its output
+    must be a tree of arrays.
     """
+    if rules is not None:
+        return _init_sharded(fn, rng, args, kwargs, rules, True)
     frame = _init_frame(rng)
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
@@ -105,8 +118,21 @@ def _ordered(frame: context.Frame):
         yield from items
 
 
-def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
+def init(
+    fn: Callable[..., Any],
+    rng: Any,
+    *args: Any,
+    rules: ShardingRules | None = None,
+    **kwargs: Any,
+) -> dict:
     """Runs ``fn`` once, creating every variable it asks for.
+
+    Given ``rules``, every variable is created directly in its shards on
+    ``rules.mesh``: ``fn`` runs under one `jax.jit` (its array arguments are
+    traced, the others are constants), each variable is constrained to its
+    spec and XLA computes each device's shards only, so the whole model never
+    exists on one device. The values are those of the same init without
+    rules, bit for bit (keys derive from paths, not devices).
 
     Args:
       fn: The function, calling `js.get_variable` / `js.Variable` inside.
@@ -114,16 +140,21 @@ def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
         per stream with a ``"params"`` key. Other streams (``"dropout"``) derive
         from it unless given.
       *args: Positional arguments for ``fn``.
+      rules: `js.ShardingRules` over a `jax.sharding.Mesh`: create the
+        variables in their shards, and make the rules current for
+        `js.constrain`.
       **kwargs: Keyword arguments for ``fn``.
 
     Returns:
       A new variable tree ``{collection: {scope: {name: array}}}`` of initial
-      values; assignments made while ``fn`` ran are not kept.
+      values; assignments made while ``fn`` ran are not kept. With ``rules``
+      each leaf's ``.sharding`` is ``NamedSharding(rules.mesh, spec)``.
 
     Raises:
       RngTypeError: ``rng`` is not a JAX key, e.g. an int seed: pass
         ``jax.random.key(seed)``.
       MissingRngError: ``rng`` is None, or a dict without ``"params"``.
+      ShardingError: With ``rules``, a variable's spec does not fit it.
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -135,7 +166,169 @@ def init(fn: Callable[..., Any], rng: Any, *args: Any, **kwargs: Any) -> dict:
       >>> jax.tree.map(jnp.shape, v)
       {'params': {'n1': {'w': (3, 2)}}}
     """
+    if rules is not None:
+        return _init_sharded(fn, rng, args, kwargs, rules, False)[1]
     return init_with_output(fn, rng, *args, **kwargs)[1]
+
+
+# ------------------------------------------------------------------- sharded
+
+
+def _check_rules(rules: Any, where: str) -> ShardingRules:
+    if not isinstance(rules, ShardingRules):
+        raise errors.ArgumentTypeError(
+            f"{where}(rules=...) takes a js.ShardingRules, got {type(rules).__name__}."
+        )
+    return rules
+
+
+def _split_arrays(tree_: Any) -> tuple[list, Callable[[list], Any]]:
+    """Splits ``tree_``'s leaves into the traced ones and the constants.
+
+    Arrays and `jax.ShapeDtypeStruct`s are traced; every other leaf stays the
+    Python object it is, as in a run without rules. Returns the traced leaves
+    and ``rebuild(traced) -> tree_``.
+    """
+    leaves, treedef = jax.tree.flatten(tree_)
+    traced = [isinstance(leaf, jax.Array | jax.ShapeDtypeStruct) for leaf in leaves]
+
+    def rebuild(arrays: list) -> Any:
+        it = iter(arrays)
+        return treedef.unflatten(
+            [next(it) if t else leaf for leaf, t in zip(leaves, traced, strict=True)]
+        )
+
+    return [leaf for leaf, t in zip(leaves, traced, strict=True) if t], rebuild
+
+
+def _traced_init(fn, rebuild, rules, collect, order):
+    """The function of the arrays of ``(rng, args, kwargs)`` that inits ``fn``.
+
+    Runs ``fn`` in an init frame whose rules are ``rules`` and returns its
+    output and ``[collect(path, value, axes), ...]``, one collection after
+    another, each in creation order; ``order`` receives the ``(collection,
+    path)`` of each (`jax.jit` would sort the keys of a returned dict).
+    """
+
+    def traced(arrays: list) -> tuple[Any, list]:
+        rng, args, kwargs = rebuild(arrays)
+        frame = _init_frame(rng)
+        frame.rules = rules
+        with frame.entered(on_exit=frame.close):
+            out = fn(*args, **kwargs)
+            axes_of = frame.axes_of
+            created = list(_ordered(frame))
+            order[:] = [(coll, path) for path, (coll, _) in created]
+            leaves = [collect(p, v, axes_of.get(p)) for p, (_, v) in created]
+        return out, leaves
+
+    return traced
+
+
+def _build(order: list, leaves: list) -> dict:
+    return tree.unflatten(
+        (f"{coll}/{path}", leaf) for (coll, path), leaf in zip(order, leaves, strict=True)
+    )
+
+
+def sharded_init_fn(
+    fn: Callable[..., Any],
+    rng: Any,
+    args: tuple,
+    kwargs: dict,
+    rules: ShardingRules,
+    *,
+    with_output: bool = True,
+) -> tuple[Callable[[list], tuple[Any, list]], list, list]:
+    """The jitted sharded init of ``fn``, its arrays, and its variables' order.
+
+    ``jitted(arrays)`` returns ``(output, leaves)`` (``output`` None unless
+    ``with_output``), each variable constrained to its spec over
+    ``rules.for_init().mesh``; once it is traced, ``order`` holds the
+    ``(collection, path)`` of each leaf. `init` calls it; the benchmarks trace
+    it.
+
+    Raises:
+      ShardingError: The rules are over an `AbstractMesh`.
+    """
+    rules = _check_rules(rules, "js.init")
+    if rules.is_abstract:
+        raise errors.ShardingError(
+            "js.init(rules=...) needs rules over a jax.sharding.Mesh of devices; "
+            f"these are over an AbstractMesh {rules.mesh_shape}, which can only "
+            "plan: call js.partition_specs with them, or build the rules over "
+            "jax.make_mesh(...)."
+        )
+    placing = rules.for_init()
+    arrays, rebuild = _split_arrays((rng, args, kwargs))
+    order: list = []
+    traced = _traced_init(fn, rebuild, placing, placing.place, order)
+    if with_output:
+        return jax.jit(traced), arrays, order
+    return jax.jit(lambda arrays: (None, traced(arrays)[1])), arrays, order
+
+
+def _init_sharded(fn, rng, args, kwargs, rules, with_output):
+    jitted, arrays, order = sharded_init_fn(
+        fn, rng, args, kwargs, rules, with_output=with_output
+    )
+    out, leaves = jitted(arrays)
+    if rules.for_init() is not rules:  # explicit axes: the same buffers, retyped
+        leaves = [jax.device_put(x, rules.named(x.sharding.spec)) for x in leaves]
+    return out, _build(order, leaves)
+
+
+def partition_specs(
+    fn: Callable[..., Any],
+    rng: Any,
+    *args: Any,
+    rules: ShardingRules,
+    **kwargs: Any,
+) -> dict:
+    """The `PartitionSpec` of every variable ``fn`` creates, without FLOPs.
+
+    Runs `js.init` of ``fn`` shape-only (`jax.eval_shape`) and resolves each
+    variable's spec from its path, its shape (stacked variables: the stacked
+    shape) and its logical axes, as `js.init(..., rules=rules)` places it.
+
+    Args:
+      fn: The function given to `js.init`.
+      rng: Its key.
+      *args: Its positional arguments (arrays may be `jax.ShapeDtypeStruct`s).
+      rules: `js.ShardingRules`, over a `Mesh` or an `AbstractMesh`.
+      **kwargs: Its keyword arguments.
+
+    Returns:
+      A tree keyed like `js.init`'s, leaves `PartitionSpec`.
+
+    Raises:
+      ShardingError: A variable's spec does not fit it.
+
+    Example:
+      >>> import jax, jscope as js
+      >>> mesh = jax.sharding.AbstractMesh((4,), ("model",))
+      >>> rules = js.ShardingRules(mesh, axes={"embed": None, "mlp": "model"})
+      >>> def f():
+      ...     js.get_variable("w", (8, 32), axes=("embed", "mlp"))
+      ...     js.get_variable("b", (32,))
+      >>> js.partition_specs(f, jax.random.key(0), rules=rules)
+      {'params': {'w': P(None, 'model'), 'b': P()}}
+    """
+    rules = _check_rules(rules, "js.partition_specs")
+    placing = rules.for_init()
+    arrays, rebuild = _split_arrays((rng, args, kwargs))
+
+    def collect(path, value, axes):
+        return rules.spec(path, value.shape, axes)
+
+    order: list = []
+    specs: list = []
+
+    def shapes(arrays):
+        specs[:] = _traced_init(fn, rebuild, placing, collect, order)(arrays)[1]
+
+    jax.eval_shape(shapes, arrays)
+    return _build(order, specs)
 
 
 def _mutable_set(mutable: Any) -> frozenset[str] | Literal[True]:
@@ -179,6 +372,7 @@ def apply(
     *args: Any,
     rngs: Any = None,
     mutable: Any = False,
+    rules: ShardingRules | None = None,
     **kwargs: Any,
 ) -> Any:
     """Runs ``fn`` reading every variable from ``variables``; creates nothing.
@@ -191,6 +385,8 @@ def apply(
         which every stream derives.
       mutable: Collections whose assignments are returned: False (none, the
         default), True (all), a name or a list of names.
+      rules: `js.ShardingRules` made current for `js.constrain` while ``fn``
+        runs (the variables keep the shardings they come with).
       **kwargs: Keyword arguments for ``fn``.
 
     Returns:
@@ -225,6 +421,7 @@ def apply(
         mutable=mut,
         rngs=rngs,
         get_variable=get_variable,
+        rules=None if rules is None else _check_rules(rules, "js.apply"),
     )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jscope import errors
-from jscope._src.lift import Crossed, LiftedCall, check_axes, check_same, check_split
+from jscope._src.lift import (
+    Crossed,
+    LiftedCall,
+    check_axes,
+    check_axis_name,
+    check_same,
+    check_split,
+)
 
 # ----------------------------------------------------------------------- scan
 
@@ -30,6 +37,7 @@ def scan(
     unroll: int | bool = 1,
     in_axes: int = 0,
     out_axes: int = 0,
+    axis_name: str | None = None,
 ) -> Callable[..., tuple[Any, Any]]:
     """`jax.lax.scan` over a function that uses jscope variables.
 
@@ -50,6 +58,9 @@ def scan(
       unroll: As in `jax.lax.scan`.
       in_axes: Axis of ``xs`` to scan over.
       out_axes: Axis of the stacked ``ys``.
+      axis_name: The logical axis name of the dimension stacked variables gain
+        (``"layers"``), for `js.ShardingRules`; None: not named (replicated
+        unless a ``paths`` rule says otherwise).
 
     Returns:
       A function ``(carry, xs=None) -> (carry, ys)``.
@@ -72,9 +83,10 @@ def scan(
     what = "js.scan"
     axes = check_axes(variable_axes, what)
     split = check_split(split_rngs, what)
+    check_axis_name(axis_name, what)
 
     def scanned(carry: Any, xs: Any = None) -> tuple[Any, Any]:
-        call = LiftedCall(what, axes=axes, split=split)
+        call = LiftedCall(what, axes=axes, split=split, axis_name=axis_name)
         if in_axes != 0:
             xs = jax.tree.map(lambda a: jnp.moveaxis(a, in_axes, 0), xs)
         call.length = n = _length(xs, length, what)
@@ -122,6 +134,7 @@ def vmap(
     in_axes: Any = 0,
     out_axes: Any = 0,
     axis_size: int | None = None,
+    axis_name: str | None = None,
 ) -> Callable[..., Any]:
     """`jax.vmap` over a function that uses jscope variables.
 
@@ -138,6 +151,9 @@ def vmap(
       in_axes: As in `jax.vmap`.
       out_axes: As in `jax.vmap`.
       axis_size: The batch size, when no argument is mapped.
+      axis_name: Names the mapped axis: passed to `jax.vmap` (for collectives
+        such as `jax.lax.psum`), and the logical axis name of the dimension
+        mapped variables gain, for `js.ShardingRules`.
 
     Returns:
       The mapped function.
@@ -155,9 +171,12 @@ def vmap(
     what = "js.vmap"
     axes = check_axes(variable_axes, what)
     split = check_split(split_rngs, what)
+    check_axis_name(axis_name, what)
 
     def mapped(*args: Any) -> Any:
-        call = LiftedCall(what, axes=axes, split=split, carry_shared=False)
+        call = LiftedCall(
+            what, axes=axes, split=split, carry_shared=False, axis_name=axis_name
+        )
         arg_axes = (
             in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
         )
@@ -176,7 +195,11 @@ def vmap(
             return out, crossed.created, crossed.updates
 
         out, created, updates = jax.vmap(
-            body, in_axes=(0, *arg_axes), out_axes=(out_axes, 0, 0), axis_size=n
+            body,
+            in_axes=(0, *arg_axes),
+            out_axes=(out_axes, 0, 0),
+            axis_size=n,
+            axis_name=axis_name,
         )(jnp.arange(n), *args)
         call.finish(Crossed(created, updates, {}))
         return out

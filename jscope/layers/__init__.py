@@ -23,6 +23,9 @@ axes, for `js.ShardingRules` to map to mesh axes (DESIGN §8; `js.get_variable`'
 None per dimension; None for the argument means no names (the variable is
 replicated unless a ``paths`` rule matches it). A tuple whose length is not the
 variable's rank is a `jscope.errors.LayerArgumentError` naming the variable.
+Rules with an ``axes`` table must map every name the model's layers use (to a
+mesh axis, or to None to replicate): an unknown name is a
+`jscope.errors.ShardingError`. Rules without one ignore the names.
 The defaults, in one table (``conv`` is ``conv1d``/``2d``/``3d`` and ``n`` their
 spatial axes; a norm over several axes names its last one ``"embed"`` and the
 others None; `gru_cell`'s ``kernel_axes`` and ``bias_axes`` name both its
