@@ -19,6 +19,7 @@ any failure is an exception (non-zero exit).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -154,6 +155,8 @@ def dump(jax, tree, path: str) -> None:
     if jax.process_index() == 0:
         np.savez(path + ".tmp.npz", **values)
         os.replace(path + ".tmp.npz", path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"dumped {path}")
 
 
 def compare(jax, tree, reference: str, *, exact: bool = True) -> None:
@@ -212,6 +215,8 @@ def single_save(work: str) -> None:
 
 def multi(work: str, port: int, process_id: int) -> None:
     jax = setup(4, port, process_id)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
     import jscope as js  # noqa: PLC0415
 
     assert jax.process_count() == 2 and jax.local_device_count() == 4
@@ -231,7 +236,8 @@ def multi(work: str, port: int, process_id: int) -> None:
     assert js.latest_checkpoint(directory) == pending
     assert not os.path.exists(path.replace("-2", "-1"))  # max_to_keep, process 0
     assert "params/w1" in sharded_kinds(pending)
-    dump(jax, tree, os.path.join(work, "multi.npz"))
+    reference = os.path.join(work, "multi.npz")
+    dump(jax, tree, reference)
     print(f"OK multi {process_id} save", flush=True)
 
     # The one-process checkpoint restores here, on another mesh shape.
@@ -251,8 +257,80 @@ def multi(work: str, port: int, process_id: int) -> None:
     again = js.Saver().restore(pending, tree)
     compare(jax, again, os.path.join(work, "multi.npz"))
     assert js.verify_checkpoint(pending) == [k for k, _ in js.list_variables(pending)]
+    # Readers of one process alone wait for no other process.
+    if process_id == 1:
+        w1 = js.load_variable(pending, "params/w1")
+        np.testing.assert_array_equal(
+            np.asarray(w1), np.load(reference)["['params']['w1']"]
+        )
+        assert js.verify_checkpoint(pending)
+    multihost_utils.sync_global_devices("alone")
     print(f"OK multi {process_id} restore", flush=True)
+
+    # Damage is seen by every process: a wrong recorded checksum (the check is
+    # one collective), and a flipped bit in one process's data file (each
+    # process reads only some chunks; all raise, none waits for the others).
+    for name, damage in (("checksum", wrong_checksum), ("bit", flipped_bit)):
+        copy = os.path.join(work, f"damaged-{name}", "model")
+        if process_id == 0:
+            shutil.copytree(pending, copy)
+            damage(copy)
+        multihost_utils.sync_global_devices(f"damaged-{name}")
+        try:
+            js.Saver().restore(copy, targets(jax, tree, mesh_4x2))
+        except js.CheckpointCorruptError as e:
+            said = f"key={e.key} {str(e)[:300]}"
+            print(f"OK multi {process_id} damaged {name}: {said}", flush=True)
+        else:
+            raise AssertionError(f"a damaged checkpoint ({name}) was restored")
+    multihost_utils.sync_global_devices("done")
     jax.distributed.shutdown()
+
+
+def rewrite_table(path: str, change) -> None:
+    """Rewrites the checkpoint's ``_CHECKSUMS`` with ``change(table)`` applied."""
+    import json  # noqa: PLC0415
+
+    import xxhash  # noqa: PLC0415
+
+    target = os.path.join(path, "_CHECKSUMS")
+    with open(target, "rb") as f:
+        table = json.loads(f.read().split(b"\n", 1)[1])
+    change(table)
+    body = json.dumps(table, separators=(",", ":")).encode()
+    head = b"jscope-checksums xxh3_64=" + xxhash.xxh3_64_hexdigest(body).encode()
+    with open(target, "wb") as f:
+        f.write(head + b"\n" + body)
+
+
+def wrong_checksum(path: str) -> None:
+    def change(table):
+        table["variables"]["params/w1"]["murmur3_sum64"] = "0123456789abcdef"
+
+    rewrite_table(path, change)
+
+
+def flipped_bit(path: str) -> None:
+    """Flips a bit of the data file, and records the file's new checksum (as if
+    it were too large to have one): only the arrays' reads can tell. (Orbax
+    merges each process's writes into the top-level ``d/`` at commit.)"""
+    import xxhash  # noqa: PLC0415
+
+    rel = "d"
+    names = os.listdir(os.path.join(path, rel))  # the largest holds the arrays
+    name = max(names, key=lambda n: os.path.getsize(os.path.join(path, rel, n)))
+    with open(os.path.join(path, rel, name), "r+b") as f:
+        blob = bytearray(f.read())
+        blob[len(blob) // 2] ^= 0x10
+        f.seek(0)
+        f.write(bytes(blob))
+
+    def change(table):
+        table["files"][os.path.join(rel, name)]["xxh3_64"] = xxhash.xxh3_64_hexdigest(
+            bytes(blob)
+        )
+
+    rewrite_table(path, change)
 
 
 def single_restore(work: str) -> None:

@@ -19,8 +19,9 @@ The rules, read from every module's imports (its ``ast``, function-level and
       layers/__init__
 
   A module imports only modules of a lower layer. The ``checkpoint`` package is a
-  branch of its own, layered inside (keys, layout < integrity, lock, orbax_io <
-  read < arrays < saver < the package): it needs only ``tree`` and ``errors`` (`ONLY`).
+  branch of its own, layered inside (keys, layout, interrupts, processes <
+  integrity, lock, orbax_io < read < arrays < saver < the package): it needs only
+  ``tree``, ``errors`` and ``jax_compat`` (`ONLY`).
 - **No cycles**, not even through an import inside a function. One import is
   exempt: ``jscope/__init__.py`` ends by importing ``jscope.layers`` (public as
   ``js.layers``), whose modules then see a complete ``jscope``; it must stay the
@@ -59,6 +60,8 @@ LAYERS = [
         "jscope.initializers",
         "jscope._src.checkpoint.keys",
         "jscope._src.checkpoint.layout",
+        "jscope._src.checkpoint.interrupts",
+        "jscope._src.checkpoint.processes",
     ],
     [
         "jscope._src.context",
@@ -88,7 +91,13 @@ LAYERS = [
 ]
 
 # Module prefixes allowed to import only these jscope modules (and each other).
-ONLY = {"jscope._src.checkpoint": {"jscope.errors", "jscope._src.tree"}}
+ONLY = {
+    "jscope._src.checkpoint": {
+        "jscope.errors",
+        "jscope._src.tree",
+        "jscope._src.jax_compat",
+    }
+}
 
 PUBLIC = {"jscope", "jscope.errors", "jscope.initializers", "jscope.typing"}
 ORBAX_MODULES = "jscope._src.checkpoint"  # a module or a package's prefix

@@ -98,12 +98,14 @@ def test_two_processes_save_and_restore_against_one_process(tmp_path):
     )
     loss = single.split("loss=")[1].split()[0]
     for i, out in enumerate(outs):
-        for what in ("step", "save", "restore"):
+        for what in ("step", "save", "restore", "damaged checksum", "damaged bit"):
             assert f"OK multi {i} {what}" in out, out[-4000:]
         assert f"loss={loss}" in out, (loss, out[-2000:])
     # Both processes wrote their shards; process 0 committed the checkpoint.
     names = sorted(os.listdir(work / "multi" / "model-3"))
     assert {"ocdbt.process_0", "ocdbt.process_1", "_CHECKSUMS"} <= set(names), names
+    for out in outs:
+        assert "key=params/w1 " in out.split("damaged checksum")[1], out[-2000:]
     assert sorted(os.listdir(work / "multi")) == [
         ".checkpoint.lock",
         "checkpoint",

@@ -86,3 +86,12 @@ def fold_in(key: jax.Array, data: int) -> jax.Array:
     ):
         return _raw_fold_in(key, np.uint32(data))
     return jax.random.fold_in(key, data)
+
+
+def distributed_client() -> Any:
+    """`jax.distributed`'s coordination client (key-value store), or None."""
+    try:
+        from jax._src import distributed  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - other jax versions
+        return None
+    return distributed.global_state.client

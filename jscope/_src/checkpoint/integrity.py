@@ -5,12 +5,14 @@ At save, jscope records in each checkpoint (beside Orbax's files) a small file::
     jscope-checksums xxh3_64=<checksum of the rest of the file>
     {"version": 2,
      "variables": {"params/w": {"shape": [4, 3], "dtype": "float32",
-                                "xxh3_64": "…", "key_impl": null}, ...},
+                                "xxh3_64": "…", "key_impl": null},
+                   "params/big": {"shape": [8, 1024], "dtype": "bfloat16",
+                                  "murmur3_sum64": "…", "key_impl": null}, ...},
      "files": {"_METADATA": {"size": 812, "xxh3_64": "…"},
                "ocdbt.process_0/d/…": {"size": 1048576, "xxh3_64": null}, ...}}
 
-Every array's checksum is xxHash's XXH3 (64 bits) of its values in C order
-(of its 16 MiB chunks' checksums for a larger array, hashed in parallel);
+An array whole on one device has xxHash's XXH3 (64 bits) of its values in C
+order (of its 16 MiB chunks' checksums for a larger array, hashed in parallel);
 every file of the checkpoint has its size and, up to `SMALL_FILE` bytes (all of
 Orbax's metadata), its checksum. A read checks the file (its own first line),
 the files' sizes and small checksums before Orbax opens anything, and each

@@ -111,6 +111,39 @@ def fspath(save_path: Any, what: str) -> str:
         ) from None
 
 
+def target_path(save_path: Any, step: int | None, pad: bool) -> str:
+    """The checkpoint path of a save: ``save_path``, ``-<step>`` appended.
+
+    Raises:
+      CheckpointError: The path cannot name a checkpoint (see the messages).
+    """
+    path = fspath(save_path, "save_path")
+    if step is not None:
+        path = f"{path}-{step:08d}" if pad else f"{path}-{step}"
+    name = os.path.basename(path)
+    if (
+        not name
+        or name in (STATE_FILENAME, LOCK_FILENAME, ".", "..")
+        or is_temporary(name)
+    ):
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: save_path must name a "
+            f"checkpoint inside a directory, like 'ckpt/model' (the name "
+            f"{STATE_FILENAME!r} is the directory's checkpoint state).",
+            path,
+        )
+    inside = inside_checkpoint(os.path.dirname(os.path.abspath(path)))
+    if inside is not None:
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: its directory is inside the "
+            f"checkpoint {inside}, and the checkpoint state written there would "
+            "break it. Save beside it instead, e.g. "
+            f"{os.path.join(os.path.dirname(inside), 'model')!r}.",
+            path,
+        )
+    return path
+
+
 def relative(directory: str, path: str) -> str:
     """``path`` as the state records it: its name if it is in ``directory``."""
     parent, name = os.path.split(os.path.abspath(path))

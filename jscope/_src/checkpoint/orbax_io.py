@@ -212,8 +212,12 @@ def restore(
     *,
     partial: bool,
     nested: bool,
+    local: bool = False,
 ) -> dict[str, Any]:
     """Restores ``{key: (item, restore_args)}`` from ``ckpt``; ``{key: array}``.
+
+    ``local``: no array spans other processes, so this process reads alone
+    (Orbax would otherwise wait for every process at the end of a restore).
 
     Raises:
       Exception: Orbax's or TensorStore's own error (the caller names it).
@@ -222,8 +226,18 @@ def restore(
     args = {key: s[1] for key, s in specs.items()}
     if nested:
         item, args = _unflatten_nested(item), _unflatten_nested(args)
+    options = ocp.options.MultiprocessingOptions()
+    if local and jax.process_count() > 1:
+        me = jax.process_index()
+        options = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    checkpointer = ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+        multiprocessing_options=options,
+    )
     with _ORBAX:
-        restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+        restored = checkpointer.restore(
             epath.Path(os.path.abspath(ckpt)),
             args=ocp.args.PyTreeRestore(
                 item=item, restore_args=args, partial_restore=partial

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
+from jscope import errors
+from jscope._src import jax_compat
+
+CheckpointError = errors.CheckpointError
+
 TIMEOUT_S = 1800  # how long a process waits for process 0 (a large save's commit)
 
 _SAVES = itertools.count()
+_READS = itertools.count()
 
 
 def count() -> int:
@@ -36,6 +43,14 @@ def primary() -> bool:
     return jax.process_index() == 0
 
 
+def spans(sharding: Any) -> bool:
+    """Whether a sharding has devices of other processes."""
+    if sharding is None:
+        return False
+    me = jax.process_index()
+    return any(d.process_index != me for d in sharding.device_set)
+
+
 def next_save() -> int:
     """The number of this process's next multi-process save.
 
@@ -45,15 +60,18 @@ def next_save() -> int:
     return next(_SAVES)
 
 
+def next_read() -> int:
+    """The number of this process's next multi-process read (as `next_save`)."""
+    return next(_READS)
+
+
 def describe(error: BaseException) -> str:
     """An error as one line for the other processes."""
     return f"{type(error).__name__}: {error}"
 
 
 def _client() -> Any:
-    from jax._src import distributed  # noqa: PLC0415 (jax's coordination client)
-
-    client = distributed.global_state.client
+    client = jax_compat.distributed_client()
     if client is None:
         raise RuntimeError(
             "jax reports several processes but jax.distributed is not initialized"
@@ -74,3 +92,70 @@ def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
         client.key_value_set(key, json.dumps(value))
         return value
     return json.loads(client.blocking_key_value_get(key, TIMEOUT_S * 1000))
+
+
+def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int, str]]:
+    """Every other process's error at step ``step`` of ``what``, after all got there.
+
+    Each process publishes its outcome (``error`` or success) and waits (at most
+    `TIMEOUT_S`) for every other's: ``[(process, error text), ...]``.
+    """
+    client = _client()
+    me = jax.process_index()
+    prefix = f"jscope/checkpoint/{what}-{step}"
+    text = "" if error is None else describe(error)
+    client.key_value_set(f"{prefix}/{me}", json.dumps(text))
+    failed = []
+    for other in range(count()):
+        if other != me:
+            found = client.blocking_key_value_get(f"{prefix}/{other}", TIMEOUT_S * 1000)
+            if json.loads(found):
+                failed.append((other, json.loads(found)))
+    return failed
+
+
+def begin(step: int, path: str, start: Callable[[], str]) -> str:
+    """The start of save ``step``: process 0 runs ``start``, all get its result.
+
+    ``start`` takes the directory and returns the temporary name that every
+    process passes to Orbax. An error of process 0 is raised in every process.
+    """
+    if primary():
+        try:
+            tmp = start()
+        except BaseException as e:
+            share(step, "begin", {"error": describe(e)})
+            raise
+        share(step, "begin", {"tmp": tmp})
+        return tmp
+    begun = share(step, "begin", None)
+    if "error" in begun:
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: process 0, which writes the "
+            f"checkpoint's directory, failed to start it: {begun['error']}",
+            path,
+        )
+    return str(begun["tmp"])
+
+
+def commit(step: int, path: str, install: Callable[[], None]) -> None:
+    """The end of save ``step``: process 0 runs ``install``, the others wait.
+
+    No process returns before process 0 has committed the checkpoint, and an
+    error of process 0 is raised in every process.
+    """
+    if primary():
+        try:
+            install()
+        except BaseException as e:
+            share(step, "commit", {"error": describe(e)})
+            raise
+        share(step, "commit", {})
+        return
+    committed = share(step, "commit", None)
+    if "error" in committed:
+        raise CheckpointError(
+            f"Cannot save a checkpoint at {path!r}: process 0 failed to commit "
+            f"it: {committed['error']}",
+            path,
+        )

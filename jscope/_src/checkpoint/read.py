@@ -20,7 +20,7 @@ import numpy as np
 from jax.core import Tracer
 
 from jscope import errors
-from jscope._src.checkpoint import integrity, orbax_io
+from jscope._src.checkpoint import integrity, orbax_io, processes
 from jscope._src.checkpoint.keys import canonical, suggest
 from jscope._src.checkpoint.layout import CHECKSUMS, checkpoint_path
 
@@ -104,9 +104,12 @@ def stable_read(ckpt: str, read: Callable[[], _T]) -> _T:
     checkpoint (a save to the same path) can see pieces of both and fail its
     checks. Such a read is retried; only a checkpoint that stays in place
     while it fails its checks is reported corrupt. Once it is gone the retry
-    raises `CheckpointNotFoundError`.
+    raises `CheckpointNotFoundError`. With several processes it is read once.
     """
-    for _ in range(_READ_TRIES - 1):
+    # With several processes a read is not retried: each process would decide
+    # alone, and their collectives (the checks) would no longer match.
+    tries = _READ_TRIES if processes.count() == 1 else 1
+    for _ in range(tries - 1):
         before = _identity(ckpt)
         try:
             return read()
@@ -285,22 +288,44 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         )
         for key, s in specs.items()
     }
+    spans = processes.count() > 1 and any(
+        processes.spans(s.sharding) for s in specs.values()
+    )
+    failure: BaseException | None = None
     try:
         raw = orbax_io.restore(
             ckpt,
             orbax_specs,
             partial=len(specs) < len(stored.shapes),
             nested=stored.nested,
+            local=not spans,
         )
-    except errors.JscopeError:
-        raise
+    except errors.JscopeError as e:
+        failure = e
     except Exception as e:
         first = (str(e).splitlines() or [""])[0][:300]
-        raise integrity.corrupt(
+        failure = integrity.corrupt(
             ckpt, f"Orbax cannot read it ({type(e).__name__}: {first})", file=ckpt
-        ) from None
+        )
+    if spans:
+        # Each process reads its own shards: all agree that every read worked
+        # before the checks (collectives), or all raise. A read of arrays of
+        # this process only (`load_variable`, `verify_checkpoint`, targets on
+        # local devices) involves no other process.
+        failure = _agreed(ckpt, failure)
+    if failure is not None:
+        raise failure from None
     integrity.check_arrays(ckpt, {key: raw[key] for key in specs}, stored.checksums)
     return raw
+
+
+def _agreed(ckpt: str, failure: BaseException | None) -> BaseException | None:
+    """This process's read error, else another process's, else None."""
+    others = processes.gather("restore", processes.next_read(), failure)
+    if failure is not None or not others:
+        return failure
+    process, text = others[0]
+    return integrity.corrupt(ckpt, f"process {process} cannot read it ({text})")
 
 
 def restore_leaves(

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import contextlib
 import functools
 import itertools
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -35,6 +33,7 @@ from jscope import errors
 from jscope._src.checkpoint import (
     arrays,
     integrity,
+    interrupts,
     keys,
     layout,
     lock,
@@ -66,6 +65,12 @@ class Saver:
     when it is read (`verify_checkpoint`). One process writes a directory at a
     time: a Saver holds the directory's lock from its first save there until
     `close` (or its garbage collection, or the end of its process).
+
+    Sharded arrays are saved as they are, each process writing only its
+    shards, and restore into whatever shardings the target gives (another
+    mesh, one device). Under ``jax.distributed`` every process calls `save`
+    and `restore` with the same tree; process 0 writes the shared files and
+    the others wait until it has committed.
 
     Args:
       var_list: None (every variable), a list of full paths such as
@@ -237,7 +242,7 @@ class Saver:
           Exception: The error of an earlier non-blocking save (as in
             `wait_until_finished`).
         """
-        with _interrupts_deferred(save_path) as interrupted:
+        with interrupts.deferred(save_path) as interrupted:
             path = self._save(variables, save_path, global_step, blocking, write_state)
         if interrupted:
             raise KeyboardInterrupt  # the save is complete
@@ -278,7 +283,8 @@ class Saver:
         sums = integrity.sum_checksums(
             {key: items[key] for key, k in kinds.items() if k == integrity.SUM}
         )
-        path = self._target_path(save_path, global_step)
+        step_number = None if global_step is None else keys.step_number(global_step)
+        path = layout.target_path(save_path, step_number, self._pad_step_number)
         final = os.path.abspath(path)
         directory = os.path.dirname(final)
         with layout.write_errors(directory):
@@ -297,7 +303,13 @@ class Saver:
         step = processes.next_save() if shared else None
         try:
             if shared:
-                tmp = self._begin_shared(path, final, directory, write_state, step)
+                tmp = processes.begin(
+                    step,
+                    path,
+                    lambda: self._begin_primary(path, final, directory, write_state),
+                )
+                if not processes.primary():
+                    self._begin_other(path, directory, write_state)
             else:
                 self._begin(path, tmp, directory, write_state)
             self._start_orbax(path, tmp, items)
@@ -321,34 +333,6 @@ class Saver:
         self._pending = self._committer.submit(commit)
         return path
 
-    def _target_path(self, save_path: Any, global_step: Any) -> str:
-        path = layout.fspath(save_path, "save_path")
-        if global_step is not None:
-            step = keys.step_number(global_step)
-            path = f"{path}-{step:08d}" if self._pad_step_number else f"{path}-{step}"
-        name = os.path.basename(path)
-        if (
-            not name
-            or name in (layout.STATE_FILENAME, layout.LOCK_FILENAME, ".", "..")
-            or layout.is_temporary(name)
-        ):
-            raise CheckpointError(
-                f"Cannot save a checkpoint at {path!r}: save_path must name a "
-                f"checkpoint inside a directory, like 'ckpt/model' (the name "
-                f"{layout.STATE_FILENAME!r} is the directory's checkpoint state).",
-                path,
-            )
-        inside = layout.inside_checkpoint(os.path.dirname(os.path.abspath(path)))
-        if inside is not None:
-            raise CheckpointError(
-                f"Cannot save a checkpoint at {path!r}: its directory is inside the "
-                f"checkpoint {inside}, and the checkpoint state written there would "
-                "break it. Save beside it instead, e.g. "
-                f"{os.path.join(os.path.dirname(inside), 'model')!r}.",
-                path,
-            )
-        return path
-
     def _begin(self, path: str, tmp: str, directory: str, write_state: bool) -> None:
         """Takes the directory, cleans it, checks that ``tmp`` can be created."""
         if directory not in self._held:
@@ -365,33 +349,17 @@ class Saver:
             os.mkdir(probe)
             os.rmdir(probe)
 
-    def _begin_shared(
-        self, path: str, final: str, directory: str, write_state: bool, step: int
+    def _begin_primary(
+        self, path: str, final: str, directory: str, write_state: bool
     ) -> str:
-        """`_begin` in several processes: process 0 does it, names the temp.
+        tmp = layout.temporary_path(final)
+        self._begin(path, tmp, directory, write_state)
+        return tmp
 
-        Returns the temporary name every process passes to Orbax. An error of
-        process 0 is raised in every process.
-        """
-        if processes.primary():
-            tmp = layout.temporary_path(final)
-            try:
-                self._begin(path, tmp, directory, write_state)
-            except BaseException as e:
-                processes.share(step, "begin", {"error": processes.describe(e)})
-                raise
-            processes.share(step, "begin", {"tmp": tmp})
-            return tmp
-        begun = processes.share(step, "begin", None)
-        if "error" in begun:
-            raise CheckpointError(
-                f"Cannot save a checkpoint at {path!r}: process 0, which writes "
-                f"the checkpoint's directory, failed to start it: {begun['error']}",
-                path,
-            )
+    def _begin_other(self, path: str, directory: str, write_state: bool) -> None:
+        """`_begin` of a process other than 0: adopts the state (reading only)."""
         if write_state and self._max_to_keep and directory not in self._adopted:
             self._adopt(path, directory)
-        return str(begun["tmp"])
 
     def _start_orbax(self, path: str, tmp: str, items: Mapping[str, Any]) -> None:
         with layout.write_errors(path):
@@ -429,7 +397,18 @@ class Saver:
         checkpoint is committed, and an error of process 0 is raised in all.
         """
         writer = job.step is None or processes.primary()
-        old = None
+        old: list[str | None] = [None]
+
+        def install() -> None:  # in process 0 only
+            with layout.write_errors(job.final):
+                for key, entry in job.index.items():
+                    entry[job.kinds[key]] = sums[key]
+                integrity.write(job.tmp, job.index, integrity.file_table(job.tmp))
+                layout.fsync_tree(job.tmp)
+                old[0] = layout.install(job.tmp, job.final)
+            if job.write_state:
+                self._record_and_rotate(job.path, job.final, job.directory)
+
         try:
             try:
                 sums = integrity.checksums(job.views) if writer else {}
@@ -437,47 +416,22 @@ class Saver:
             finally:
                 with layout.write_errors(job.final):
                     orbax_io.finish_save(self._orbax())
-            if not writer:
-                self._await_commit(job)
-                return
-            try:
-                with layout.write_errors(job.final):
-                    for key, entry in job.index.items():
-                        entry[job.kinds[key]] = sums[key]
-                    integrity.write(job.tmp, job.index, integrity.file_table(job.tmp))
-                    layout.fsync_tree(job.tmp)
-                    old = layout.install(job.tmp, job.final)
-                if job.write_state:
-                    self._record_and_rotate(job.path, job.final, job.directory)
-            except BaseException as e:
-                if job.step is not None:
-                    failed = {"error": processes.describe(e)}
-                    processes.share(job.step, "commit", failed)
-                raise
-            if job.step is not None:
-                processes.share(job.step, "commit", {})
+            if job.step is None:
+                install()
+            else:
+                processes.commit(job.step, job.path, install)
+                if not writer and job.write_state:
+                    with self._lock:  # process 0 deletes what this drops
+                        self._record(job.path, job.final, time.time())
         except BaseException:
             if writer:
                 for leftover in (job.tmp, job.tmp + layout.ORBAX_TMP):
                     shutil.rmtree(leftover, ignore_errors=True)
             raise
         finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            if old[0] is not None:
+                shutil.rmtree(old[0], ignore_errors=True)
             mutex.release()
-
-    def _await_commit(self, job: _Save) -> None:
-        """In a process other than 0: waits until process 0 committed the save."""
-        committed = processes.share(job.step, "commit", None)
-        if "error" in committed:
-            raise CheckpointError(
-                f"Cannot save a checkpoint at {job.path!r}: process 0 failed to "
-                f"commit it: {committed['error']}",
-                job.path,
-            )
-        if job.write_state:
-            with self._lock:
-                self._record(job.path, job.final, time.time())  # process 0 deletes
 
     def _record_and_rotate(self, path: str, final: str, directory: str) -> None:
         """Records a written checkpoint, updates the state, deletes old ones."""
@@ -611,43 +565,6 @@ def _views(items: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]
         for key, value in items.items()
         if kinds[key] == integrity.XXH3
     }
-
-
-@contextlib.contextmanager
-def _interrupts_deferred(save_path: Any):
-    """Lets a save started in the main thread finish before Ctrl-C stops it.
-
-    The first SIGINT prints one line and makes the list this yields non-empty
-    (the caller raises `KeyboardInterrupt` once the save is done); a second one
-    aborts at once. Custom SIGINT handlers, and
-    saves in other threads, are left alone.
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield []
-        return
-    interrupted: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if interrupted:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        interrupted.append(signum)
-        print(
-            f"jscope: interrupted; finishing the checkpoint save to {save_path} "
-            "first (Ctrl-C again to abort it)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield interrupted
-    finally:
-        if signal.getsignal(signal.SIGINT) is handler:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _release_all(owner: int, held: set[str]) -> None:
