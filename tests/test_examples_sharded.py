@@ -46,12 +46,14 @@ def test_prints_the_mesh(one_process):
 @pytest.mark.parametrize(
     ("path", "shape", "spec"),
     [
-        ("wte/embeddings", "(128, 32)", "P('model', None)"),
-        ("wpe", "(32, 32)", "P(None, None)"),
-        ("h/attn/query/kernel", "(2, 32, 4, 8)", "P(None, None, 'model', None)"),
-        ("h/attn/output/kernel", "(2, 4, 8, 32)", "P(None, 'model', None, None)"),
+        # Specs as jscope gives them: trailing Nones dropped.
+        ("wte/embeddings", "(128, 32)", "P('model')"),
+        ("wpe", "(32, 32)", "P()"),
+        ("h/attn/query/kernel", "(2, 32, 4, 8)", "P(None, None, 'model')"),
+        ("h/attn/output/kernel", "(2, 4, 8, 32)", "P(None, 'model')"),
         ("h/mlp/c_fc/kernel", "(2, 32, 128)", "P(None, None, 'model')"),
-        ("h/mlp/c_proj/kernel", "(2, 128, 32)", "P(None, 'model', None)"),
+        ("h/mlp/c_proj/kernel", "(2, 128, 32)", "P(None, 'model')"),
+        ("h/mlp/c_proj/bias", "(2, 32)", "P()"),
         ("head/kernel", "(32, 128)", "P(None, 'model')"),
     ],
 )

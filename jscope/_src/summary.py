@@ -1,8 +1,7 @@
 """`summary`: a table of a function's variables from a shape-only init.
 
 Given sharding rules, each row also shows the variable's `PartitionSpec` (from
-`js.partition_specs`, imported lazily from ``sharding``) and the bytes one device
-holds of it.
+`js.partition_specs`) and the bytes one device holds of it.
 """
 
 from __future__ import annotations
@@ -276,9 +275,7 @@ def summary(
     shapes = jax.eval_shape(init_shapes, rng, dynamic)
     specs = None
     if rules is not None:
-        from jscope._src import sharding  # noqa: PLC0415 (sharding imports run)
-
-        specs = sharding.partition_specs(fn, rng, *args, rules=rules, **kwargs)
+        specs = run.partition_specs(fn, rng, *args, rules=rules, **kwargs)
     rows = []
     for coll, path in order:
         leaf = _at(shapes, coll, path)
