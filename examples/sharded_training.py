@@ -65,6 +65,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 
 import numpy as np
@@ -303,6 +304,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _forward(stream) -> None:
+    for line in stream:  # gloo's threads print their connections, even mid-line
+        if "[Gloo]" not in line and "connected peer ranks" not in line:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
 def launch(n: int, argv: list[str], timeout: float) -> int:
     """Runs this script as ``n`` processes on this machine, as ``n`` hosts would.
 
@@ -319,9 +327,18 @@ def launch(n: int, argv: list[str], timeout: float) -> int:
             [sys.executable, __file__, *argv, "--process-id", str(i)]
             + ["--coordinator", coordinator],
             env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(n)
     ]
+    # Each child's lines are passed on whole, without gloo's connection messages.
+    forwarders = [
+        threading.Thread(target=_forward, args=(child.stdout,), daemon=True)
+        for child in children
+    ]
+    for thread in forwarders:
+        thread.start()
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -341,6 +358,8 @@ def launch(n: int, argv: list[str], timeout: float) -> int:
             if child.poll() is None:
                 child.kill()
             child.wait()
+        for thread in forwarders:
+            thread.join(timeout=10)
 
 
 # -------------------------------------------------------------------- main
