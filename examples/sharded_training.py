@@ -42,6 +42,10 @@ batch with ``jax.make_array_from_process_local_data``. Batches depend only on th
 seed, the step and the row, so 1 and 2 processes see the same data and print the
 same losses (up to the order of floating-point sums).
 
+``--checkpoint DIR`` saves the trained parameters with `js.Saver` (each process
+writes its own shards) and restores them into a target of
+`jax.ShapeDtypeStruct`s carrying the same shardings.
+
 Run it with:
 
     python examples/sharded_training.py                 # mesh 2x4, 200 steps

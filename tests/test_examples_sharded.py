@@ -20,13 +20,16 @@ INIT_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def one_process():
-    return run_script(SCRIPT, "--quick", timeout=600).stdout
+def one_process(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("one")
+    return run_script(SCRIPT, "--quick", "--checkpoint", ckpt, timeout=600).stdout
 
 
 @pytest.fixture(scope="module")
-def two_processes():
-    return run_script(SCRIPT, "--quick", "--processes", "2", timeout=600).stdout
+def two_processes(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("two")
+    args = ("--quick", "--processes", "2", "--checkpoint", ckpt)
+    return run_script(SCRIPT, *args, timeout=600).stdout
 
 
 def _losses(output):
@@ -100,3 +103,13 @@ def test_two_processes_train_as_one(one_process, two_processes):
     assert [s for s, _ in one] == [s for s, _ in two]
     for (step, a), (_, b) in zip(one, two, strict=True):
         assert b == pytest.approx(a, rel=1e-3), step
+
+
+@pytest.mark.parametrize("run", ["one_process", "two_processes"])
+def test_checkpoint_restores_into_the_same_shards(run, request):
+    output = request.getfixturevalue(run)
+    assert re.search(
+        r"^saved \S+gpt-30; restored into the same shardings, equal: True$",
+        output,
+        re.MULTILINE,
+    ), output
