@@ -212,24 +212,24 @@ SCAN = Bench("bench_scan.py", lines=SCAN_RATIOS, check=_scan)
 
 SHARDING_RATIOS = (
     "RATIO memory held/whole x N (2x4, N=4) = ",
-    "RATIO memory held/whole x N (1x8, N=8) = ",
     "RATIO memory peak/whole x N (2x4, N=4) = ",
-    "RATIO memory peak/whole x N (1x8, N=8) = ",
+    "RATIO memory peak/unsharded peak x N (2x4, N=4) = ",
     "RATIO init_trace rules/no rules = ",
     "RATIO train_step 8 devices/1 device = ",
 )
 
 
 def _sharding(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    ratios = {}
     for line in SHARDING_RATIOS:
         value = re.search(re.escape(line) + r"([0-9.]+)", stdout)
         assert value and float(value.group(1)) > 0, line
-    # What one device holds after the sharded init is about 1/N of the model.
-    for mesh in ("2x4, N=4", "1x8, N=8"):
-        held = re.search(
-            re.escape(f"RATIO memory held/whole x N ({mesh}) = ") + r"([0-9.]+)", stdout
-        )
-        assert float(held.group(1)) <= 1.1, stdout
+        ratios[line] = float(value.group(1))
+    # One device holds about a quarter of the model after the sharded init (the
+    # quick model's replicated norms and position table weigh a few per cent),
+    # and its peak is about a quarter of the unsharded init's.
+    assert ratios[SHARDING_RATIOS[0]] < 1.25, stdout
+    assert ratios[SHARDING_RATIOS[2]] < 1.25, stdout
     assert re.search(r"first-step loss: 1 device [0-9.]+, 8 devices [0-9.]+", stdout)
 
 
