@@ -166,21 +166,79 @@ def test_a_getter_without_kwargs_still_works_without_axes():
     assert js.init_with_output(fn, KEY)[0].shape == (2,)
 
 
-def test_axes_cross_a_lifted_transform_unstacked_inside():
+def scan_program(axis_name, axis=0):
     def block(x, _):
         w = js.get_variable("w", (3, 3), axes=("embed", "mlp"))
+        js.get_variable("plain", (3,))
         js.get_variable("shared", (3,), axes=("embed",), collection="consts")
         return x @ w, None
 
     def fn(x):
-        js.scan(block, variable_axes={"params": 0}, length=2)(x, None)
+        js.scan(block, variable_axes={"params": axis}, length=2, axis_name=axis_name)(
+            x, None
+        )
         return dict(context.peek().axes_of)
 
-    out = js.init_with_output(fn, KEY, jnp.ones((3,)))[0]
-    # The stacked dimension is named by js.scan's axis_name (§8.2); here only
-    # that the body's axes reach the run.
-    assert out["w"][-2:] == ("embed", "mlp")
+    return fn
+
+
+def test_scan_names_the_stacked_dimension():
+    out = recorded_axes(scan_program("layers"), jnp.ones((3,)))
+    assert out == {
+        "w": ("layers", "embed", "mlp"),
+        "plain": ("layers", None),  # named by the stack only
+        "shared": ("embed",),  # not stacked
+    }
+
+
+def test_an_unnamed_stack_keeps_the_body_axes_and_a_none():
+    out = recorded_axes(scan_program(None), jnp.ones((3,)))
+    assert out == {"w": (None, "embed", "mlp"), "shared": ("embed",)}
+
+
+def test_the_stacked_dimension_sits_at_the_variable_axis():
+    out = recorded_axes(scan_program("layers", axis=1), jnp.ones((3,)))
+    assert out["w"] == ("embed", "layers", "mlp")
+
+
+def test_nested_transforms_name_each_dimension():
+    def member(x):
+        scan_program("layers")(x)
+        return x
+
+    def fn(x):
+        js.vmap(member, {"params": 0}, in_axes=None, axis_size=2,
+                axis_name="members")(x)  # fmt: skip
+        return dict(context.peek().axes_of)
+
+    out = recorded_axes(fn, jnp.ones((3,)))
+    assert out["w"] == ("members", "layers", "embed", "mlp")
     assert out["shared"] == ("embed",)
+
+
+def test_vmap_axis_name_serves_collectives_at_init_and_apply():
+    def member(x):
+        y = x @ js.get_variable("w", (2, 1))
+        js.get_variable("s", (1,), collection="consts")
+        return y - jax.lax.pmean(y, "members")
+
+    def ensemble(x):
+        return js.vmap(member, {"params": 0}, in_axes=None, axis_size=3,
+                       axis_name="members")(x)  # fmt: skip
+
+    x = jnp.ones((4, 2))
+    out, variables = js.init_with_output(ensemble, KEY, x)
+    assert variables["params"]["w"].shape == (3, 2, 1)
+    assert variables["consts"]["s"].shape == (1,)
+    for y in (out, js.apply(ensemble, variables, x)):
+        assert y.shape == (3, 4, 1)
+        assert float(jnp.abs(y.mean(0)).max()) < 1e-6
+
+
+@pytest.mark.parametrize("make", [js.scan, js.vmap])
+def test_axis_name_must_be_a_str(make):
+    with pytest.raises(errors.LiftError, match="axis_name must be a str"):
+        make(lambda *a: a, variable_axes={"params": 0}, axis_name=0)
 
 
 def test_sharding_error_pickles():

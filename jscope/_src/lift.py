@@ -375,12 +375,22 @@ class LiftedCall:
             **kwargs,
         )
 
-    def discover(self, *fns: Callable[..., Any], args: tuple) -> None:
+    def discover(
+        self,
+        *fns: Callable[..., Any],
+        args: tuple,
+        wrap: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    ) -> None:
         """At init, finds and creates the shared variables of the body.
 
         Runs each of ``fns`` (a body, or both branches) shape-only on ``args``;
         they must create the same variables. The shared ones are then created
         here, outside the transform.
+
+        Args:
+          *fns: The body, or the branches.
+          args: Their arguments, as one pass sees them.
+          wrap: Wraps the shape-only pass (e.g. in a named `jax.vmap`).
         """
         outer, specs = self.outer, {}
         for fn in fns:
@@ -395,7 +405,7 @@ class LiftedCall:
                 lift.initial = {}  # traced values of this probe
                 return 0
 
-            jax.eval_shape(probe, *args)
+            jax.eval_shape(probe if wrap is None else wrap(probe), *args)
             if self.found is not None:
                 check_same(self.what, self.found, found)
             self.found = found

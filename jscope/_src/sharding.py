@@ -156,7 +156,7 @@ class ShardingRules:
       P()
     """
 
-    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled", "_auto")
+    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled", "_auto", "_fitted")
 
     def __init__(
         self,
@@ -174,6 +174,8 @@ class ShardingRules:
         self.mesh = mesh
         self._sizes: dict[str, int] = dict(shape)
         self._auto: ShardingRules | None = None
+        # (rule index or logical axes, shape) -> the spec checked to fit it
+        self._fitted: dict[tuple, PartitionSpec] = {}
         if isinstance(paths, str | bytes | Mapping) or not all(
             isinstance(rule, tuple | list) and len(rule) == 2 for rule in paths
         ):
@@ -253,15 +255,25 @@ class ShardingRules:
             dimension not divisible by the mesh axes' size) or a logical name
             is not in the ``axes`` table.
         """
-        for compiled, spec in self._compiled:
+        shape = tuple(shape)
+        for i, (compiled, spec) in enumerate(self._compiled):
             if compiled.search(path) is not None:
-                origin = f"the paths rule {compiled.pattern!r}"
-                return self._fit(spec, f"Variable {path}", path, tuple(shape), origin)
+                fitted = self._fitted.get((i, shape))
+                if fitted is None:
+                    origin = f"the paths rule {compiled.pattern!r}"
+                    fitted = self._fit(spec, f"Variable {path}", path, shape, origin)
+                    self._fitted[i, shape] = fitted
+                return fitted
         if axes is None or self.axes is None:
             return _REPLICATED
-        spec = self.logical_spec(axes, path=path)
-        origin = f"its logical axes {tuple(axes)!r}"
-        return self._fit(spec, f"Variable {path}", path, tuple(shape), origin)
+        key = (tuple(axes), shape)
+        fitted = self._fitted.get(key)
+        if fitted is None:
+            spec = self.logical_spec(axes, path=path)
+            origin = f"its logical axes {tuple(axes)!r}"
+            fitted = self._fit(spec, f"Variable {path}", path, shape, origin)
+            self._fitted[key] = fitted
+        return fitted
 
     def logical_spec(
         self, axes: Sequence[str | None], *, path: str | None = None
@@ -363,10 +375,11 @@ class ShardingRules:
     def for_init(self) -> ShardingRules:
         """These rules over the mesh with every axis `AxisType.Auto`.
 
-        `js.init` places variables with `jax.lax.with_sharding_constraint`
-        and leaves the rest to XLA's sharding propagation, which computes each
-        initializer in its shards only; explicit mesh axes would type every
-        intermediate value replicated and build whole variables first.
+        `js.init` traces the model under them: the variables are laid out by
+        the jit's ``out_shardings`` and XLA's sharding propagation computes
+        each initializer in its shards only; explicit mesh axes would type
+        every intermediate value replicated and build whole variables first.
+        `js.constrain` at init constrains over this mesh.
         """
         if self._auto is None:
             auto = (jax.sharding.AxisType.Auto,) * len(self._sizes)
@@ -379,7 +392,7 @@ class ShardingRules:
                     self.axes,
                     self._compiled,
                 )
-                rules._sizes = self._sizes
+                rules._sizes, rules._fitted = self._sizes, self._fitted
                 rules.mesh = self.mesh.update(axis_types=auto)
                 rules._auto = rules
                 self._auto = rules
@@ -388,16 +401,6 @@ class ShardingRules:
     def named(self, spec: PartitionSpec) -> jax.sharding.NamedSharding:
         """``NamedSharding(self.mesh, spec)``."""
         return jax.sharding.NamedSharding(self.mesh, spec)
-
-    def place(self, path: str, value: jax.Array, axes: LogicalAxes | None) -> Any:
-        """``value`` constrained to the spec of the variable at ``path``.
-
-        Over an abstract mesh the spec is only checked.
-        """
-        spec = self.spec(path, value.shape, axes)
-        if self.is_abstract:
-            return value
-        return _constrain(value, self.named(spec))
 
     def constrain(self, x: Any, logical_axes: Sequence[str | None]) -> Any:
         """``x`` constrained to the spec of ``logical_axes``; see `constrain`."""

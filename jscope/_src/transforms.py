@@ -188,7 +188,7 @@ def vmap(
                 else jax.tree.map(lambda v, ax=ax: jnp.take(v, 0, ax), a)
                 for a, ax in zip(args, arg_axes, strict=True)
             ]
-            call.discover(fn, args=tuple(first))
+            call.discover(fn, args=tuple(first), wrap=_named(axis_name))
 
         def body(i, *args):
             out, crossed = call.run(fn, *args, carried={}, index=i)
@@ -205,6 +205,23 @@ def vmap(
         return out
 
     return mapped
+
+
+def _named(axis_name: str | None) -> Callable[..., Any] | None:
+    """How the shape-only pass runs: in a size-1 `jax.vmap` named ``axis_name``.
+
+    So collectives over ``axis_name`` in the body trace there too.
+    """
+    if axis_name is None:
+        return None
+
+    def wrap(probe: Callable[..., Any]) -> Callable[..., Any]:
+        def one_member(*args: Any) -> Any:
+            return jax.vmap(lambda: probe(*args), axis_size=1, axis_name=axis_name)()
+
+        return one_member
+
+    return wrap
 
 
 def _axis_size(args, arg_axes, axis_size, what) -> int:
