@@ -70,6 +70,15 @@ first MLP ``dense`` by its outputs, and the norms are replicated. The MLP's seco
 is split by its outputs too, which is correct but moves more data). Convolutions
 name their channels ``"conv_in"``/``"conv_out"``, apart from a transformer's
 names, so a rule for one family never shards the other by accident.
+
+The layers compute with plain `jax.numpy` and `jax.lax` operations and leave the
+sharding of their activations to XLA's propagation, so run them over a mesh whose
+axes are `jax.sharding.AxisType.Auto` (``jax.make_mesh(shape, names,
+axis_types=(AxisType.Auto,) * len(names))``; jax's default is explicit axes).
+Over explicit axes, JAX asks for an ``out_sharding`` that the layers do not pick
+for a gather from a vocabulary-sharded `embedding`, for `multi_head_attention`'s
+output projection contracting sharded heads, and for a convolution with a
+sharded kernel.
 """
 
 # Each group of layers is re-exported from its private module below.
