@@ -209,6 +209,10 @@ def single_save(work: str) -> None:
     with js.Saver() as saver:
         path = saver.save(tree, os.path.join(work, "single", "model"), global_step=1)
     assert "params/w1" in sharded_kinds(path), sharded_kinds(path)
+    # The same values saved from the host: xxh3_64 checksums only.
+    on_host = jax.tree.map(np.asarray, tree)
+    path = js.Saver().save(on_host, os.path.join(work, "host", "model"))
+    assert not sharded_kinds(path), sharded_kinds(path)
     dump(jax, tree, os.path.join(work, "single.npz"))
     print(f"OK single-save loss={value:.6f}", flush=True)
 
@@ -253,6 +257,12 @@ def multi(work: str, port: int, process_id: int) -> None:
             assert got.sharding == want.sharding, (got.sharding, want.sharding)
             assert not got.is_fully_addressable or got.is_fully_replicated
     compare(jax, restored, os.path.join(work, "single.npz"))
+    # Saved from the host (xxh3_64), restored sharded over both processes: each
+    # array is gathered once to check it.
+    from_host = js.Saver().restore(
+        os.path.join(work, "host", "model"), targets(jax, tree, mesh_4x2)
+    )
+    compare(jax, from_host, os.path.join(work, "single.npz"))
     # Its own checkpoint, checked, into sharded array targets.
     again = js.Saver().restore(pending, tree)
     compare(jax, again, os.path.join(work, "multi.npz"))
@@ -266,6 +276,24 @@ def multi(work: str, port: int, process_id: int) -> None:
         assert js.verify_checkpoint(pending)
     multihost_utils.sync_global_devices("alone")
     print(f"OK multi {process_id} restore", flush=True)
+
+    # A save that process 0 cannot start (an unreadable state file) fails in
+    # every process, and the next save works.
+    broken = os.path.join(work, "broken")
+    if process_id == 0:
+        os.makedirs(broken)
+        with open(os.path.join(broken, "checkpoint"), "w") as f:
+            f.write("{not json")
+    multihost_utils.sync_global_devices("broken")
+    try:
+        js.Saver().save(tree, os.path.join(broken, "model"))
+    except js.CheckpointError as e:
+        assert ("process 0" in str(e)) == (process_id == 1), str(e)
+        print(f"OK multi {process_id} refused: {str(e)[:160]}", flush=True)
+    else:
+        raise AssertionError("a save over an unreadable state succeeded")
+    js.Saver().save(tree, os.path.join(work, "after", "model"), write_state=False)
+    print(f"OK multi {process_id} saved after", flush=True)
 
     # Damage is seen by every process: a wrong recorded checksum (the check is
     # one collective), and a flipped bit in one process's data file (each

@@ -98,7 +98,15 @@ def test_two_processes_save_and_restore_against_one_process(tmp_path):
     )
     loss = single.split("loss=")[1].split()[0]
     for i, out in enumerate(outs):
-        for what in ("step", "save", "restore", "damaged checksum", "damaged bit"):
+        for what in (
+            "step",
+            "save",
+            "restore",
+            "refused",
+            "saved after",
+            "damaged checksum",
+            "damaged bit",
+        ):
             assert f"OK multi {i} {what}" in out, out[-4000:]
         assert f"loss={loss}" in out, (loss, out[-2000:])
     # Both processes wrote their shards; process 0 committed the checkpoint.

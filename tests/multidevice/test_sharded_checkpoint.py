@@ -212,8 +212,9 @@ def test_sharded_arrays_record_murmur3_sum64_and_whole_ones_xxh3_64(saved):
 
 def test_the_checksum_does_not_depend_on_the_sharding_and_sees_one_element():
     rng = np.random.default_rng(1)
-    for dtype in ("float32", "bfloat16", "float16", "int8", "bool", "uint32"):
-        x = rng.normal(size=(8, 16)) * 40
+    dtypes = ("float32", "bfloat16", "float16", "int8", "bool", "uint32")
+    for dtype in (*dtypes, "int4", "float8_e4m3fn", "float4_e2m1fn"):
+        x = rng.normal(size=(8, 16)) * (3 if "float" in dtype else 40)
         x = x > 0 if dtype == "bool" else x.astype(dtype)
         layouts = [
             jax.device_put(x, NamedSharding(MESH_2X4, P("data", "model"))),
@@ -227,9 +228,15 @@ def test_the_checksum_does_not_depend_on_the_sharding_and_sees_one_element():
         }
         assert len(found) == 1, (dtype, found)
         changed = x.copy()
-        changed[5, 9] = ~changed[5, 9] if dtype == "bool" else changed[5, 9] + 1
+        if dtype == "bool":
+            changed[5, 9] = not changed[5, 9]
+        elif jnp.issubdtype(x.dtype, jnp.floating):
+            changed[5, 9] = -changed[5, 9]  # the sign bit, even of a zero
+        else:
+            changed[5, 9] = 1 if changed[5, 9] == 0 else 0
         swapped = x.copy()
         swapped[[0, 7]] = swapped[[7, 0]]
+        assert not np.array_equal(swapped.view(np.uint8), x.view(np.uint8))
         for other in (changed, swapped):
             sharded = jax.device_put(other, NamedSharding(MESH_2X4, P("data")))
             got = integrity.sum_hex(integrity.sum_checksums({"k": sharded}))["k"]

@@ -347,7 +347,7 @@ def _words_numpy(x: np.ndarray) -> list[np.ndarray]:
     if x.dtype == np.bool_:
         return [x.astype(np.uint32)]
     if np.issubdtype(x.dtype, np.complexfloating):
-        return _words_numpy(x.real.copy()) + _words_numpy(x.imag.copy())
+        return _words_numpy(np.real(x).copy()) + _words_numpy(np.imag(x).copy())
     if x.dtype.name in _NARROW:
         return [x.astype(np.int32).view(np.uint32)]
     if x.dtype.name == "float4_e2m1fn":

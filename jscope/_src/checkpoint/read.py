@@ -292,6 +292,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         processes.spans(s.sharding) for s in specs.values()
     )
     failure: BaseException | None = None
+    raw: dict[str, Any] = {}
     try:
         raw = orbax_io.restore(
             ckpt,

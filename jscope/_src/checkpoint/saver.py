@@ -302,7 +302,7 @@ class Saver:
         tmp = layout.temporary_path(final) if not shared else ""
         step = processes.next_save() if shared else None
         try:
-            if shared:
+            if step is not None:
                 tmp = processes.begin(
                     step,
                     path,
