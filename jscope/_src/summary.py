@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from jscope._src import run, tree
+from jscope._src.sharding import ShardingRules
 
 
 class Row(NamedTuple):
@@ -215,7 +216,7 @@ def summary(
     rng: jax.Array | Mapping[str, jax.Array],
     *args: Any,
     depth: int = 1,
-    rules: Any = None,
+    rules: ShardingRules | None = None,
     **kwargs: Any,
 ) -> Summary:
     """Summarises the variables ``fn`` creates, from a shape-only init (no FLOPs).
@@ -273,9 +274,10 @@ def summary(
         return variables
 
     shapes = jax.eval_shape(init_shapes, rng, dynamic)
-    specs = None
+    specs, mesh = None, None
     if rules is not None:
         specs = run.partition_specs(fn, rng, *args, rules=rules, **kwargs)
+        mesh = rules.mesh
     rows = []
     for coll, path in order:
         leaf = _at(shapes, coll, path)
@@ -286,10 +288,10 @@ def summary(
         )
         if specs is not None:
             spec = _at(specs, coll, path)
-            nbytes = _shard_bytes(row.shape, spec, rules.mesh, dtype.itemsize)
+            nbytes = _shard_bytes(row.shape, spec, mesh, dtype.itemsize)
             row = row._replace(spec=spec, device_bytes=nbytes)
         rows.append(row)
-    return Summary(rows, depth, None if rules is None else rules.mesh)
+    return Summary(rows, depth, mesh)
 
 
 def _at(nested: Mapping[str, Any], collection: str, path: str) -> Any:
