@@ -104,13 +104,9 @@ def _feature_axes(
 ) -> tuple[str | None, ...] | None:
     """The checked logical axes ``<variable>_axes`` of a variable of ``pshape``."""
     return _checks.axes(
-        value,
-        pshape,
-        variable=variable,
-        what=f"{variable}_axes",
-        layer=layer,
+        value, pshape, variable=variable, what=f"{variable}_axes", layer=layer,
         default=FEATURE_AXES,
-    )
+    )  # fmt: skip
 
 
 def _gamma_beta(
@@ -129,22 +125,14 @@ def _gamma_beta(
     gamma = beta = None
     if scale:
         gamma = js.get_variable(
-            "gamma",
-            pshape,
-            dtype=dtype,
-            initializer=init[0] or js.initializers.ones(),
-            regularizer=reg[0],
+            "gamma", pshape, dtype, init[0] or js.initializers.ones(), reg[0],
             axes=gamma_axes,
-        )
+        )  # fmt: skip
     if center:
         beta = js.get_variable(
-            "beta",
-            pshape,
-            dtype=dtype,
-            initializer=init[1] or js.initializers.zeros(),
-            regularizer=reg[1],
+            "beta", pshape, dtype, init[1] or js.initializers.zeros(), reg[1],
             axes=beta_axes,
-        )
+        )  # fmt: skip
     return gamma, beta
 
 
@@ -207,10 +195,9 @@ def layer_norm(
       dtype: The variables' dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``layer_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
-      gamma_axes: ``gamma``'s logical axes for sharding rules, one name (or
-        None) per normalized axis, as `js.get_variable`'s ``axes``; defaults
-        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
-        "embed")`` for several normalized axes. None: no names.
+      gamma_axes: ``gamma``'s logical axes (`js.get_variable`'s ``axes``), one
+        per normalized axis; default ``(None, ..., "embed")`` (the table in
+        `jscope.layers`). None: no names.
       beta_axes: ``beta``'s logical axes, likewise.
 
     Returns:
@@ -284,10 +271,9 @@ def rms_norm(
       dtype: The variable's dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``rms_norm``, uniquified.
       reuse: Whether to share the variable of an earlier call with this name.
-      scale_axes: ``scale``'s logical axes for sharding rules, one name (or
-        None) per normalized axis, as `js.get_variable`'s ``axes``; defaults
-        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
-        "embed")`` for several normalized axes. None: no names.
+      scale_axes: ``scale``'s logical axes (`js.get_variable`'s ``axes``), one
+        per normalized axis; default ``(None, ..., "embed")`` (the table in
+        `jscope.layers`). None: no names.
 
     Returns:
       The normalized array, shaped like ``inputs``.
@@ -317,14 +303,11 @@ def rms_norm(
         if not scale:
             return y.astype(x.dtype)
         pshape = tuple(x.shape[a] for a in axes)
+        s_axes = _feature_axes(scale_axes, pshape, "scale", "rms_norm")
         s = js.get_variable(
-            "scale",
-            pshape,
-            dtype=dtype,
-            initializer=scale_initializer or js.initializers.ones(),
-            regularizer=scale_regularizer,
-            axes=_feature_axes(scale_axes, pshape, "scale", "rms_norm"),
-        )
+            "scale", pshape, dtype, scale_initializer or js.initializers.ones(),
+            scale_regularizer, axes=s_axes,
+        )  # fmt: skip
         y = y * s.astype(y.dtype).reshape(_bshape(x.ndim, axes, x.shape))
         return y.astype(s.dtype)
 
@@ -372,9 +355,8 @@ def group_norm(
       dtype: The variables' dtype; defaults to the scope's, else float32.
       name: The variable scope; defaults to ``group_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
-      gamma_axes: ``gamma``'s logical axes for sharding rules, as
-        `js.get_variable`'s ``axes``; defaults from the table in
-        `jscope.layers`: ``("embed",)``. None: no names.
+      gamma_axes: ``gamma``'s logical axes (`js.get_variable`'s ``axes``);
+        default ``("embed",)`` (the table in `jscope.layers`); None: no names.
       beta_axes: ``beta``'s logical axes, likewise.
 
     Returns:
@@ -540,10 +522,9 @@ def batch_norm(
         float32. The moving statistics are always float32.
       name: The variable scope; defaults to ``batch_normalization``, uniquified.
       reuse: Whether to share the variables of an earlier call with this name.
-      gamma_axes: ``gamma``'s logical axes for sharding rules, one name (or
-        None) per feature axis, as `js.get_variable`'s ``axes``; defaults
-        from the table in `jscope.layers`: ``("embed",)``, or ``(None, ...,
-        "embed")`` for several feature axes. None: no names.
+      gamma_axes: ``gamma``'s logical axes (`js.get_variable`'s ``axes``), one
+        per feature axis; default ``(None, ..., "embed")`` (the table in
+        `jscope.layers`). None: no names.
       beta_axes: ``beta``'s logical axes, likewise.
       moving_mean_axes: ``moving_mean``'s logical axes, likewise.
       moving_variance_axes: ``moving_variance``'s logical axes, likewise.
@@ -593,21 +574,15 @@ def batch_norm(
             "batch_norm",
         )
         moving_mean = js.get_variable(
-            "moving_mean",
-            pshape,
-            dtype=jnp.float32,
-            initializer=moving_mean_initializer or js.initializers.zeros(),
-            trainable=False,
+            "moving_mean", pshape, jnp.float32,
+            moving_mean_initializer or js.initializers.zeros(), trainable=False,
             axes=mean_axes,
-        )
+        )  # fmt: skip
         moving_var = js.get_variable(
-            "moving_variance",
-            pshape,
-            dtype=jnp.float32,
-            initializer=moving_variance_initializer or js.initializers.ones(),
-            trainable=False,
+            "moving_variance", pshape, jnp.float32,
+            moving_variance_initializer or js.initializers.ones(), trainable=False,
             axes=var_axes,
-        )
+        )  # fmt: skip
         x32 = x.astype(_stat_dtype(x))
         if training:
             mean, var = _moments(x32, red)

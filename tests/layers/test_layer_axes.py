@@ -297,3 +297,36 @@ def test_the_gpt_rules_shard_a_transformer_block_megatron_style():
         "layer_normalization_1/beta": (None,),
     }
     assert got == expected
+
+
+# ------------------------------------------------------------------ sharing
+
+
+def test_a_shared_layer_repeats_its_axes_or_omits_them():
+    def shared(x, **kw):
+        layers.dense(x, 4, name="d")
+        layers.dense(x, 4, name="d", reuse=True)  # the same defaults
+        return layers.dense(x, 4, name="d", reuse=True, kernel_axes=None, **kw)
+
+    x = _x(2, 8)
+    assert _specs(shared, x) == {"d/kernel": ("embed", "mlp"), "d/bias": ("mlp",)}
+    other = functools.partial(shared, bias_axes=("embed",))
+    with pytest.raises(
+        js.errors.ShardingError, match="Trying to share variable d/bias"
+    ):
+        js.init(other, KEY, x)
+
+
+def test_a_custom_getter_sees_the_layers_axes():
+    seen = {}
+
+    def getter(next_getter, name, *args, **kwargs):
+        seen[name] = kwargs.get("axes")
+        return next_getter(name, *args, **kwargs)
+
+    def fn(x):
+        with js.variable_scope("net", custom_getter=getter):
+            return layers.dense(x, 4, bias_axes=None)
+
+    js.init(fn, KEY, _x(2, 8))
+    assert seen == {"net/dense/kernel": ("embed", "mlp"), "net/dense/bias": None}
