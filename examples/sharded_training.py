@@ -48,7 +48,7 @@ writes its own shards) and restores them into a target of
 
 Run it with:
 
-    python examples/sharded_training.py                 # mesh 2x4, 200 steps
+    python examples/sharded_training.py                 # mesh 2x4, 200 steps, ~2 min
     python examples/sharded_training.py --mesh 4x2 --steps 400
     python examples/sharded_training.py --processes 2   # 2 processes x 4 devices
     python examples/sharded_training.py --checkpoint /tmp/gpt  # save, restore
