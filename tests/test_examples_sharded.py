@@ -1,8 +1,12 @@
 """The sharded GPT example: a mesh, a table of specs, loss falling, 1 or 2 processes."""
 
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 from helpers import run_script
@@ -113,3 +117,22 @@ def test_checkpoint_restores_into_the_same_shards(run, request):
         output,
         re.MULTILINE,
     ), output
+
+
+def test_a_failing_process_stops_the_run():
+    # Both children refuse a mesh of 9 devices; the launcher reports the first
+    # failure, kills what is left and exits with 1, well before its timeout.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--processes", "2", "--mesh", "3x3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"^process [01] failed \(exit code 1\)$", proc.stdout, re.M)
+    assert "--mesh 3x3: need data x model with 8 devices" in proc.stderr
+    assert time.monotonic() - start < 200
