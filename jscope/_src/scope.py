@@ -13,7 +13,7 @@ AUTO_REUSE = AutoReuse()
 
 _UNSUPPORTED_SCOPE_ARGS = {
     "caching_device": "jscope places arrays with jax.device_put / shardings",
-    "partitioner": "jscope shards variables with jax.sharding instead",
+    "partitioner": "jscope shards variables with js.ShardingRules (paths or axes=)",
     "use_resource": "every jscope variable is a plain jax.Array",
     "constraint": "apply the constraint to the value after the optimizer update",
 }

@@ -83,7 +83,7 @@ _TF1_KWARGS_HELP = {
     "validate_shape": "jscope always knows and checks the full shape",
     "use_resource": "every jscope variable is a plain jax.Array",
     "caching_device": "place arrays with jax.device_put or shardings instead",
-    "partitioner": "shard variables with jax.sharding (see the Scale section) instead",
+    "partitioner": "shard variables with js.ShardingRules (path rules, or axes=)",
     "constraint": "apply the constraint to the value after the optimizer update",
     "synchronization": "replicas are synchronized by jax's SPMD partitioner",
     "aggregation": "gradients are aggregated by jax's SPMD partitioner",
