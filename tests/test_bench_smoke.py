@@ -232,12 +232,43 @@ TF1_CHECKPOINT = Bench(
     check=_tf1_checkpoint,
 )
 
+# ----------------------------------------------------------------- sharding
+# Exit code 1: the compiled sharded init's outputs are not the rules' shardings,
+# its values differ from the unsharded init's, or the 8-device train step's loss
+# differs from the 1-device step's.
+
+SHARDING_RATIOS = (
+    "RATIO memory held/whole x N (2x4, N=4) = ",
+    "RATIO memory peak/whole x N (2x4, N=4) = ",
+    "RATIO memory peak/unsharded peak x N (2x4, N=4) = ",
+    "RATIO init_trace rules/no rules = ",
+    "RATIO train_step 8 devices/1 device = ",
+)
+
+
+def _sharding(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    ratios = {}
+    for line in SHARDING_RATIOS:
+        value = re.search(re.escape(line) + r"([0-9.]+)", stdout)
+        assert value and float(value.group(1)) > 0, line
+        ratios[line] = float(value.group(1))
+    # One device holds about a quarter of the model after the sharded init (the
+    # quick model's replicated norms and position table weigh a few per cent),
+    # and its peak is about a quarter of the unsharded init's.
+    assert ratios[SHARDING_RATIOS[0]] < 1.25, stdout
+    assert ratios[SHARDING_RATIOS[2]] < 1.25, stdout
+    assert re.search(r"first-step loss: 1 device [0-9.]+, 8 devices [0-9.]+", stdout)
+
+
+SHARDING = Bench("bench_sharding.py", lines=SHARDING_RATIOS, check=_sharding)
+
 BENCHES = {
     "core": CORE,
     "checkpoint": CHECKPOINT,
     "layers": LAYERS,
     "scan": SCAN,
     "tf1_checkpoint": TF1_CHECKPOINT,
+    "sharding": SHARDING,
 }
 
 

@@ -1,4 +1,8 @@
-"""`summary`: a table of a function's variables from a shape-only init."""
+"""`summary`: a table of a function's variables from a shape-only init.
+
+Given sharding rules, each row also shows the variable's `PartitionSpec` (from
+`js.partition_specs`) and the bytes one device holds of it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import jax
 import numpy as np
 
 from jscope._src import run, tree
+from jscope._src.sharding import ShardingRules
 
 
 class Row(NamedTuple):
@@ -21,6 +26,24 @@ class Row(NamedTuple):
     collection: str
     count: int
     bytes: int
+    spec: Any = None  # its PartitionSpec, when the summary was given rules
+    device_bytes: int | None = None  # bytes of its shard on one device, likewise
+
+
+def _spec_text(spec: Any) -> str:
+    """``P(None, 'model')``: a spec as it is written in code."""
+    return "P(" + ", ".join(repr(entry) for entry in spec) + ")"
+
+
+def _shard_bytes(shape: tuple[int, ...], spec: Any, mesh: Any, itemsize: int) -> int:
+    """Bytes of one device's shard of an array of ``shape`` laid out by ``spec``."""
+    sizes = dict(mesh.shape)
+    shard = list(shape)
+    for i, entry in enumerate(spec):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        ways = math.prod(sizes[name] for name in names)
+        shard[i] = -(-shard[i] // ways)  # a ceiling: XLA pads uneven shards
+    return math.prod(shard) * itemsize
 
 
 def _human(n: float) -> str:
@@ -38,17 +61,26 @@ class Summary:
 
     Print it (plain text), call `to_markdown` for logs, or `print_rich` for a
     terminal table. ``rows`` holds one `Row` per variable, in creation order.
+    A summary made with sharding rules has two more columns: each variable's
+    ``spec`` and the bytes of its shard on one device (``bytes/device``).
 
     Attributes:
       rows: The variables.
       depth: How many leading path components group the subtotals.
+      mesh: The rules' mesh, or None for a summary made without rules.
     """
 
     __module__ = "jscope"
 
-    def __init__(self, rows: list[Row], depth: int = 1):
+    def __init__(self, rows: list[Row], depth: int = 1, mesh: Any = None):
         self.rows = rows
         self.depth = depth
+        self.mesh = mesh
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the rows carry specs and per-device bytes (rules were given)."""
+        return self.mesh is not None
 
     @property
     def total_count(self) -> int:
@@ -60,14 +92,33 @@ class Summary:
         """Bytes of every variable."""
         return sum(r.bytes for r in self.rows)
 
+    @property
+    def total_device_bytes(self) -> int | None:
+        """Bytes of every variable's shard on one device (None without rules)."""
+        if not self.sharded:
+            return None
+        return sum(r.device_bytes or 0 for r in self.rows)
+
+    def _scope(self, path: str) -> str:
+        parts = path.split("/")
+        return "/".join(parts[: min(self.depth, len(parts) - 1)]) or "(root)"
+
     def subtotals(self) -> dict[str, tuple[int, int]]:
         """``{scope: (count, bytes)}`` per scope of ``depth`` path components."""
         out: dict[str, tuple[int, int]] = {}
         for r in self.rows:
-            parts = r.path.split("/")
-            scope = "/".join(parts[: min(self.depth, len(parts) - 1)]) or "(root)"
+            scope = self._scope(r.path)
             c, b = out.get(scope, (0, 0))
             out[scope] = (c + r.count, b + r.bytes)
+        return out
+
+    def device_subtotals(self) -> dict[str, int]:
+        """``{scope: bytes on one device}``, as `subtotals` (empty without rules)."""
+        out: dict[str, int] = {}
+        if self.sharded:
+            for r in self.rows:
+                scope = self._scope(r.path)
+                out[scope] = out.get(scope, 0) + (r.device_bytes or 0)
         return out
 
     def _table(self) -> tuple[list[str], list[list[str]], list[list[str]]]:
@@ -91,6 +142,13 @@ class Summary:
         foot.append(
             ["total", "", "", "", f"{self.total_count:,}", _human(self.total_bytes)]
         )
+        if self.sharded:
+            header += ["spec", "bytes/device"]
+            for row, r in zip(body, self.rows, strict=True):
+                row += [_spec_text(r.spec), _human(r.device_bytes or 0)]
+            per_device = [*self.device_subtotals().values(), self.total_device_bytes]
+            for row, b in zip(foot, per_device, strict=True):
+                row += ["", _human(b or 0)]
         return header, body, foot
 
     def to_text(self) -> str:
@@ -121,7 +179,8 @@ class Summary:
         header, body, foot = self._table()
         table = Table(title="jscope summary")
         for h in header:
-            table.add_column(h, justify="right" if h in ("params", "bytes") else "left")
+            right = h in ("params", "bytes", "bytes/device")
+            table.add_column(h, justify="right" if right else "left")
         for row in body:
             table.add_row(*row)
         table.add_section()
@@ -143,9 +202,12 @@ class Summary:
         return self.to_text()
 
     def __repr__(self) -> str:
+        per_device = ""
+        if self.sharded:
+            per_device = f", {_human(self.total_device_bytes or 0)} per device"
         return (
             f"<js.Summary: {len(self.rows)} variables, {self.total_count:,} params, "
-            f"{_human(self.total_bytes)}>"
+            f"{_human(self.total_bytes)}{per_device}>"
         )
 
 
@@ -154,19 +216,29 @@ def summary(
     rng: jax.Array | Mapping[str, jax.Array],
     *args: Any,
     depth: int = 1,
+    rules: ShardingRules | None = None,
     **kwargs: Any,
 ) -> Summary:
     """Summarises the variables ``fn`` creates, from a shape-only init (no FLOPs).
+
+    With ``rules`` (a `js.ShardingRules`), every row also gets the variable's
+    ``spec`` (as `js.partition_specs` gives it) and ``bytes/device``, the bytes
+    of its shard on one device of the rules' mesh; subtotals and the total get
+    theirs too. A spec that does not fit raises, as `js.partition_specs` does.
 
     Args:
       fn: The function, as given to `js.init`.
       rng: A key, as for `js.init`.
       *args: Arguments for ``fn`` (arrays or `jax.ShapeDtypeStruct`).
       depth: Path components that group the subtotals (1: top-level scopes).
+      rules: Optional `js.ShardingRules`: add the spec and per-device columns.
       **kwargs: Keyword arguments for ``fn``.
 
     Returns:
       A `Summary`; ``print(js.summary(...))`` shows the table.
+
+    Raises:
+      ShardingError: With ``rules``, a variable's spec does not fit it.
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -202,16 +274,28 @@ def summary(
         return variables
 
     shapes = jax.eval_shape(init_shapes, rng, dynamic)
+    specs, mesh = None, None
+    if rules is not None:
+        specs = run.partition_specs(fn, rng, *args, rules=rules, **kwargs)
+        mesh = rules.mesh
     rows = []
     for coll, path in order:
-        leaf = shapes[coll]
-        for part in path.split("/"):
-            leaf = leaf[part]
+        leaf = _at(shapes, coll, path)
         count = math.prod(leaf.shape)
         dtype = np.dtype(leaf.dtype)
-        rows.append(
-            Row(
-                path, tuple(leaf.shape), dtype.name, coll, count, count * dtype.itemsize
-            )
+        row = Row(
+            path, tuple(leaf.shape), dtype.name, coll, count, count * dtype.itemsize
         )
-    return Summary(rows, depth)
+        if specs is not None:
+            spec = _at(specs, coll, path)
+            nbytes = _shard_bytes(row.shape, spec, mesh, dtype.itemsize)
+            row = row._replace(spec=spec, device_bytes=nbytes)
+        rows.append(row)
+    return Summary(rows, depth, mesh)
+
+
+def _at(nested: Mapping[str, Any], collection: str, path: str) -> Any:
+    leaf = nested[collection]
+    for part in path.split("/"):
+        leaf = leaf[part]
+    return leaf
