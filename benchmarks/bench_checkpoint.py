@@ -356,6 +356,8 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         off_s = samples[f"off {op}"]
         added = [(t - o) / t for t, o in zip(js_s, off_s, strict=True)]
         added_ms = 1e3 * (statistics.median(js_s) - statistics.median(off_s))
+        shown = " ".join(f"{100 * a:+.1f}" for a in added)
+        print(f"  {op}: integrity checks on vs off, per round (%): {shown}")
         report.value(op, "integrity: added time (medians)", f"{added_ms:.2f} ms")
         report.limit_pct(
             op, "integrity: added share (paired)", 100 * statistics.median(added), 5.0
