@@ -351,8 +351,8 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         )
         share = 1e3 * statistics.median(own[op])
         report.value(op, "jscope's own share (outside Orbax)", f"{share:.2f} ms")
-        # The integrity work. The time in the checks bounds what they add: a restore runs them after
-        # Orbax's read, a save while Orbax writes.
+        # The integrity work. The time in the checks bounds what they add: a
+        # restore runs them after Orbax's read, a save while Orbax writes.
         ms = 1e3 * statistics.median(checks[op])
         report.value(op, "time in the integrity checks", f"{ms:.2f} ms")
         share = [c / t for c, t in zip(checks[op], js_s, strict=True)]
