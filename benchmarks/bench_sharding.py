@@ -228,14 +228,7 @@ def make_step(cfg: example.Config, mesh, params_key, ids, targets):
     param_sh = js.shardings(specs, rules)["params"]
     opt = optax.adam(1e-3)
     params = js.init(example.gpt, params_key, cfg, ids, rules=rules)["params"]
-    replicated = NamedSharding(mesh, P())
-    opt_sh = optax.tree_map_params(
-        opt,
-        lambda _, s: s,
-        jax.eval_shape(opt.init, params),
-        param_sh,
-        transform_non_params=lambda _: replicated,
-    )
+    opt_sh = example.optimizer_shardings(opt, params, param_sh, mesh)
     opt_state = jax.jit(opt.init, out_shardings=opt_sh)(params)
     batch_sh = NamedSharding(mesh, P("data", None))
     step = example.make_train_step(cfg, rules, opt, param_sh, opt_sh, batch_sh)

@@ -220,6 +220,17 @@ def load_batch(data: np.ndarray, rows: np.ndarray, step: int, length: int, seed:
 # ---------------------------------------------------------------- training
 
 
+def optimizer_shardings(opt, params, param_shardings, mesh):
+    """The optimizer state's shardings: like the parameters, the rest replicated."""
+    return optax.tree_map_params(
+        opt,
+        lambda _, sharding: sharding,
+        jax.eval_shape(opt.init, params),
+        param_shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+    )
+
+
 def make_train_step(cfg, rules, opt, param_shardings, opt_shardings, batch_sharding):
     def loss_fn(params, ids, targets):
         logits = js.apply(gpt, {"params": params}, cfg, ids, rules=rules)
@@ -444,14 +455,7 @@ def train(args, cfg: Config, mesh, say) -> dict:
 
     param_shardings = js.shardings(specs, rules)["params"]
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr))
-    replicated = NamedSharding(mesh, P())
-    opt_shardings = optax.tree_map_params(
-        opt,
-        lambda _, sharding: sharding,
-        jax.eval_shape(opt.init, params),
-        param_shardings,
-        transform_non_params=lambda _: replicated,
-    )
+    opt_shardings = optimizer_shardings(opt, params, param_shardings, mesh)
     opt_state = jax.jit(opt.init, out_shardings=opt_shardings)(params)
     batch_sharding = NamedSharding(mesh, P("data", None))
     train_step = make_train_step(
