@@ -231,14 +231,16 @@ def multi(work: str, port: int, process_id: int) -> None:
 
     with js.Saver(max_to_keep=2) as saver:
         directory = os.path.join(work, "multi")
-        for step in (1, 2):
-            path = saver.save(tree, os.path.join(directory, "model"), global_step=step)
-        assert saver.last_checkpoints == [path.replace("-2", "-1"), path]
+        prefix = os.path.join(directory, "model")
+        first = saver.save(tree, prefix, global_step=1)
+        path = saver.save(tree, prefix, global_step=2)
+        assert (first, path) == (f"{prefix}-1", f"{prefix}-2"), (first, path)
+        assert saver.last_checkpoints == [first, path]
         # Non-blocking too: every process returns once process 0 committed it.
         pending = saver.save(tree, os.path.join(directory, "model"), 3, blocking=False)
         saver.wait_until_finished()
     assert js.latest_checkpoint(directory) == pending
-    assert not os.path.exists(path.replace("-2", "-1"))  # max_to_keep, process 0
+    assert not os.path.exists(first)  # max_to_keep, process 0
     assert "params/w1" in sharded_kinds(pending)
     reference = os.path.join(work, "multi.npz")
     dump(jax, tree, reference)
