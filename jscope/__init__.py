@@ -4,14 +4,12 @@
 explicit variable tree of plain nested dicts, run by `init` and `apply`.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from jscope import errors as errors
 from jscope import initializers as initializers
-from jscope import tf1 as tf1
-from jscope._src.checkpoint import Saver as Saver
-from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
-from jscope._src.checkpoint import list_variables as list_variables
-from jscope._src.checkpoint import load_variable as load_variable
-from jscope._src.checkpoint import verify_checkpoint as verify_checkpoint
+from jscope._src.checkpoint.layout import latest_checkpoint as latest_checkpoint
 from jscope._src.handle import Variable as Variable
 from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
@@ -53,9 +51,42 @@ from jscope.errors import CheckpointNotFoundError as CheckpointNotFoundError
 from jscope.errors import CheckpointTypeError as CheckpointTypeError
 from jscope.errors import CheckpointWriteError as CheckpointWriteError
 
+# Orbax (and TensorStore behind it) takes longer to import than JAX itself, so the
+# names that need it are imported on first use: a program that never saves does
+# not pay for it. `import jscope.tf1` and `js.tf1` work the same way.
+_LAZY = {
+    "Saver": "jscope._src.checkpoint.saver",
+    "list_variables": "jscope._src.checkpoint.read",
+    "load_variable": "jscope._src.checkpoint.read",
+    "verify_checkpoint": "jscope._src.checkpoint.read",
+    "tf1": "jscope.tf1",
+}
+
+if TYPE_CHECKING:
+    from jscope import tf1 as tf1
+    from jscope._src.checkpoint.read import list_variables as list_variables
+    from jscope._src.checkpoint.read import load_variable as load_variable
+    from jscope._src.checkpoint.read import verify_checkpoint as verify_checkpoint
+    from jscope._src.checkpoint.saver import Saver as Saver
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jscope' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    value = imported if name == "tf1" else getattr(imported, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 # isort: split
 # Last: the layers are written with the public API above.
-from jscope import layers as layers
+from jscope import layers as layers  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -16,15 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:  # jax >= 0.7
-    from jax.extend.core import get_opaque_trace_state as _opaque_trace_state
-except ImportError:  # pragma: no cover - older jax
-    from jax import core as _jax_core
-
-    def _opaque_trace_state():
-        return _jax_core.get_opaque_trace_state(None)
-
-
 try:  # The trace object itself: an identity check is the cheapest comparison.
     from jax._src.core import trace_ctx as _trace_ctx
 
@@ -33,7 +24,21 @@ try:  # The trace object itself: an identity check is the cheapest comparison.
         return _trace_ctx.trace
 
 except ImportError:  # pragma: no cover - other jax versions
-    trace_state = _opaque_trace_state
+    # jax.extend is imported only here: it pulls in Pallas, a tenth of a second.
+    try:  # jax >= 0.7
+        from jax.extend.core import get_opaque_trace_state as _opaque_trace_state
+
+        def trace_state() -> Any:
+            """The current JAX trace, compared by identity or equality."""
+            return _opaque_trace_state()
+
+    except ImportError:  # older jax
+        from jax import core as _jax_core
+
+        def trace_state() -> Any:
+            """The current JAX trace, compared by identity or equality."""
+            return _jax_core.get_opaque_trace_state(None)
+
 
 try:  # The primitive under jax.random.fold_in, without its argument checks.
     from jax._src.random import prng as _prng

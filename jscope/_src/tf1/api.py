@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,11 @@ from jax.core import Tracer
 
 from jscope import errors
 from jscope._src import tree
-from jscope._src.checkpoint import layout, read
+from jscope._src.checkpoint import layout
 from jscope._src.tf1 import bundle
+
+if TYPE_CHECKING:
+    from jscope._src.checkpoint import read
 
 CheckpointError = errors.CheckpointError
 CheckpointMismatchError = errors.CheckpointMismatchError
@@ -315,6 +318,8 @@ def restore(
       ...     )
       {'params': {'encoder': {'w': array([3., 3.], dtype=float32)}}}
     """
+    from jscope._src.checkpoint import read  # Orbax: imported on first use
+
     index = _index(path)
     leaves = tree.flatten(variables)
     chosen: dict[str, tuple[str, read.Target]] = {}
@@ -372,6 +377,8 @@ def _array(leaf: Any, path: str) -> np.ndarray:
             "save jax.random.key_data(key) instead, or leave it out with name_map."
         )
     if isinstance(leaf, bool | int | float | complex):  # as JAX would hold it
+        from jscope._src.checkpoint import read  # Orbax: imported on first use
+
         array = np.asarray(leaf, read.scalar_dtype(leaf))
     else:
         array = np.asarray(leaf)
