@@ -262,8 +262,20 @@ def _sharding(stdout: str, out: str, tmp: pathlib.Path) -> None:
 
 SHARDING = Bench("bench_sharding.py", lines=SHARDING_RATIOS, check=_sharding)
 
+# ------------------------------------------------------------------- import
+# Exit code 1: `import jscope` imported Orbax, TensorStore or protobuf.
+
+IMPORT = Bench(
+    "bench_import.py",
+    lines=(
+        "RATIO import jscope/jax = ",
+        "CHECK import jscope loads none of orbax, tensorstore, google.protobuf",
+    ),
+)
+
 BENCHES = {
     "core": CORE,
+    "import": IMPORT,
     "checkpoint": CHECKPOINT,
     "layers": LAYERS,
     "scan": SCAN,

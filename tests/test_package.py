@@ -1,0 +1,82 @@
+"""The package around the code: one version, lazy Orbax, the public names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from helpers import ROOT
+
+import jscope as js
+
+LAZY = ["Saver", "list_variables", "load_variable", "verify_checkpoint", "tf1"]
+
+
+def _fresh(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        cwd=ROOT,
+    ).stdout
+
+
+def test_import_jscope_leaves_orbax_tensorstore_and_protobuf_unimported():
+    out = _fresh(
+        "import sys, jscope\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules\n"
+        "    if m.startswith(('orbax', 'tensorstore', 'google.protobuf'))}))"
+    )
+    assert out.strip() == "[]"
+
+
+def test_first_use_of_a_checkpoint_name_imports_orbax():
+    out = _fresh(
+        "import sys, jscope as js\n"
+        "before = 'orbax.checkpoint' in sys.modules\n"
+        "saver = js.Saver\n"
+        "print(before, 'orbax.checkpoint' in sys.modules, saver.__name__)"
+    )
+    assert out.split() == ["False", "True", "Saver"]
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_lazy_names_are_the_real_objects_and_listed(name):
+    from jscope import tf1  # noqa: PLC0415
+    from jscope._src.checkpoint import read, saver  # noqa: PLC0415
+
+    real = {
+        "Saver": saver.Saver,
+        "list_variables": read.list_variables,
+        "load_variable": read.load_variable,
+        "verify_checkpoint": read.verify_checkpoint,
+        "tf1": tf1,
+    }[name]
+    assert getattr(js, name) is real
+    assert name in dir(js)
+    assert name in js.__all__ or name == "tf1"
+
+
+def test_every_public_name_resolves():
+    missing = [name for name in js.__all__ if not hasattr(js, name)]
+    assert not missing
+
+
+def test_an_unknown_attribute_is_an_attribute_error_naming_it():
+    with pytest.raises(AttributeError, match="no attribute 'Sever'"):
+        js.Sever  # noqa: B018
+
+
+def test_the_version_has_one_source():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "jscope-jax"
+    assert "version" not in project["project"]
+    assert project["project"]["dynamic"] == ["version"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    module, name = attr.rsplit(".", 1)
+    assert getattr(sys.modules[module], name) == js.__version__
+    assert js.__version__.count(".") == 2
