@@ -10,6 +10,8 @@ message and attributes when pickled.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ArgumentTypeError",
     "AssignmentDtypeError",
@@ -65,7 +67,7 @@ class JscopeError(Exception):
         super().__init__(message)
         self.path = path
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (str(self), self.path))
 
 
@@ -311,7 +313,7 @@ class CheckpointCorruptError(CheckpointError):
         self.key = key
         self.file = file
 
-    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (str(self), self.key, self.file))
 
 
@@ -329,7 +331,7 @@ class CheckpointWriteError(CheckpointError, OSError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.message, self.path, self.errno))
 
 
@@ -341,10 +343,13 @@ class CheckpointLockError(CheckpointError):
     """
 
     def __init__(
-        self, message: str, path: str | None = None, holder: dict | None = None
+        self,
+        message: str,
+        path: str | None = None,
+        holder: dict[str, Any] | None = None,
     ):
         super().__init__(message, path)
         self.holder = holder
 
-    def __reduce__(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (str(self), self.path, self.holder))

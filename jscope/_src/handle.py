@@ -198,7 +198,7 @@ class Variable:
         v = self.value
         return f"<js.Variable {self._path!r} shape={tuple(v.shape)} dtype={v.dtype}>"
 
-    __hash__ = object.__hash__
+    __hash__: Callable[[object], int] = object.__hash__  # by identity, as tf.Variable
 
     def __bool__(self) -> bool:
         return bool(self.value)

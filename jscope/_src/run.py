@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,9 @@ from jscope._src import context, names, tree
 from jscope._src.scope import VariableScope, variable_scope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
+from jscope.typing import VariableTree
+
+R = TypeVar("R")
 
 _MSG_NOT_A_KEY = (
     "{where} got {got} where a JAX random key belongs. Pass a key such as "
@@ -88,12 +91,12 @@ def _init_frame(rng: Any) -> context.Frame:
 
 
 def init_with_output(
-    fn: Callable[..., Any],
+    fn: Callable[..., R],
     rng: Any,
     *args: Any,
     rules: ShardingRules | None = None,
     **kwargs: Any,
-):
+) -> tuple[R, VariableTree]:
     """Runs ``fn`` creating its variables; returns ``(output, variables)``.
 
     See `init`. With ``rules``, ``fn`` runs under `jax.jit`, so its output
@@ -125,7 +128,7 @@ def init(
     *args: Any,
     rules: ShardingRules | None = None,
     **kwargs: Any,
-) -> dict:
+) -> VariableTree:
     """Runs ``fn`` once, creating every variable it asks for.
 
     Given ``rules``, every variable is created directly in its shards on
@@ -306,7 +309,7 @@ def partition_specs(
     *args: Any,
     rules: ShardingRules,
     **kwargs: Any,
-) -> dict:
+) -> dict[str, Any]:
     """The `PartitionSpec` of every variable ``fn`` creates, without FLOPs.
 
     Runs `js.init` of ``fn`` shape-only (`jax.eval_shape`) and resolves each
@@ -379,12 +382,48 @@ def _index(variables: Any) -> dict[str, dict[str, Any]]:
     return index
 
 
+@overload
+def apply(
+    fn: Callable[..., R],
+    variables: Mapping[str, Any],
+    *args: Any,
+    rngs: Any = None,
+    mutable: Literal[False] = False,
+    rules: ShardingRules | None = None,
+    **kwargs: Any,
+) -> R: ...
+
+
+@overload
+def apply(
+    fn: Callable[..., R],
+    variables: Mapping[str, Any],
+    *args: Any,
+    rngs: Any = None,
+    mutable: Literal[True] | str | Sequence[str],
+    rules: ShardingRules | None = None,
+    **kwargs: Any,
+) -> tuple[R, VariableTree]: ...
+
+
+@overload
+def apply(
+    fn: Callable[..., R],
+    variables: Mapping[str, Any],
+    *args: Any,
+    rngs: Any = None,
+    mutable: bool | str | Sequence[str],
+    rules: ShardingRules | None = None,
+    **kwargs: Any,
+) -> R | tuple[R, VariableTree]: ...
+
+
 def apply(
     fn: Callable[..., Any],
     variables: Mapping[str, Any],
     *args: Any,
     rngs: Any = None,
-    mutable: Any = False,
+    mutable: bool | str | Sequence[str] = False,
     rules: ShardingRules | None = None,
     **kwargs: Any,
 ) -> Any:

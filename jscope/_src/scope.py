@@ -70,12 +70,12 @@ class VariableScope:
     ):
         check_reuse(reuse)
         self._reuse = reuse if reuse else False
-        self.name = name
-        self.initializer = initializer
-        self.regularizer = regularizer
-        self.dtype = dtype
-        self.custom_getter = custom_getter
-        self.original_name_scope = original_name_scope
+        self.name: str = name
+        self.initializer: Any = initializer
+        self.regularizer: Any = regularizer
+        self.dtype: Any = dtype
+        self.custom_getter: Any = custom_getter
+        self.original_name_scope: str = original_name_scope
 
     @property
     def reuse(self) -> Any:

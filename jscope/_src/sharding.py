@@ -171,7 +171,7 @@ class ShardingRules:
                 "jax.make_mesh((2, 4), ('data', 'model'))) or a "
                 f"jax.sharding.AbstractMesh, got {type(mesh).__name__}."
             )
-        self.mesh = mesh
+        self.mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh = mesh
         self._sizes: dict[str, int] = dict(shape)
         self._auto: ShardingRules | None = None
         # (rule index or logical axes, shape) -> the spec checked to fit it

@@ -34,6 +34,11 @@ def wrong_return(x: jax.Array) -> str:
     return js.layers.dense(x, 4)  # expected error: an array, not a str
 
 
+def wrong_apply(x: jax.Array) -> jax.Array:
+    variables = js.init(model, jax.random.key(0), x)
+    return js.apply(model, variables, x, mutable=True)  # expected error: a pair
+
+
 def wrong_state(x: jax.Array) -> jax.Array:
     outputs, state = js.layers.lstm_cell(x, js.layers.lstm_zero_state(2, 3), 3)
     return outputs + jnp.ones(3) + state  # expected error: state is a pair

@@ -101,6 +101,8 @@ def main() -> None:
     x = jnp.ones((4, 3))
     variables: jst.VariableTree = js.init(model, key, x, False)
     print(js.summary(model, key, x, False))
+    # Without `mutable`, apply returns fn's own result: an array here.
+    print(js.apply(model, variables, x, False).sum())
 
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(variables["params"])

@@ -108,7 +108,9 @@ def _not_found(index: bundle.Index, name: str) -> CheckpointMismatchError:
 # ----------------------------------------------------------------- reading
 
 
-def list_variables(path: str | os.PathLike[str]) -> list[tuple[str, tuple, Any]]:
+def list_variables(
+    path: str | os.PathLike[str],
+) -> list[tuple[str, tuple[int, ...], Any]]:
     """Lists a TF1 checkpoint's variables, reading no tensor.
 
     Args:
