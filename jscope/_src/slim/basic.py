@@ -149,7 +149,7 @@ def flatten(
         raise checks.error(
             errors.LayerArgumentError,
             "flatten",
-            f"inputs must have a least 2 dimensions (batch first), got shape "
+            f"inputs must have at least 2 dimensions (batch first), got shape "
             f"{tuple(x.shape)}. Add a batch axis, e.g. x[None].",
         )
     return x.reshape(x.shape[0], -1)
