@@ -342,3 +342,37 @@ def test_bad_arguments_raise_errors_naming_the_layer_scope(i):
         js.init(in_scope, jax.random.key(0), X4)
     assert isinstance(e.value, ValueError | TypeError)
     assert "model" in str(e.value) and "slim." in str(e.value)
+
+
+def test_an_arg_scope_function_in_tf_slims_style():
+    def net_arg_scope(weight_decay=1e-4):
+        with (
+            slim.arg_scope(
+                [slim.conv2d], weights_regularizer=slim.l2_regularizer(weight_decay)
+            ),
+            slim.arg_scope([slim.conv2d], padding="VALID") as sc,
+        ):
+            return sc
+
+    sc = net_arg_scope()  # built once, outside any run
+
+    def model(x):
+        with slim.arg_scope(sc):
+            return slim.conv2d(x, 2, 3), js.get_regularization_loss()
+
+    v = js.init(model, jax.random.key(0), X4)
+    (y, reg), _ = js.apply(model, v, X4, mutable=True)
+    assert y.shape == (2, 4, 4, 2)
+    w = v["params"]["Conv"]["weights"]
+    np.testing.assert_allclose(reg, 1e-4 * jnp.sum(w**2) / 2, rtol=1e-6)
+
+
+def test_the_readme_slim_example_runs():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("### tf-slim", 1)[1].split("```python", 1)[1].split("```")[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["logits"].shape == (2, 10)
+    flat = js.flatten(scope["variables"])
+    assert "state/conv1/conv1_2/BatchNorm/moving_variance" in flat
+    assert not np.allclose(flat["state/conv1/conv1_1/BatchNorm/moving_mean"], 0.0)
