@@ -112,6 +112,30 @@ CASES = {
     "repeat_noscope": lambda x: slim.repeat(x, 2, slim.conv2d, 3, 3),
     "stack": lambda x: slim.stack(x, slim.fully_connected, [8, 6], scope="fc"),
     "stack_conv": lambda x: slim.stack(x, slim.conv2d, [(4, [3, 3]), (5, [1, 1])]),
+    "conv_bn_default": lambda x: slim.conv2d(
+        x,
+        4,
+        3,
+        normalizer_fn=slim.batch_norm,
+        normalizer_params={"scale": True, "decay": 0.9},
+    ),
+    "conv_transpose_k4": lambda x: slim.conv2d_transpose(x, 2, 4, stride=2),
+    "conv_transpose_k5s3": lambda x: slim.conv2d_transpose(
+        x, 2, [5, 2], stride=3, activation_fn=None
+    ),
+    "fc_ln": lambda x: slim.fully_connected(x, 5, normalizer_fn=slim.layer_norm),
+    "bn_4d_unfused": lambda x: slim.batch_norm(x, scale=True, decay=0.9, fused=False),
+    "bn_2d_unfused_in_place": lambda x: slim.batch_norm(
+        x, fused=False, scale=True, **bn_in_place(decay=0.9)
+    ),
+    "bn_params": lambda x: slim.batch_norm(
+        x,
+        scale=True,
+        param_initializers={"moving_variance": js.initializers.constant(2.0)},
+        param_regularizers={"gamma": slim.l2_regularizer(0.5)},
+        activation_fn=jax.nn.relu,
+        is_training=False,
+    ),
     "net": net,
 }
 
@@ -175,16 +199,30 @@ def test_names_and_creation_order_match_tf_slim(case):
         assert value.shape == fixture(case, f"var/{name}").shape, path
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("case", sorted(CASES))
+# Every case runs eagerly; these also under jax.jit (one of each kind of layer).
+JITTED = ["conv_bn", "conv_transpose_same", "separable", "fc_ln", "bn_4d_default"]
+JITTED += ["bn_3d_in_place", "ln_axes", "pools", "stack_conv", "net"]
+RUNS = [(case, False) for case in sorted(CASES)] + [(case, True) for case in JITTED]
+
+
+@pytest.mark.parametrize(
+    ("case", "jit"), RUNS, ids=[f"{c}-{'jit' if j else 'eager'}" for c, j in RUNS]
+)
 def test_outputs_and_moving_statistics_match_tf_slim(case, jit):
     fn, x = CASES[case], fixture(case, "x")
     variables = tf_tree(js.init(fn, jax.random.key(0), x), case)
 
-    def run(v, x):
-        return js.apply(fn, v, x, mutable=["state"])
+    def with_loss(x):
+        return fn(x), js.get_regularization_loss()
 
-    got, updated = (jax.jit(run) if jit else run)(variables, x)
+    def run(v, x):
+        return js.apply(with_loss, v, x, mutable=["state"])
+
+    (got, reg), updated = (jax.jit(run) if jit else run)(variables, x)
+    if f"{case}/reg" in FIXTURES.files:
+        np.testing.assert_allclose(reg, fixture(case, "reg"), rtol=RTOL)
+    else:
+        assert float(reg) == 0.0
     got = got if isinstance(got, tuple) else (got,)
     want = outputs(case)
     assert len(got) == len(want)

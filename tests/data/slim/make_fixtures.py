@@ -174,6 +174,44 @@ CASES = {
         "x4",
         lambda x: slim.stack(x, slim.conv2d, [(4, [3, 3]), (5, [1, 1])]),
     ),
+    "conv_bn_default": (
+        "x4",
+        lambda x: slim.conv2d(
+            x,
+            4,
+            3,
+            normalizer_fn=slim.batch_norm,
+            normalizer_params={"scale": True, "decay": 0.9},
+        ),
+    ),
+    "conv_transpose_k4": ("x4", lambda x: slim.conv2d_transpose(x, 2, 4, stride=2)),
+    "conv_transpose_k5s3": (
+        "x4",
+        lambda x: slim.conv2d_transpose(x, 2, [5, 2], stride=3, activation_fn=None),
+    ),
+    "fc_ln": (
+        "x2",
+        lambda x: slim.fully_connected(x, 5, normalizer_fn=slim.layer_norm),
+    ),
+    "bn_4d_unfused": (
+        "x4",
+        lambda x: slim.batch_norm(x, scale=True, decay=0.9, fused=False),
+    ),
+    "bn_2d_unfused_in_place": (
+        "x2",
+        lambda x: slim.batch_norm(x, fused=False, scale=True, **bn_in_place(decay=0.9)),
+    ),
+    "bn_params": (
+        "x2",
+        lambda x: slim.batch_norm(
+            x,
+            scale=True,
+            param_initializers={"moving_variance": tf1.constant_initializer(2.0)},
+            param_regularizers={"gamma": slim.l2_regularizer(0.5)},
+            activation_fn=tf.nn.relu,
+            is_training=False,
+        ),
+    ),
     "net": ("x4", net),
 }
 
