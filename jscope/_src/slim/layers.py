@@ -92,7 +92,8 @@ def convolution2d(
     ``[kh, kw, in, num_outputs]`` (Glorot uniform), then ``biases``
     ``[num_outputs]`` (zeros) unless ``normalizer_fn`` is given or
     ``biases_initializer`` is None. ``padding="SAME"`` pads as TF1 (the odd
-    pixel at the end); ``rate`` dilates the kernel (atrous convolution).
+    pixel at the end); ``rate`` dilates the kernel (atrous convolution). Unlike
+    TF1, ``stride`` and ``rate`` may both exceed 1.
 
     Args:
       inputs: ``[batch, height, width, in]`` (``[batch, in, height, width]``
