@@ -376,3 +376,41 @@ def test_the_readme_slim_example_runs():
     flat = js.flatten(scope["variables"])
     assert "state/conv1/conv1_2/BatchNorm/moving_variance" in flat
     assert not np.allclose(flat["state/conv1/conv1_1/BatchNorm/moving_mean"], 0.0)
+
+
+@pytest.mark.parametrize("mode", ["FAN_IN", "FAN_OUT", "FAN_AVG"])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_contrib_variance_scaling_initializer(mode, uniform):
+    shape = (3, 3, 40, 60)  # fans: in 360, out 540
+    n = {"FAN_IN": 360.0, "FAN_OUT": 540.0, "FAN_AVG": 450.0}[mode]
+    init = slim.variance_scaling_initializer(2.0, mode, uniform)
+    w = np.asarray(init(jax.random.key(0), shape))
+    assert w.shape == shape and w.dtype == np.float32
+    if uniform:
+        limit = np.sqrt(3 * 2.0 / n)
+        assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+        np.testing.assert_allclose(w.std(), np.sqrt(2.0 / n), rtol=0.02)
+    else:  # contrib: a normal of stddev sqrt(1.3 * factor / n), cut at 2 stddevs
+        stddev = np.sqrt(1.3 * 2.0 / n)
+        assert np.abs(w).max() <= 2 * stddev + 1e-6
+        np.testing.assert_allclose(w.std(), stddev * 0.87962566, rtol=0.02)
+    seeded = np.asarray(
+        slim.variance_scaling_initializer(2.0, mode, uniform, seed=1)(
+            jax.random.key(0), shape
+        )
+    )
+    assert not np.array_equal(seeded, w)
+
+
+def test_xavier_initializer_and_initializer_errors():
+    w = slim.xavier_initializer()(jax.random.key(0), (40, 60))
+    limit = np.sqrt(6.0 / 100)
+    assert float(jnp.abs(w).max()) <= limit
+    f = lambda x: slim.fully_connected(  # noqa: E731
+        x, 3, weights_initializer=slim.xavier_initializer(uniform=False)
+    )
+    assert js.init(f, jax.random.key(0), jnp.ones((2, 4)))["params"]
+    with pytest.raises(jse.ArgumentTypeError, match="Unknown mode 'fan_in'"):
+        slim.variance_scaling_initializer(mode="fan_in")
+    with pytest.raises(jse.ArgumentTypeError, match="non-floating point"):
+        slim.xavier_initializer(dtype=jnp.int32)

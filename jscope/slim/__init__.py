@@ -34,6 +34,10 @@ from jscope._src.slim.basic import l2_regularizer as l2_regularizer
 from jscope._src.slim.basic import max_pool2d as max_pool2d
 from jscope._src.slim.basic import repeat as repeat
 from jscope._src.slim.basic import stack as stack
+from jscope._src.slim.basic import (
+    variance_scaling_initializer as variance_scaling_initializer,
+)
+from jscope._src.slim.basic import xavier_initializer as xavier_initializer
 from jscope._src.slim.layers import conv2d as conv2d
 from jscope._src.slim.layers import conv2d_transpose as conv2d_transpose
 from jscope._src.slim.layers import convolution2d as convolution2d
@@ -72,4 +76,6 @@ __all__ = [
     "separable_conv2d",
     "separable_convolution2d",
     "stack",
+    "variance_scaling_initializer",
+    "xavier_initializer",
 ]

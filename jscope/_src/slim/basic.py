@@ -4,10 +4,12 @@ Pooling (``max_pool2d``, ``avg_pool2d``: TF1's padding; an average over
 ``"SAME"`` padding counts only real pixels), ``flatten``, ``dropout`` (a key
 from the ``"dropout"`` stream), ``repeat`` and ``stack`` (scopes named after
 the layer function, as tf-slim), and ``l1_regularizer``/``l2_regularizer``
-(``tf.contrib.layers``' formulas).
+(``tf.contrib.layers``' formulas), and its initializers ``xavier_initializer``
+and ``variance_scaling_initializer`` (contrib's, whose normal variant differs a
+little from ``tf.compat.v1``'s).
 
-Imports: `jscope.errors`, `scope`, `rng`, and this package's `arg_scope` and
-`checks`.
+Imports: `jscope.errors`, `jscope.initializers` (fans), `scope`, `rng`, and
+this package's `arg_scope` and `checks`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jscope import errors
+from jscope import errors, initializers
 from jscope._src.rng import next_rng_key
 from jscope._src.scope import variable_scope
 from jscope._src.slim import checks
@@ -379,3 +381,91 @@ def l2_regularizer(
     if s is None:
         return None
     return lambda w: jnp.asarray(s, w.dtype) * jnp.sum(jnp.square(w)) / 2
+
+
+def variance_scaling_initializer(
+    factor: float = 2.0,
+    mode: str = "FAN_IN",
+    uniform: bool = False,
+    seed: int | None = None,
+    dtype: Any = jnp.float32,
+) -> Callable[..., jax.Array]:
+    """tf.contrib.layers' variance scaling (He by default): ``factor / n``.
+
+    ``n`` is ``fan_in``, ``fan_out`` or their mean (TF1's fans). Uniform values
+    lie in ``±sqrt(3 * factor / n)``; normal ones are a normal of standard
+    deviation ``sqrt(1.3 * factor / n)`` truncated at two deviations, as contrib
+    (``tf.compat.v1``'s truncated normal divides by 0.8796 instead).
+
+    Args:
+      factor: The scale, > 0.
+      mode: ``"FAN_IN"``, ``"FAN_OUT"`` or ``"FAN_AVG"``.
+      uniform: Uniform rather than truncated normal values.
+      seed: An int folded into the variable's key, or None.
+      dtype: The default dtype (floating point).
+
+    Returns:
+      ``(key, shape, dtype) -> array``.
+
+    Raises:
+      ArgumentTypeError: An unknown ``mode``, or a dtype that is not floating
+        point (TF1's ``TypeError``).
+
+    Example:
+      >>> import jax, jscope.slim as slim
+      >>> w = slim.variance_scaling_initializer(uniform=True)(jax.random.key(0), (8, 4))
+      >>> bool(abs(w).max() <= (3 * 2.0 / 8) ** 0.5)
+      True
+    """
+    if mode not in ("FAN_IN", "FAN_OUT", "FAN_AVG"):
+        raise errors.ArgumentTypeError(
+            f"Unknown mode {mode!r} [FAN_IN, FAN_OUT, FAN_AVG]. Pass e.g. "
+            "mode='FAN_IN' (upper case, as tf.contrib.layers).",
+            "",
+        )
+    _float_dtype(dtype)
+
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype)
+        shape = tuple(shape)
+        fan_in, fan_out = initializers.compute_fans(shape)
+        n = {"FAN_IN": fan_in, "FAN_OUT": fan_out}.get(mode, (fan_in + fan_out) / 2)
+        if seed is not None:
+            key = jax.random.fold_in(key, seed)
+        if uniform:
+            limit = float(np.sqrt(3.0 * factor / n))
+            return jax.random.uniform(key, shape, dtype, -limit, limit)
+        stddev = np.asarray(np.sqrt(1.3 * factor / n), dtype)
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * stddev
+
+    return init
+
+
+def xavier_initializer(
+    uniform: bool = True, seed: int | None = None, dtype: Any = jnp.float32
+) -> Callable[..., jax.Array]:
+    """Glorot's initializer, as tf.contrib.layers' ``xavier_initializer``.
+
+    It is ``variance_scaling_initializer(1.0, "FAN_AVG", uniform)``; uniform, it
+    draws as `js.initializers.glorot_uniform`.
+
+    Args:
+      uniform: Uniform rather than truncated normal values.
+      seed: An int folded into the variable's key, or None.
+      dtype: The default dtype (floating point).
+
+    Returns:
+      ``(key, shape, dtype) -> array``.
+    """
+    return variance_scaling_initializer(1.0, "FAN_AVG", uniform, seed, dtype)
+
+
+def _float_dtype(dtype: Any) -> Any:
+    dt = jnp.dtype(dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise errors.ArgumentTypeError(
+            f"Cannot create initializer for non-floating point type {dt}. Pass a "
+            "floating dtype, e.g. jnp.float32.",
+            "",
+        )
+    return dt
