@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import tempfile
 import textwrap
+from collections.abc import Sequence
 
+import _cli
 import jax
 import jax.numpy as jnp
 
@@ -345,7 +347,9 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
     Console().print(table)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    # No options: --help says what the tour is.
+    _cli.parser(__doc__).parse_args(argv)
     print("jscope: a tour of TF1 variables, sharing and scoping")
     _CREATED.clear()
     x = jax.random.normal(jax.random.key(1), (BATCH, 784))
@@ -359,7 +363,8 @@ def main() -> None:
     correct_reuse()
     print()
     print_table(variable_rows())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)
