@@ -220,13 +220,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="train to this epoch (default: 20; 1 with --smoke)",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="1 epoch on a small subset (seconds)"
+        "--smoke", action="store_true", help="1 epoch on a small subset, in seconds"
     )
     parser.add_argument(
         "--ckpt-dir", default=DEFAULT_CKPT_DIR, help="where checkpoints are saved"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --ckpt-dir",
     )
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
