@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ import pytest
 
 import jscope as js
 
-DIGITS = pathlib.Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.py"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+DIGITS = EXAMPLES / "digits_cnn.py"
 
 EPOCH_LINE = re.compile(
     r"^epoch +(\d+)/(\d+)  loss ([0-9.]+)  train acc ([0-9.]+)%  "
@@ -51,7 +53,12 @@ EXPECTED_SHAPES = {
 
 
 def _start(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONUNBUFFERED": "1",
+    }
     return subprocess.Popen(
         [sys.executable, str(DIGITS), "--smoke", *map(str, args)],
         stdout=subprocess.PIPE,
@@ -163,6 +170,7 @@ def test_saver_keeps_the_three_newest_checkpoints(runs):
 
 
 def _load_example(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # for `import _cli`
     spec = importlib.util.spec_from_file_location("digits_cnn", DIGITS)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "digits_cnn", module)
@@ -170,11 +178,11 @@ def _load_example(monkeypatch):
     return module
 
 
-def test_runs_without_rich_and_resume_without_checkpoint_starts_fresh(
+def test_runs_without_rich_or_tqdm_and_resume_without_checkpoint_starts_fresh(
     monkeypatch, capsys, tmp_path
 ):
     module = _load_example(monkeypatch)
-    for name in ("rich", "rich.progress"):
+    for name in ("rich", "rich.progress", "tqdm"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     ckpt = tmp_path / "empty"
     assert module.main(["--smoke", "--resume", "--ckpt-dir", str(ckpt)]) == 0
@@ -215,3 +223,38 @@ def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path)
     ):
         assert jnp.array_equal(got, want)
     assert jnp.array_equal(back["params"]["a"]["w"], params["a"]["w"])
+
+
+def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tmp_path):
+    proc = _start("--epochs", 1000, "--ckpt-dir", tmp_path)
+    try:
+        lines = []
+        for line in proc.stdout:  # wait until the first epoch is saved
+            lines.append(line)
+            if EPOCH_LINE.match(line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    match = re.fullmatch(
+        r"interrupted at epoch (\d+); rerun with --resume to continue from epoch "
+        r"(\d+)\n",
+        err,
+    )
+    assert match, err
+    at, saved = map(int, match.groups())
+    assert 1 <= saved <= at <= saved + 1  # Ctrl-C in a save lets it finish
+    assert js.latest_checkpoint(tmp_path).endswith(f"digits_cnn-{saved}")
+    # The epoch's line comes after its save, which a Ctrl-C lets finish.
+    assert list(_epochs(out))[-1] in (saved - 1, saved)
+
+    module = _load_example(monkeypatch)
+    args = ["--smoke", "--resume", "--epochs", str(saved + 1)]
+    assert module.main([*args, "--ckpt-dir", str(tmp_path)]) == 0
+    resumed = capsys.readouterr().out
+    assert re.search(rf"^resumed from epoch {saved} \(", resumed, re.MULTILINE)
+    assert list(_epochs(resumed)) == [saved + 1]
