@@ -226,34 +226,6 @@ def checkpoint_tree(params, opt_state, step: int, seed: int, losses) -> dict:
     return {"params": params, "opt": opt_state, "meta": meta}
 
 
-def restore(ckpt_dir: str, params, opt_state):
-    """``(params, opt_state, step, seed, losses, path)`` of the latest checkpoint.
-
-    None if ``ckpt_dir`` holds none.
-    """
-    path = js.latest_checkpoint(ckpt_dir)
-    if path is None:
-        return None
-    shapes = dict(js.list_variables(path))
-    losses = np.zeros(shapes["meta/losses"], np.float32)
-    tree = js.Saver().restore(path, checkpoint_tree(params, opt_state, 0, 0, losses))
-    meta = tree["meta"]
-    return (
-        tree["params"],
-        tree["opt"],
-        meta["step"],
-        meta["seed"],
-        list(meta["losses"]),
-        path,
-    )
-
-
-def last_saved_step(ckpt_dir: str) -> int | None:
-    """The step of the latest checkpoint in ``ckpt_dir``, or None."""
-    path = js.latest_checkpoint(ckpt_dir)
-    return None if path is None else int(js.load_variable(path, "meta/step"))
-
-
 @dataclass
 class Run:
     """A training run's state: where it is, and what it has seen."""
@@ -263,6 +235,29 @@ class Run:
     step: int  # the steps done
     seed: int
     losses: list[float]
+
+
+def restore(ckpt_dir: str, run: Run) -> tuple[Run, str] | None:
+    """The run saved in the latest checkpoint of ``ckpt_dir``, and its path.
+
+    None if ``ckpt_dir`` holds none. ``run`` gives the structure to restore into.
+    """
+    path = js.latest_checkpoint(ckpt_dir)
+    if path is None:
+        return None
+    shapes = dict(js.list_variables(path))
+    losses = np.zeros(shapes["meta/losses"], np.float32)
+    target = checkpoint_tree(run.params, run.opt_state, 0, 0, losses)
+    tree = js.Saver().restore(path, target)
+    meta = tree["meta"]
+    losses = [float(x) for x in meta["losses"]]
+    return Run(tree["params"], tree["opt"], meta["step"], meta["seed"], losses), path
+
+
+def last_saved_step(ckpt_dir: str) -> int | None:
+    """The step of the latest checkpoint in ``ckpt_dir``, or None."""
+    path = js.latest_checkpoint(ckpt_dir)
+    return None if path is None else int(js.load_variable(path, "meta/step"))
 
 
 def train(
@@ -365,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(params, opt.init(params), step=0, seed=args.seed, losses=[])
     if args.resume:
         try:
-            restored = restore(args.ckpt_dir, run.params, run.opt_state)
+            restored = restore(args.ckpt_dir, run)
         except js.errors.CheckpointMismatchError as e:
             print(
                 f"cannot resume from {js.latest_checkpoint(args.ckpt_dir)}: it holds "
@@ -377,8 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if restored is None:
             print(f"no checkpoint in {args.ckpt_dir}; starting from scratch")
         else:
-            *state, path = restored
-            run = Run(*state)
+            run, path = restored
             print(f"resumed from step {run.step} ({path}), seed {run.seed}")
 
     with js.Saver(max_to_keep=3) as saver:

@@ -55,9 +55,9 @@ def load_data(seed: int, smoke: bool):
     """``(x_train, y_train, x_test, y_test)``: images [n, 8, 8, 1] in [0, 1]."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 (examples extra)
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = digits.target.astype(np.int32)
+    pixels, labels = load_digits(return_X_y=True)  # images as rows of 64 pixels
+    x = (np.asarray(pixels).reshape(-1, 8, 8, 1) / 16.0).astype(np.float32)
+    y = np.asarray(labels).astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = len(x) // 5
     test, train = order[:n_test], order[n_test:]

@@ -125,8 +125,10 @@ def save_and_restore(variables: dict) -> None:
         # Save every variable (keys are full paths), as TF1's tf.train.Saver().
         saver = js.Saver()
         save_path = saver.save(variables, os.path.join(ckpt_dir, "model.ckpt"))
+        assert save_path is not None  # None only for an empty Saver(allow_empty=True)
         print(f"   saved to       {os.path.relpath(save_path, ckpt_dir)}")
         latest = js.latest_checkpoint(ckpt_dir)
+        assert latest is not None  # the checkpoint just saved
         for key, shape in js.list_variables(latest):
             print(f"   checkpoint key {key:<16} shape {shape}")
 
@@ -147,6 +149,7 @@ def save_and_restore(variables: dict) -> None:
         # Save a subset under a new name: tf.train.Saver({"my_counter": counter}).
         subset = js.Saver({"my_counter": "state/counter"})
         subset_path = subset.save(variables, os.path.join(ckpt_dir, "counter.ckpt"))
+        assert subset_path is not None
         print(f"   subset checkpoint holds {js.list_variables(subset_path)}")
         restored = subset.restore(subset_path, fresh)
         counter = int(restored["state"]["counter"])
