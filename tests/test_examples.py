@@ -80,6 +80,7 @@ def _load(path, monkeypatch):
     """Imports an example as a module (its directory on sys.path, for ``_cli``)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, path.stem, module)  # dataclasses look it up
     spec.loader.exec_module(module)
@@ -141,6 +142,7 @@ def test_help_shows_a_help_text_and_a_default_for_every_option(
         module.main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
+    assert module.__doc__
     description = module.__doc__.split("\n\n")[0].split()
     assert " ".join(description) in " ".join(text.split())  # the docstring's first
     entries = _help_entries(text)

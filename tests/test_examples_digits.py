@@ -91,6 +91,13 @@ def runs(tmp_path_factory):
     return out
 
 
+def _group(pattern, text):
+    """The first group of ``pattern``'s first match in ``text``."""
+    match = re.search(pattern, text)
+    assert match, (pattern, text)
+    return match.group(1)
+
+
 def _epochs(output):
     return {
         int(e): (int(n), float(loss), float(train), float(test))
@@ -130,7 +137,7 @@ def test_resume_says_where_it_resumed_and_ends_at_epoch_2(runs):
     resumed = runs["resumed"]
     assert re.search(r"^resumed from epoch 1 \(.*digits_cnn-1\)$", resumed, re.M)
     assert list(_epochs(resumed)) == [2]
-    assert FINAL_LINE.search(resumed).group(1) == "2"
+    assert _group(FINAL_LINE, resumed) == "2"
 
 
 def test_resumed_epoch_equals_the_uninterrupted_one(runs):
@@ -157,14 +164,14 @@ def test_checkpoint_holds_variables_optimizer_state_and_epoch(runs):
 
 
 def _steps_per_epoch(runs):
-    images = int(re.search(r"digits: (\d+) training", runs["first"]).group(1))
+    images = int(_group(r"digits: (\d+) training", runs["first"]))
     return images // 64  # the default batch; the last partial batch is dropped
 
 
 def test_saver_keeps_the_three_newest_checkpoints(runs):
     directory = runs["straight_dir"]
     assert list(_epochs(runs["straight"])) == [1, 2, 3, 4]
-    assert js.latest_checkpoint(directory).endswith("digits_cnn-4")
+    assert str(js.latest_checkpoint(directory)).endswith("digits_cnn-4")
     on_disk = sorted(p.name for p in directory.iterdir() if p.is_dir())
     assert on_disk == ["digits_cnn-2", "digits_cnn-3", "digits_cnn-4"]
 
@@ -172,6 +179,7 @@ def test_saver_keeps_the_three_newest_checkpoints(runs):
 def _load_example(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))  # for `import _cli`
     spec = importlib.util.spec_from_file_location("digits_cnn", DIGITS)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "digits_cnn", module)
     spec.loader.exec_module(module)
@@ -190,7 +198,7 @@ def test_runs_without_rich_or_tqdm_and_resume_without_checkpoint_starts_fresh(
     assert f"no checkpoint in {ckpt}; starting from scratch" in out
     assert list(_epochs(out)) == [1]
     assert "━" not in out  # no progress bar drawn
-    assert js.latest_checkpoint(ckpt).endswith("digits_cnn-1")
+    assert str(js.latest_checkpoint(ckpt)).endswith("digits_cnn-1")
 
 
 def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path):
@@ -207,6 +215,7 @@ def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path)
     path = js.Saver().save(
         module.checkpoint_tree(variables, state, 7), tmp_path / "digits_cnn"
     )
+    assert path is not None
     assert {k for k, _ in js.list_variables(path) if k.startswith("opt/")} == {
         "opt/1/0/count",
         "opt/1/0/mu/a/w",
@@ -229,6 +238,7 @@ def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tm
     proc = _start("--epochs", 1000, "--ckpt-dir", tmp_path)
     try:
         lines = []
+        assert proc.stdout is not None
         for line in proc.stdout:  # wait until the first epoch is saved
             lines.append(line)
             if EPOCH_LINE.match(line):
@@ -248,7 +258,7 @@ def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tm
     assert match, err
     at, saved = map(int, match.groups())
     assert 1 <= saved <= at <= saved + 1  # Ctrl-C in a save lets it finish
-    assert js.latest_checkpoint(tmp_path).endswith(f"digits_cnn-{saved}")
+    assert str(js.latest_checkpoint(tmp_path)).endswith(f"digits_cnn-{saved}")
     # The epoch's line comes after its save, which a Ctrl-C lets finish.
     assert list(_epochs(out))[-1] in (saved - 1, saved)
 

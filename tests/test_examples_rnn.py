@@ -56,7 +56,9 @@ def test_smoke_loss_falls(smoke_output):
 
 def test_smoke_starts_near_a_uniform_guess(smoke_output):
     # An untrained model knows nothing: its loss is about log(vocabulary size).
-    vocab = int(re.search(r"characters, (\d+) distinct", smoke_output).group(1))
+    match = re.search(r"characters, (\d+) distinct", smoke_output)
+    assert match, smoke_output
+    vocab = int(match.group(1))
     first = _losses(smoke_output)[0][2]
     assert abs(first - math.log(vocab)) < 0.5
 
@@ -87,6 +89,7 @@ def test_smoke_writes_a_sample(smoke_output):
 def _load_char_rnn(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))  # for `import _cli`
     spec = importlib.util.spec_from_file_location("char_rnn", CHAR_RNN)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "char_rnn", module)  # dataclasses look it up
     spec.loader.exec_module(module)
@@ -223,6 +226,7 @@ def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tm
     )
     try:
         lines = []
+        assert proc.stdout is not None
         for line in proc.stdout:  # wait for the first checkpoint
             lines.append(line)
             if line.startswith("saved "):
@@ -242,7 +246,7 @@ def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tm
     assert match, err
     at, saved = map(int, match.groups())
     assert 3 <= saved <= at and saved % 3 == 0
-    assert js.latest_checkpoint(tmp_path).endswith(f"char_rnn-{saved}")
+    assert str(js.latest_checkpoint(tmp_path)).endswith(f"char_rnn-{saved}")
     # A "saved" line comes after its save, which a Ctrl-C lets finish.
     printed = [int(n) for n in re.findall(r"^saved .*char_rnn-(\d+)$", out, re.M)]
     assert printed[-1] in (saved - 3, saved), out
