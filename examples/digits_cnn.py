@@ -20,6 +20,7 @@ the variables (``params`` and ``state``), optax's Adam state and the epoch
 number. ``--resume`` restores the latest one with `js.latest_checkpoint`. The
 order of the batches and the dropout keys are derived from the seed and the
 epoch number, so a resumed run continues exactly as an uninterrupted one.
+Ctrl-C stops with one line naming the epoch ``--resume`` continues from.
 
 Run it with:
 

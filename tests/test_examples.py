@@ -1,6 +1,7 @@
 """The example scripts run, and print what they promise."""
 
 import importlib.util
+import os
 import pathlib
 import re
 import sys
@@ -79,6 +80,8 @@ def test_seed_tour_table_lists_every_variable(seed_tour_output):
 def _load(path, monkeypatch):
     """Imports an example as a module (its directory on sys.path, for ``_cli``)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
+    # An example may set XLA_FLAGS as it is imported: undo that afterwards.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -113,7 +116,8 @@ def test_seed_tour_table_without_rich(monkeypatch, capsys):
 
 # ---------------------------------------------------------------- --help
 
-# The examples whose options come from `_cli.parser`.
+# The examples whose options come from `_cli.parser`: every example, once
+# sharded_training.py and port_tf1.py build their parsers with it too.
 CLI_EXAMPLES = ["char_rnn.py", "digits_cnn.py", "seed_tour.py"]
 
 
