@@ -11,19 +11,27 @@ every collection is shared, so all time steps use the same weights, as TF1's
 The text ships with Python itself, so nothing is downloaded: Python's licence
 (``LICENSE.txt`` in the standard library's directory), or, where an install
 lacks it, the docstrings of a few standard-library modules, or the Zen of Python.
-The licence is short (about 14,000 characters), so in the default 600 steps the
-model learns much of it by heart: the loss falls from a uniform guess, log(76) =
-4.33 nats per character, to about 0.4, and the sample reads like the licence.
+The licence is short (about 14,000 characters), so in the default 400 steps an
+LSTM of 128 units learns much of it by heart: the loss falls from a uniform
+guess, log(76) = 4.33 nats per character, to about 0.45, and the sample reads
+like the licence.
 
 The model trains with optax's Adam in a jitted step, then writes some text of
 its own, drawing each character with a key from `js.next_rng_key` inside another
 `js.scan` (``split_rngs={"sample": True}`` gives every step its own key).
 
+Every 100 steps and at the end, one `js.Saver` checkpoint holds everything
+needed to go on: the params, optax's state, the step, the data's seed and the
+loss of every step so far. The batches depend on the seed and the step number
+only, so ``--resume`` continues exactly as an uninterrupted run would have:
+same params, bit for bit. Ctrl-C stops with one line naming the step to resume
+from.
+
 Run it with:
 
     python examples/char_rnn.py              # about a minute on 2 CPU cores
-    python examples/char_rnn.py --steps 2000
-    python examples/char_rnn.py --smoke      # a few steps, seconds
+    python examples/char_rnn.py --resume --steps 800   # continue to step 800
+    python examples/char_rnn.py --smoke      # a tiny model, 40 steps, seconds
 """
 
 from __future__ import annotations
@@ -35,18 +43,24 @@ import importlib
 import inspect
 import io
 import math
+import os
 import pathlib
 import sys
 import sysconfig
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import jscope as js
+
+DEFAULT_CKPT_DIR = os.path.join(tempfile.gettempdir(), "jscope_char_rnn")
 
 # -------------------------------------------------------------------- the text
 
@@ -84,6 +98,23 @@ class Config:
     vocab_size: int
     embed: int = 32
     units: int = 256
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of a run: the model's and the training's."""
+
+    embed: int
+    units: int
+    steps: int
+    batch: int
+    seq_len: int
+    lr: float
+
+
+# The default run, and --smoke's.
+SIZES = Sizes(embed=32, units=128, steps=400, batch=32, seq_len=64, lr=1e-2)
+SMOKE = Sizes(embed=16, units=64, steps=40, batch=16, seq_len=32, lr=1e-2)
 
 
 def lstm_cell(state, x):
@@ -171,149 +202,199 @@ def make_train_step(cfg: Config, opt: optax.GradientTransformation):
     return train_step
 
 
-def batches(data: np.ndarray, batch: int, seq_len: int, seed: int):
-    """Endless ``(ids, targets)`` windows of ``data`` at random offsets."""
-    rng = np.random.default_rng(seed)
-    while True:
-        starts = rng.integers(0, len(data) - seq_len - 1, size=batch)
-        window = np.stack([data[s : s + seq_len + 1] for s in starts])
-        yield window[:, :-1], window[:, 1:]
+def batch_at(data: np.ndarray, step: int, batch: int, seq_len: int, seed: int):
+    """The ``(ids, targets)`` windows of a step, at random offsets in ``data``.
+
+    They depend on ``(seed, step)`` only, so the stream's position is the step
+    number: a resumed run reads what an uninterrupted one would have read.
+    """
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(data) - seq_len - 1, size=batch)
+    window = np.stack([data[s : s + seq_len + 1] for s in starts])
+    return window[:, :-1], window[:, 1:]
 
 
-class _PlainProgress:
-    """Plain-text stand-in for rich's progress bar."""
-
-    def __init__(self, total: int):
-        self.total = total
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, done: int, loss: float) -> None:
-        del done, loss  # the loss lines printed by `train` say it all
+# ------------------------------------------------------------- checkpoints
+#
+# A `js.Saver` saves any pytree: the params, optax's state as it is (keyed by
+# its pytree paths, "opt/1/0/mu/rnn/lstm_cell/kernel", ...), and under "meta"
+# the step, the data stream's seed and the loss of every step so far.
 
 
-class _RichProgress:
-    def __init__(self, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"),
-            TimeElapsedColumn(),
-        )
-        self._task = self._progress.add_task("train", total=total, loss=math.nan)
-
-    def __enter__(self):
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
-
-    def update(self, done: int, loss: float) -> None:
-        self._progress.update(self._task, completed=done, loss=loss)
+def checkpoint_tree(params, opt_state, step: int, seed: int, losses) -> dict:
+    meta = {"step": step, "seed": seed, "losses": np.asarray(losses, np.float32)}
+    return {"params": params, "opt": opt_state, "meta": meta}
 
 
-def progress_bar(total: int):
-    """A progress bar showing the loss: rich's if installed, else plain lines."""
-    try:
-        importlib.import_module("rich.progress")
-    except ImportError:
-        return _PlainProgress(total)
-    return _RichProgress(total)
+@dataclass
+class Run:
+    """A training run's state: where it is, and what it has seen."""
+
+    params: dict
+    opt_state: optax.OptState
+    step: int  # the steps done
+    seed: int
+    losses: list[float]
 
 
-def train(cfg, params, data, *, steps, batch, seq_len, lr, seed):
-    """Trains ``params``; returns them and the loss of every step."""
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    opt_state = opt.init(params)
-    train_step = make_train_step(cfg, opt)
-    stream = batches(data, batch, seq_len, seed)
+def restore(ckpt_dir: str, run: Run) -> tuple[Run, str] | None:
+    """The run saved in the latest checkpoint of ``ckpt_dir``, and its path.
+
+    None if ``ckpt_dir`` holds none. ``run`` gives the structure to restore into.
+    """
+    path = js.latest_checkpoint(ckpt_dir)
+    if path is None:
+        return None
+    shapes = dict(js.list_variables(path))
+    losses = np.zeros(shapes["meta/losses"], np.float32)
+    target = checkpoint_tree(run.params, run.opt_state, 0, 0, losses)
+    tree = js.Saver().restore(path, target)
+    meta = tree["meta"]
+    losses = [float(x) for x in meta["losses"]]
+    return Run(tree["params"], tree["opt"], meta["step"], meta["seed"], losses), path
+
+
+def last_saved_step(ckpt_dir: str) -> int | None:
+    """The step of the latest checkpoint in ``ckpt_dir``, or None."""
+    path = js.latest_checkpoint(ckpt_dir)
+    return None if path is None else int(js.load_variable(path, "meta/step"))
+
+
+def train(
+    run: Run, train_step, data, *, steps, batch, seq_len, saver, ckpt_dir, ckpt_every
+):
+    """Trains ``run`` to ``steps``; saves every ``ckpt_every`` steps and at the end.
+
+    ``run`` is updated after every step, so that after a KeyboardInterrupt it
+    says where training stopped.
+    """
     log_every = max(1, steps // 10)
-    losses = []
-    with progress_bar(steps) as bar:
-        for step in range(1, steps + 1):
-            ids, targets = next(stream)
-            params, opt_state, loss = train_step(params, opt_state, ids, targets)
-            losses.append(float(loss))
-            bar.update(step, losses[-1])
+    save_path = os.path.join(ckpt_dir, "char_rnn")
+
+    def save() -> None:
+        tree = checkpoint_tree(
+            run.params, run.opt_state, run.step, run.seed, run.losses
+        )
+        bar.write(f"saved {saver.save(tree, save_path, global_step=run.step)}")
+
+    with _cli.progress(steps, completed=run.step) as bar:
+        while run.step < steps:
+            step = run.step + 1
+            ids, targets = batch_at(data, step, batch, seq_len, run.seed)
+            run.params, run.opt_state, loss = train_step(
+                run.params, run.opt_state, ids, targets
+            )
+            run.losses.append(float(loss))
+            run.step = step
+            bar.update(step, loss=run.losses[-1])
             if step % log_every == 0 or step == 1:
-                recent = losses[-log_every:]
-                print(
-                    f"step {step:>5}/{steps}  loss {losses[-1]:.4f}  "
+                recent = run.losses[-log_every:]
+                bar.write(
+                    f"step {step:>5}/{steps}  loss {run.losses[-1]:.4f}  "
                     f"(mean of last {len(recent)}: {np.mean(recent):.4f})"
                 )
-    return params, losses
+            if step % ckpt_every == 0 or step == steps:
+                save()
 
 
 # -------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="training steps")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _cli.parser(__doc__)
     parser.add_argument(
-        "--smoke", action="store_true", help="a tiny model, a few steps (seconds)"
+        "--steps",
+        type=int,
+        default=None,
+        help=f"train to this step (default: {SIZES.steps}; {SMOKE.steps} with --smoke)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny model and a few steps, in seconds"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the init, data and sample"
+    )
+    parser.add_argument(
+        "--ckpt-dir", default=DEFAULT_CKPT_DIR, help="where checkpoints are saved"
+    )
+    parser.add_argument(
+        "--ckpt-every", type=int, default=100, help="save a checkpoint every N steps"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --ckpt-dir, with its seed",
+    )
     args = parser.parse_args(argv)
+    if args.ckpt_every < 1:
+        parser.error(f"--ckpt-every must be at least 1, got {args.ckpt_every}")
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     start = time.perf_counter()
     text, source = load_text()
     chars = sorted(set(text))
     index = {ch: i for i, ch in enumerate(chars)}
     data = np.array([index[ch] for ch in text], dtype=np.int32)
-    if args.smoke:
-        cfg = Config(vocab_size=len(chars), embed=16, units=64)
-        steps, batch, seq_len, lr = args.steps or 40, 16, 32, 1e-2
-    else:
-        cfg = Config(vocab_size=len(chars))
-        steps, batch, seq_len, lr = args.steps or 600, 32, 64, 3e-3
+    sizes = SMOKE if args.smoke else SIZES
+    cfg = Config(vocab_size=len(chars), embed=sizes.embed, units=sizes.units)
+    steps, batch, seq_len, lr = (
+        args.steps or sizes.steps,
+        sizes.batch,
+        sizes.seq_len,
+        sizes.lr,
+    )
     print(f"text: {source}, {len(text)} characters, {len(chars)} distinct")
 
     key = jax.random.key(args.seed)
     example = jnp.zeros((1, 2), jnp.int32)
     summary = js.summary(language_model, key, cfg, example)
-    try:  # the same check as the progress bar's: rich or plain text
-        import rich.progress  # noqa: F401
-
-        summary.print_rich()
-    except ImportError:
+    if sys.stdout.isatty() and _cli.rich_available():
+        summary.print_rich()  # a table on a terminal, plain text in logs
+    else:
         print(summary)
-    variables = js.init(language_model, key, cfg, example)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+    params = js.init(language_model, key, cfg, example)["params"]
+    run = Run(params, opt.init(params), step=0, seed=args.seed, losses=[])
+    if args.resume:
+        try:
+            restored = restore(args.ckpt_dir, run)
+        except js.errors.CheckpointMismatchError as e:
+            print(
+                f"cannot resume from {js.latest_checkpoint(args.ckpt_dir)}: it holds "
+                "a model of other sizes; rerun with the options it was saved with "
+                f"(--smoke or not), or choose another --ckpt-dir.\n{e}",
+                file=sys.stderr,
+            )
+            return 2
+        if restored is None:
+            print(f"no checkpoint in {args.ckpt_dir}; starting from scratch")
+        else:
+            run, path = restored
+            print(f"resumed from step {run.step} ({path}), seed {run.seed}")
 
-    params, losses = train(
-        cfg,
-        variables["params"],
-        data,
-        steps=steps,
-        batch=batch,
-        seq_len=seq_len,
-        lr=lr,
-        seed=args.seed,
-    )
-    # An epoch is as many steps as it takes to see len(text) characters (at
-    # least two epochs, so that first and last differ).
-    per_epoch = max(1, min(len(data) // (batch * seq_len), steps // 2))
-    epochs = [losses[i : i + per_epoch] for i in range(0, steps, per_epoch)]
-    first, last = float(np.mean(epochs[0])), float(np.mean(epochs[-1]))
-    print(
-        f"mean loss: first epoch {first:.4f} -> last epoch {last:.4f} "
-        f"({len(epochs)} epochs of {per_epoch} steps; uniform guess "
-        f"{math.log(len(chars)):.4f})"
-    )
+    with js.Saver(max_to_keep=3) as saver:
+        try:
+            train(
+                run,
+                make_train_step(cfg, opt),
+                data,
+                steps=steps,
+                batch=batch,
+                seq_len=seq_len,
+                saver=saver,
+                ckpt_dir=args.ckpt_dir,
+                ckpt_every=args.ckpt_every,
+            )
+        except KeyboardInterrupt:
+            last = last_saved_step(args.ckpt_dir)
+            return _cli.interrupted(
+                f"step {run.step}", None if last is None else f"step {last}"
+            )
+    print(f"checkpoints: {args.ckpt_dir}")
+    report(run.losses, batch * seq_len, len(data), len(chars))
 
     prompt_text = text[:16]
     prompt = jnp.array([[index[ch] for ch in prompt_text]], jnp.int32)
@@ -322,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             sample, {"params": params}, cfg, prompt, 400, 0.7, rngs={"sample": key}
         )
     )
-    out = write(params, prompt, jax.random.key(args.seed + 1))
+    out = write(run.params, prompt, jax.random.key(run.seed + 1))
     written = "".join(chars[i] for i in np.asarray(out[0]))
     print(f"\nsample (temperature 0.7), after {prompt_text!r}:\n")
     print(prompt_text + written)
@@ -330,5 +411,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def report(losses: list[float], per_step: int, text_length: int, vocab: int) -> None:
+    """Prints the mean loss of the first and of the last epoch."""
+    if not losses:
+        return
+    # An epoch is as many steps as it takes to see the text's length in
+    # characters (at least two epochs, so that first and last differ).
+    steps = len(losses)
+    per_epoch = max(1, min(text_length // per_step, steps // 2))
+    epochs = [losses[i : i + per_epoch] for i in range(0, steps, per_epoch)]
+    first, last = float(np.mean(epochs[0])), float(np.mean(epochs[-1]))
+    print(
+        f"mean loss: first epoch {first:.4f} -> last epoch {last:.4f} "
+        f"({len(epochs)} epochs of {per_epoch} steps; uniform guess "
+        f"{math.log(vocab):.4f})"
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

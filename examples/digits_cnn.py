@@ -20,6 +20,7 @@ the variables (``params`` and ``state``), optax's Adam state and the epoch
 number. ``--resume`` restores the latest one with `js.latest_checkpoint`. The
 order of the batches and the dropout keys are derived from the seed and the
 epoch number, so a resumed run continues exactly as an uninterrupted one.
+Ctrl-C stops with one line naming the epoch ``--resume`` continues from.
 
 Run it with:
 
@@ -32,14 +33,13 @@ Run it with:
 from __future__ import annotations
 
 import argparse
-import importlib
-import math
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,9 +56,9 @@ def load_data(seed: int, smoke: bool):
     """``(x_train, y_train, x_test, y_test)``: images [n, 8, 8, 1] in [0, 1]."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 (examples extra)
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = digits.target.astype(np.int32)
+    pixels, labels = load_digits(return_X_y=True)  # images as rows of 64 pixels
+    x = (np.asarray(pixels).reshape(-1, 8, 8, 1) / 16.0).astype(np.float32)
+    y = np.asarray(labels).astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = len(x) // 5
     test, train = order[:n_test], order[n_test:]
@@ -136,67 +136,6 @@ def restore(ckpt_dir: str, variables, opt_state):
     return tree, opt, epoch, path
 
 
-# ------------------------------------------------------------------ progress
-
-
-class _PlainProgress:
-    """Plain-text stand-in for rich's progress bar (the epoch lines say it all)."""
-
-    def __init__(self, first: int, total: int):
-        del first, total
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, epoch: int, loss: float, accuracy: float) -> None:
-        del epoch, loss, accuracy
-
-
-class _RichProgress:
-    def __init__(self, first: int, total: int):
-        from rich.progress import (  # noqa: PLC0415 (optional dependency)
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("epochs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("held-out {task.fields[accuracy]:.2%}"),
-            TimeElapsedColumn(),
-        )
-        self._task = self._progress.add_task(
-            "train", total=total, completed=first - 1, loss=math.nan, accuracy=0.0
-        )
-
-    def __enter__(self):
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
-
-    def update(self, epoch: int, loss: float, accuracy: float) -> None:
-        self._progress.update(self._task, completed=epoch, loss=loss, accuracy=accuracy)
-
-
-def progress_bar(first: int, total: int):
-    """A per-epoch progress bar: rich's if installed, else nothing but the lines."""
-    try:
-        importlib.import_module("rich.progress")
-    except ImportError:
-        return _PlainProgress(first, total)
-    return _RichProgress(first, total)
-
-
 # ------------------------------------------------------------------ training
 
 
@@ -208,20 +147,100 @@ def accuracy(count_correct, variables, x, y, batch: int = 512) -> float:
     return correct / len(x)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=None, help="train to this epoch")
+class Interrupted(Exception):
+    """Ctrl-C during ``epoch``."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+def train(
+    variables, opt_state, train_step, count_correct, data, *, args, first, epochs, saver
+):
+    """Trains epochs ``first..epochs``, saving after each; returns the last trained.
+
+    Returns ``(variables, opt_state, last epoch)``; raises `Interrupted` on Ctrl-C.
+    """
+    x_train, y_train, x_test, y_test = data
+    steps = len(x_train) // args.batch  # the last partial batch is dropped
+    last = first - 1  # the last epoch trained
+    formats = {"loss": "loss {:.4f}", "held_out": "held-out {:.2%}"}
+    epoch = first
+    try:
+        with _cli.progress(
+            epochs, completed=last, label="epochs", formats=formats
+        ) as bar:
+            for epoch in range(first, epochs + 1):
+                t0 = time.perf_counter()
+                # Batches and dropout keys depend on (seed, epoch) only: a
+                # resumed run sees what an uninterrupted one would have seen.
+                order = np.random.default_rng([args.seed, epoch]).permutation(
+                    len(x_train)
+                )
+                epoch_key = jax.random.fold_in(jax.random.key(args.seed + 1), epoch)
+                losses, correct = [], 0
+                for i in range(steps):
+                    idx = order[i * args.batch : (i + 1) * args.batch]
+                    variables, opt_state, loss, right = train_step(
+                        variables,
+                        opt_state,
+                        x_train[idx],
+                        y_train[idx],
+                        jax.random.fold_in(epoch_key, i),
+                    )
+                    losses.append(loss)
+                    correct += right
+                loss = float(np.mean(jax.device_get(losses)))
+                train_acc = int(correct) / (steps * args.batch)
+                test_acc = accuracy(count_correct, variables, x_test, y_test)
+                path = saver.save(
+                    checkpoint_tree(variables, opt_state, epoch),
+                    os.path.join(args.ckpt_dir, "digits_cnn"),
+                    global_step=epoch,
+                )
+                bar.update(epoch, loss=loss, held_out=test_acc)
+                last = epoch
+                bar.write(
+                    f"epoch {epoch:>3}/{epochs}  loss {loss:.6f}  train acc "
+                    f"{train_acc:.2%}  held-out acc {test_acc:.2%}  "
+                    f"({time.perf_counter() - t0:.1f} s, saved "
+                    f"{os.path.basename(path)})"
+                )
+    except KeyboardInterrupt:
+        raise Interrupted(epoch) from None
+    return variables, opt_state, last
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _cli.parser(__doc__)
     parser.add_argument(
-        "--smoke", action="store_true", help="1 epoch on a small subset (seconds)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="train to this epoch (default: 20; 1 with --smoke)",
     )
-    parser.add_argument("--ckpt-dir", default=DEFAULT_CKPT_DIR)
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint"
+        "--smoke", action="store_true", help="1 epoch on a small subset, in seconds"
     )
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--ckpt-dir", default=DEFAULT_CKPT_DIR, help="where checkpoints are saved"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --ckpt-dir",
+    )
+    parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, init and batches"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 20)
 
     start = time.perf_counter()
@@ -249,41 +268,24 @@ def main(argv: list[str] | None = None) -> int:
             first = done + 1
             print(f"resumed from epoch {done} ({path})")
 
-    steps = len(x_train) // args.batch  # the last partial batch is dropped
-    last = first - 1  # the last epoch trained
-    with progress_bar(first, epochs) as bar:
-        for epoch in range(first, epochs + 1):
-            t0 = time.perf_counter()
-            # Batches and dropout keys depend on (seed, epoch) only: a resumed
-            # run sees what an uninterrupted one would have seen.
-            order = np.random.default_rng([args.seed, epoch]).permutation(len(x_train))
-            epoch_key = jax.random.fold_in(jax.random.key(args.seed + 1), epoch)
-            losses, correct = [], 0
-            for i in range(steps):
-                idx = order[i * args.batch : (i + 1) * args.batch]
-                variables, opt_state, loss, right = train_step(
-                    variables,
-                    opt_state,
-                    x_train[idx],
-                    y_train[idx],
-                    jax.random.fold_in(epoch_key, i),
-                )
-                losses.append(loss)
-                correct += right
-            loss = float(np.mean(jax.device_get(losses)))
-            train_acc = int(correct) / (steps * args.batch)
-            test_acc = accuracy(count_correct, variables, x_test, y_test)
-            path = saver.save(
-                checkpoint_tree(variables, opt_state, epoch),
-                os.path.join(args.ckpt_dir, "digits_cnn"),
-                global_step=epoch,
+    with saver:
+        try:
+            variables, opt_state, last = train(
+                variables,
+                opt_state,
+                train_step,
+                count_correct,
+                (x_train, y_train, x_test, y_test),
+                args=args,
+                first=first,
+                epochs=epochs,
+                saver=saver,
             )
-            bar.update(epoch, loss, test_acc)
-            last = epoch
-            print(
-                f"epoch {epoch:>3}/{epochs}  loss {loss:.6f}  train acc "
-                f"{train_acc:.2%}  held-out acc {test_acc:.2%}  "
-                f"({time.perf_counter() - t0:.1f} s, saved {os.path.basename(path)})"
+        except Interrupted as e:
+            path = js.latest_checkpoint(args.ckpt_dir)
+            done = None if path is None else int(js.load_variable(path, "meta/epoch"))
+            return _cli.interrupted(
+                f"epoch {e.epoch}", None if done is None else f"epoch {done}"
             )
 
     test_acc = accuracy(count_correct, variables, x_test, y_test)
@@ -296,4 +298,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

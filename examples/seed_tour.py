@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import tempfile
 import textwrap
+from collections.abc import Sequence
 
+import _cli
 import jax
 import jax.numpy as jnp
 
@@ -123,8 +125,10 @@ def save_and_restore(variables: dict) -> None:
         # Save every variable (keys are full paths), as TF1's tf.train.Saver().
         saver = js.Saver()
         save_path = saver.save(variables, os.path.join(ckpt_dir, "model.ckpt"))
+        assert save_path is not None  # None only for an empty Saver(allow_empty=True)
         print(f"   saved to       {os.path.relpath(save_path, ckpt_dir)}")
         latest = js.latest_checkpoint(ckpt_dir)
+        assert latest is not None  # the checkpoint just saved
         for key, shape in js.list_variables(latest):
             print(f"   checkpoint key {key:<16} shape {shape}")
 
@@ -145,6 +149,7 @@ def save_and_restore(variables: dict) -> None:
         # Save a subset under a new name: tf.train.Saver({"my_counter": counter}).
         subset = js.Saver({"my_counter": "state/counter"})
         subset_path = subset.save(variables, os.path.join(ckpt_dir, "counter.ckpt"))
+        assert subset_path is not None
         print(f"   subset checkpoint holds {js.list_variables(subset_path)}")
         restored = subset.restore(subset_path, fresh)
         counter = int(restored["state"]["counter"])
@@ -345,7 +350,9 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
     Console().print(table)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    # No options: --help says what the tour is.
+    _cli.parser(__doc__).parse_args(argv)
     print("jscope: a tour of TF1 variables, sharing and scoping")
     _CREATED.clear()
     x = jax.random.normal(jax.random.key(1), (BATCH, 784))
@@ -359,7 +366,8 @@ def main() -> None:
     correct_reuse()
     print()
     print_table(variable_rows())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

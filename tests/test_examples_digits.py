@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,11 @@ import pytest
 
 import jscope as js
 
-DIGITS = pathlib.Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.py"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+# What js.Saver writes when Ctrl-C comes during a save, which it then finishes.
+NOTE = "jscope: interrupted; finishing the checkpoint save to "
+NOTE_END = " first (Ctrl-C again to abort it)"
+DIGITS = EXAMPLES / "digits_cnn.py"
 
 EPOCH_LINE = re.compile(
     r"^epoch +(\d+)/(\d+)  loss ([0-9.]+)  train acc ([0-9.]+)%  "
@@ -51,7 +56,12 @@ EXPECTED_SHAPES = {
 
 
 def _start(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONUNBUFFERED": "1",
+    }
     return subprocess.Popen(
         [sys.executable, str(DIGITS), "--smoke", *map(str, args)],
         stdout=subprocess.PIPE,
@@ -82,6 +92,13 @@ def runs(tmp_path_factory):
     out["straight"] = _finish(straight)
     out["straight_dir"], out["resumed_dir"] = straight_dir, resumed_dir
     return out
+
+
+def _group(pattern, text):
+    """The first group of ``pattern``'s first match in ``text``."""
+    match = re.search(pattern, text)
+    assert match, (pattern, text)
+    return match.group(1)
 
 
 def _epochs(output):
@@ -123,7 +140,7 @@ def test_resume_says_where_it_resumed_and_ends_at_epoch_2(runs):
     resumed = runs["resumed"]
     assert re.search(r"^resumed from epoch 1 \(.*digits_cnn-1\)$", resumed, re.M)
     assert list(_epochs(resumed)) == [2]
-    assert FINAL_LINE.search(resumed).group(1) == "2"
+    assert _group(FINAL_LINE, resumed) == "2"
 
 
 def test_resumed_epoch_equals_the_uninterrupted_one(runs):
@@ -150,31 +167,33 @@ def test_checkpoint_holds_variables_optimizer_state_and_epoch(runs):
 
 
 def _steps_per_epoch(runs):
-    images = int(re.search(r"digits: (\d+) training", runs["first"]).group(1))
+    images = int(_group(r"digits: (\d+) training", runs["first"]))
     return images // 64  # the default batch; the last partial batch is dropped
 
 
 def test_saver_keeps_the_three_newest_checkpoints(runs):
     directory = runs["straight_dir"]
     assert list(_epochs(runs["straight"])) == [1, 2, 3, 4]
-    assert js.latest_checkpoint(directory).endswith("digits_cnn-4")
+    assert str(js.latest_checkpoint(directory)).endswith("digits_cnn-4")
     on_disk = sorted(p.name for p in directory.iterdir() if p.is_dir())
     assert on_disk == ["digits_cnn-2", "digits_cnn-3", "digits_cnn-4"]
 
 
 def _load_example(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # for `import _cli`
     spec = importlib.util.spec_from_file_location("digits_cnn", DIGITS)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "digits_cnn", module)
     spec.loader.exec_module(module)
     return module
 
 
-def test_runs_without_rich_and_resume_without_checkpoint_starts_fresh(
+def test_runs_without_rich_or_tqdm_and_resume_without_checkpoint_starts_fresh(
     monkeypatch, capsys, tmp_path
 ):
     module = _load_example(monkeypatch)
-    for name in ("rich", "rich.progress"):
+    for name in ("rich", "rich.progress", "tqdm"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     ckpt = tmp_path / "empty"
     assert module.main(["--smoke", "--resume", "--ckpt-dir", str(ckpt)]) == 0
@@ -182,7 +201,7 @@ def test_runs_without_rich_and_resume_without_checkpoint_starts_fresh(
     assert f"no checkpoint in {ckpt}; starting from scratch" in out
     assert list(_epochs(out)) == [1]
     assert "━" not in out  # no progress bar drawn
-    assert js.latest_checkpoint(ckpt).endswith("digits_cnn-1")
+    assert str(js.latest_checkpoint(ckpt)).endswith("digits_cnn-1")
 
 
 def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path):
@@ -199,6 +218,7 @@ def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path)
     path = js.Saver().save(
         module.checkpoint_tree(variables, state, 7), tmp_path / "digits_cnn"
     )
+    assert path is not None
     assert {k for k, _ in js.list_variables(path) if k.startswith("opt/")} == {
         "opt/1/0/count",
         "opt/1/0/mu/a/w",
@@ -215,3 +235,43 @@ def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path)
     ):
         assert jnp.array_equal(got, want)
     assert jnp.array_equal(back["params"]["a"]["w"], params["a"]["w"])
+
+
+def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tmp_path):
+    proc = _start("--epochs", 1000, "--ckpt-dir", tmp_path)
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the first epoch is saved
+            lines.append(line)
+            if EPOCH_LINE.match(line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    # One line; before it, the Saver's own note if Ctrl-C came during a save.
+    *notes, line = err.splitlines()
+    assert notes in ([], [NOTE + str(tmp_path / "digits_cnn") + NOTE_END]), err
+    match = re.fullmatch(
+        r"interrupted at epoch (\d+); rerun with --resume to continue from epoch "
+        r"(\d+)",
+        line,
+    )
+    assert match, err
+    at, saved = map(int, match.groups())
+    assert not notes or saved == at  # the save at the interrupted epoch finished
+    assert 1 <= saved <= at <= saved + 1  # Ctrl-C in a save lets it finish
+    assert str(js.latest_checkpoint(tmp_path)).endswith(f"digits_cnn-{saved}")
+    # The epoch's line comes after its save, which a Ctrl-C lets finish.
+    assert list(_epochs(out))[-1] in (saved - 1, saved)
+
+    module = _load_example(monkeypatch)
+    args = ["--smoke", "--resume", "--epochs", str(saved + 1)]
+    assert module.main([*args, "--ckpt-dir", str(tmp_path)]) == 0
+    resumed = capsys.readouterr().out
+    assert re.search(rf"^resumed from epoch {saved} \(", resumed, re.MULTILINE)
+    assert list(_epochs(resumed)) == [saved + 1]
