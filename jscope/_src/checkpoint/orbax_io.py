@@ -9,11 +9,15 @@ once (two checkpointers saving in two threads can deadlock in
 ``wait_until_finished`` or collide on temporary directories), so every Orbax
 call in the process runs under one lock, `_ORBAX`; a save holds it from
 `start_save` until `finish_save` (which may run on another thread).
+
+A failed write ends a save, and a failed read a restore, only once every
+other write or read of it has ended (`_every_task_ended`): Orbax would
+otherwise close its event loop under writes and reads still in flight.
 """
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import json
 import os
 import threading
@@ -24,6 +28,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import (
+    BasePyTreeCheckpointHandler,
+)
+from orbax.checkpoint._src.serialization import jax_array_handlers
 
 from jscope import errors
 from jscope._src.checkpoint.layout import NOT_VALID_MSG, ORBAX_METADATA
@@ -34,44 +42,65 @@ MARKER = "jscope"  # in Orbax's custom metadata: jscope's version, _CHECKSUMS ex
 _ORBAX = threading.Lock()
 
 
-_WRITE_FAILURES: contextvars.ContextVar[list[BaseException]] = contextvars.ContextVar(
-    "jscope_write_failures"
-)
+async def _every_task_ended(call: Any) -> Any:
+    """Awaits ``call`` (a coroutine); on failure, first awaits what it started.
+
+    Orbax gathers the arrays' writes or reads (``asyncio.gather``) in an event
+    loop of its own and returns at the first failure, then closes the loop
+    while TensorStore still writes or reads the other arrays; each of those,
+    when it ends, calls into the closed loop (``RuntimeError: Event loop is
+    closed`` through `sys.unraisablehook`, long after the call raised). Here
+    the tasks that ``call`` started are awaited before its error is raised, so
+    nothing is left in flight when the loop closes.
+    """
+    before = asyncio.all_tasks()
+    try:
+        return await call
+    except Exception:
+        started = asyncio.all_tasks() - before - {asyncio.current_task()}
+        if started:
+            await asyncio.wait(started)
+        raise
 
 
 class _NumpyHandler(ocp.type_handlers.NumpyHandler):
-    """Orbax's NumPy handler, but a failed write waits for the others.
-
-    Orbax gathers the arrays' writes and returns at the first failure, then
-    closes its event loop while TensorStore still writes the other arrays;
-    each of those writes, when it ends, calls into the closed loop
-    (``RuntimeError: Event loop is closed`` through `sys.unraisablehook`,
-    long after the save raised). Here every write of a save ends before the
-    first failure is raised.
-    """
-
-    async def _open_and_write(self, value, tspec, ts_context):
-        try:
-            await super()._open_and_write(value, tspec, ts_context)
-        except Exception as e:
-            failures = _WRITE_FAILURES.get(None)
-            if failures is None:
-                raise
-            failures.append(e)
+    """Orbax's NumPy handler, but a failed write waits for the others."""
 
     async def _background_serialize(self, values, infos, args=None):
-        failures: list[BaseException] = []
-        token = _WRITE_FAILURES.set(failures)  # seen by the writes' tasks
-        try:
-            await super()._background_serialize(values, infos, args)
-        finally:
-            _WRITE_FAILURES.reset(token)
-        if failures:
-            raise failures[0]
+        await _every_task_ended(super()._background_serialize(values, infos, args))
+
+
+_ORBAX_GATHER = jax_array_handlers._async_serialize_replica_slices
+
+
+async def _serialize_replica_slices(*args: Any, **kwargs: Any) -> Any:
+    """Orbax's writer of jax.Array values, but a failed write waits for the others.
+
+    Orbax's `ArrayHandler` calls this module-level function from the thread
+    that writes a save's arrays, so it is replaced in Orbax's module (see
+    `_save_handlers`); it only changes what happens after a write fails.
+    """
+    return await _every_task_ended(_ORBAX_GATHER(*args, **kwargs))
+
+
+class _Reader(BasePyTreeCheckpointHandler):
+    """Orbax's PyTree reader, but a failed read waits for the others.
+
+    The same as `_every_task_ended` for writes: Orbax gathers the arrays'
+    reads in an event loop that it closes as soon as one fails.
+    """
+
+    async def _maybe_deserialize(self, *args: Any, **kwargs: Any) -> Any:
+        return await _every_task_ended(super()._maybe_deserialize(*args, **kwargs))
 
 
 def _save_handlers() -> Any:
-    """Orbax's type handlers for saving, with `_NumpyHandler` for NumPy arrays."""
+    """Orbax's type handlers for saving, with `_NumpyHandler` for NumPy arrays.
+
+    Also makes Orbax's jax.Array writer wait for every write of a failed save
+    (`_serialize_replica_slices`).
+    """
+    jax_array_handlers._async_serialize_replica_slices = _serialize_replica_slices
     default = ocp.type_handlers.get_type_handler
     pairs = [(t, default(t)) for t in (int, float, bytes, np.number, jax.Array)]
     return ocp.type_handlers.create_type_handler_registry(
@@ -232,8 +261,11 @@ def restore(
         options = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
         )
+    reader = _Reader(multiprocessing_options=options)
     checkpointer = ocp.Checkpointer(
-        ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+        ocp.PyTreeCheckpointHandler(
+            multiprocessing_options=options, handler_impl=reader
+        ),
         multiprocessing_options=options,
     )
     with _ORBAX:
