@@ -18,10 +18,11 @@ otherwise close its event loop under writes and reads still in flight.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ from etils import epath
 from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import (
     BasePyTreeCheckpointHandler,
 )
+from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint._src.serialization import jax_array_handlers
 
 from jscope import errors
@@ -63,11 +65,70 @@ async def _every_task_ended(call: Any) -> Any:
         raise
 
 
+# Called as each array of a restore arrives, with its key and value (set by
+# `restore`, seen by the reads, which run in the caller's thread).
+_ARRIVED: contextvars.ContextVar[Callable[[str, Any], None]] = contextvars.ContextVar(
+    "jscope_arrived"
+)
+
+
+async def _each_as_it_arrives(deserialize: Any, infos: Any, args: Any) -> list[Any]:
+    """``deserialize(infos, args)``, one array at a time, all at once.
+
+    Each array goes to `_ARRIVED` as soon as it is read, while the others are
+    still being read: its checksum starts then (see `restore`). Without an
+    `_ARRIVED` callback, Orbax's own batch.
+    """
+    arrived = _ARRIVED.get(None)
+    if arrived is None or len(infos) < 2:
+        values = await deserialize(infos, args)
+        if arrived is not None:
+            for info, value in zip(infos, values, strict=True):
+                arrived(_key_of(info), value)
+        return values
+
+    async def one(i: int) -> Any:
+        [value] = await deserialize([infos[i]], None if args is None else [args[i]])
+        arrived(_key_of(infos[i]), value)
+        return value
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(infos)))))
+
+
+def _key_of(info: Any) -> str:
+    """The slash-joined key path of an Orbax ParamInfo (a flat dict: its key)."""
+    return "/".join(str(getattr(k, "key", k)) for k in info.keypath or ())
+
+
 class _NumpyHandler(ocp.type_handlers.NumpyHandler):
-    """Orbax's NumPy handler, but a failed write waits for the others."""
+    """Orbax's NumPy handler, but a failed write waits for the others.
+
+    A restore hands each array on as it arrives (`_each_as_it_arrives`).
+    """
 
     async def _background_serialize(self, values, infos, args=None):
         await _every_task_ended(super()._background_serialize(values, infos, args))
+
+    async def deserialize(self, infos, args=None):
+        return await _each_as_it_arrives(super().deserialize, infos, args)
+
+
+class _ArrayHandler(ocp.type_handlers.ArrayHandler):
+    """Orbax's jax.Array handler; a restore hands each array on as it arrives."""
+
+    async def deserialize(self, infos, args=None):
+        return await _each_as_it_arrives(super().deserialize, infos, args)
+
+
+def _restore_handlers() -> Any:
+    """Orbax's type handlers for restoring, with `_NumpyHandler`, `_ArrayHandler`."""
+    default = ocp.type_handlers.get_type_handler
+    kinds = (int, float, bytes, np.number, str, type(...))  # `...`: a placeholder
+    return ocp.type_handlers.create_type_handler_registry(
+        *((t, default(t)) for t in kinds),
+        (np.ndarray, _NumpyHandler()),
+        (jax.Array, _ArrayHandler(array_metadata_store=array_metadata_store.Store())),
+    )
 
 
 _ORBAX_GATHER = jax_array_handlers._async_serialize_replica_slices
@@ -242,11 +303,14 @@ def restore(
     partial: bool,
     nested: bool,
     local: bool = False,
+    arrived: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Restores ``{key: (item, restore_args)}`` from ``ckpt``; ``{key: array}``.
 
     ``local``: no array spans other processes, so this process reads alone
     (Orbax would otherwise wait for every process at the end of a restore).
+    ``arrived``: called with each key and array as soon as it is read, while
+    Orbax reads the others (in Orbax's event loop: it must not block).
 
     Raises:
       Exception: Orbax's or TensorStore's own error (the caller names it).
@@ -261,18 +325,26 @@ def restore(
         options = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
         )
-    reader = _Reader(multiprocessing_options=options)
+    handlers = _restore_handlers()
+    reader = _Reader(multiprocessing_options=options, type_handler_registry=handlers)
     checkpointer = ocp.Checkpointer(
         ocp.PyTreeCheckpointHandler(
-            multiprocessing_options=options, handler_impl=reader
+            multiprocessing_options=options,
+            type_handler_registry=handlers,
+            handler_impl=reader,
         ),
         multiprocessing_options=options,
     )
-    with _ORBAX:
-        restored = checkpointer.restore(
-            epath.Path(os.path.abspath(ckpt)),
-            args=ocp.args.PyTreeRestore(
-                item=item, restore_args=args, partial_restore=partial
-            ),
-        )
+    token = _ARRIVED.set(arrived) if arrived is not None else None
+    try:
+        with _ORBAX:
+            restored = checkpointer.restore(
+                epath.Path(os.path.abspath(ckpt)),
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=args, partial_restore=partial
+                ),
+            )
+    finally:
+        if token is not None:
+            _ARRIVED.reset(token)
     return _flatten_nested(restored) if nested else dict(restored)
