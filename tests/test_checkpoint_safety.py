@@ -389,11 +389,16 @@ def test_stale_temporary_directories_are_removed_by_the_next_save(tmp_path):
     assert listdir(tmp_path) == ["checkpoint", "model-1", "model-2"]
 
 
+# The child takes Python's own Ctrl-C handler even when started with SIGINT
+# ignored (as a shell's background job is), which would leave it running.
 INTERRUPTED = textwrap.dedent(
     """
+    import signal
     import sys
     import jax.numpy as jnp
     import jscope as js
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     base = jnp.arange(1 << 20, dtype=jnp.float32)
     saver = js.Saver(max_to_keep=2)

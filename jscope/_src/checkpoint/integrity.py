@@ -50,6 +50,7 @@ CheckpointCorruptError = errors.CheckpointCorruptError
 VERSION = 2
 SMALL_FILE = 1 << 20  # files up to this size get a checksum
 CHUNK = 1 << 24  # arrays are hashed in chunks of this many bytes
+_SMALL_ARRAY = 1 << 18  # restored arrays this small are hashed as they arrive
 _HEADER = b"jscope-checksums xxh3_64="
 XXH3 = "xxh3_64"  # the kind of an array whole on one device or host
 SUM = "murmur3_sum64"  # the kind of an array sharded over several devices
@@ -104,23 +105,54 @@ def _combine(digests: list[int]) -> str:
     return xxhash.xxh3_64_hexdigest(np.asarray(digests, "<u8").data)
 
 
-def checksums(views: Mapping[str, np.ndarray | None]) -> dict[str, str | None]:
-    """The checksum of each array (None for None), 16 hex digits each.
+class Pending:
+    """The checksums of ``{key: host view or None}``, computed in the background.
 
     XXH3-64 of the values in C order; an array over `CHUNK` bytes is hashed a
     chunk at a time, in parallel (xxhash releases the GIL), and its checksum is
-    the XXH3-64 of the chunks' checksums (little-endian uint64).
+    the XXH3-64 of the chunks' checksums (little-endian uint64). Under 4 MiB
+    in all, they are computed at once, in this thread. `result` waits for them:
+    a save starts them before it waits for Orbax's write, so that they are
+    computed while Orbax writes.
     """
-    parts = {key: _chunks(v) for key, v in views.items() if v is not None}
-    flat = [chunk for chunks in parts.values() for chunk in chunks]
-    if len(flat) > 1 and sum(len(c) for c in flat) >= 1 << 22:
-        digests = iter(_pool().map(xxhash.xxh3_64_intdigest, flat))
-    else:
-        digests = iter(map(xxhash.xxh3_64_intdigest, flat))
-    out: dict[str, str | None] = {key: None for key in views}
-    for key, chunks in parts.items():
-        out[key] = _combine([next(digests) for _ in chunks])
-    return out
+
+    def __init__(self, views: Mapping[str, np.ndarray | None]):
+        self._keys = list(views)
+        self._parts = {key: _chunks(v) for key, v in views.items() if v is not None}
+        flat = [chunk for chunks in self._parts.values() for chunk in chunks]
+        self._done: list[int] | None = None
+        self._batches: list[concurrent.futures.Future[list[int]]] = []
+        if len(flat) > 1 and sum(len(c) for c in flat) >= 1 << 22:
+            batch, size = [], 0  # small arrays hashed together, one task each CHUNK
+            for chunk in flat:
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= CHUNK:
+                    self._batches.append(_pool().submit(_hash_all, batch))
+                    batch, size = [], 0
+            if batch:
+                self._batches.append(_pool().submit(_hash_all, batch))
+        else:
+            self._done = _hash_all(flat)
+
+    def result(self) -> dict[str, str | None]:
+        """``{key: 16 hex digits}`` (None for None); waits for the workers."""
+        if self._done is None:
+            self._done = [d for batch in self._batches for d in batch.result()]
+        digests = iter(self._done)
+        out: dict[str, str | None] = dict.fromkeys(self._keys)
+        for key, chunks in self._parts.items():
+            out[key] = _combine([next(digests) for _ in chunks])
+        return out
+
+
+def _hash_all(chunks: list[Any]) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(c) for c in chunks]
+
+
+def checksums(views: Mapping[str, np.ndarray | None]) -> dict[str, str | None]:
+    """The checksum of each array (None for None), 16 hex digits each (`Pending`)."""
+    return Pending(views).result()
 
 
 def checksum(values: np.ndarray) -> str:
@@ -251,10 +283,49 @@ def check_files(ckpt: str, files: Mapping[str, Any]) -> None:
             raise corrupt(ckpt, "a file does not match its checksum", file=path)
 
 
+class Early:
+    """`XXH3` checksums of restored arrays, started as each one arrives.
+
+    `arrived` (for `orbax_io.restore`) hands each array whose record is `XXH3`
+    and that is whole here to a worker thread, so it is hashed while Orbax
+    still reads the others (xxhash releases the GIL); `check_arrays` then only
+    waits for what is left. An array that `check_arrays` is given and that did
+    not arrive here (or arrived as another object) is hashed there, as before.
+    """
+
+    def __init__(self, expected: Mapping[str, tuple[str, str] | None]):
+        self._wanted = {
+            k for k, r in expected.items() if r is not None and r[0] == XXH3
+        }
+        self._started: dict[str, tuple[Any, concurrent.futures.Future[str]]] = {}
+
+    def arrived(self, key: str, value: Any) -> None:
+        if key not in self._wanted or (
+            isinstance(value, jax.Array) and not _whole_here(value)
+        ):
+            return
+        if np.size(value) * np.dtype(value.dtype).itemsize < _SMALL_ARRAY:
+            future: concurrent.futures.Future[str] = concurrent.futures.Future()
+            future.set_result(_checksum_of(value))  # no thread for a small one
+        else:
+            future = _pool().submit(_checksum_of, value)
+        self._started[key] = (value, future)
+
+    def take(self, key: str, value: Any) -> concurrent.futures.Future[str] | None:
+        """The started checksum of ``value`` under ``key``, or None."""
+        started = self._started.pop(key, None)
+        return started[1] if started is not None and started[0] is value else None
+
+
+def _checksum_of(value: Any) -> str:
+    return checksum(np.asarray(value))
+
+
 def check_arrays(
     ckpt: str,
     values: Mapping[str, Any],
     expected: Mapping[str, tuple[str, str] | None],
+    early: Early | None = None,
 ) -> None:
     """Checks restored arrays against their recorded ``(kind, checksum)``.
 
@@ -264,16 +335,21 @@ def check_arrays(
     hashed as at save; one restored sharded is gathered once to this host to
     check it (it was saved whole from one device, so one host held it then).
     Variables without a checksum (written by Orbax directly, or by jscope 0.1)
-    are not checked.
+    are not checked. ``early``: the checksums started as the arrays arrived.
     """
     by_kind: dict[str, dict[str, Any]] = {XXH3: {}, SUM: {}}
+    started: dict[str, concurrent.futures.Future[str]] = {}
     for key, value in values.items():
         record = expected.get(key)
-        if record is not None:
+        future = None if early is None else early.take(key, value)
+        if future is not None:
+            started[key] = future
+        elif record is not None:
             by_kind[record[0]][key] = value
     views = {key: _gathered(v) for key, v in by_kind[XXH3].items()}
-    found = checksums(views)
+    found: dict[str, str | None] = dict(checksums(views))
     found.update(sum_hex(sum_checksums(by_kind[SUM])))
+    found.update({key: future.result() for key, future in started.items()})
     for key, checksum_ in found.items():
         if checksum_ != expected[key][1]:  # type: ignore[index]
             raise corrupt(

@@ -9,21 +9,31 @@ once (two checkpointers saving in two threads can deadlock in
 ``wait_until_finished`` or collide on temporary directories), so every Orbax
 call in the process runs under one lock, `_ORBAX`; a save holds it from
 `start_save` until `finish_save` (which may run on another thread).
+
+A failed write ends a save, and a failed read a restore, only once every
+other write or read of it has ended (`_every_task_ended`): Orbax would
+otherwise close its event loop under writes and reads still in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import (
+    BasePyTreeCheckpointHandler,
+)
+from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import jax_array_handlers
 
 from jscope import errors
 from jscope._src.checkpoint.layout import NOT_VALID_MSG, ORBAX_METADATA
@@ -34,44 +44,124 @@ MARKER = "jscope"  # in Orbax's custom metadata: jscope's version, _CHECKSUMS ex
 _ORBAX = threading.Lock()
 
 
-_WRITE_FAILURES: contextvars.ContextVar[list[BaseException]] = contextvars.ContextVar(
-    "jscope_write_failures"
+async def _every_task_ended(call: Any) -> Any:
+    """Awaits ``call`` (a coroutine); on failure, first awaits what it started.
+
+    Orbax gathers the arrays' writes or reads (``asyncio.gather``) in an event
+    loop of its own and returns at the first failure, then closes the loop
+    while TensorStore still writes or reads the other arrays; each of those,
+    when it ends, calls into the closed loop (``RuntimeError: Event loop is
+    closed`` through `sys.unraisablehook`, long after the call raised). Here
+    the tasks that ``call`` started are awaited before its error is raised, so
+    nothing is left in flight when the loop closes.
+    """
+    before = asyncio.all_tasks()
+    try:
+        return await call
+    except Exception:
+        started = asyncio.all_tasks() - before - {asyncio.current_task()}
+        if started:
+            await asyncio.wait(started)
+        raise
+
+
+# Called as each array of a restore arrives, with its key and value (set by
+# `restore`, seen by the reads, which run in the caller's thread).
+_ARRIVED: contextvars.ContextVar[Callable[[str, Any], None]] = contextvars.ContextVar(
+    "jscope_arrived"
 )
+
+
+async def _each_as_it_arrives(deserialize: Any, infos: Any, args: Any) -> list[Any]:
+    """``deserialize(infos, args)``, one array at a time, all at once.
+
+    Each array goes to `_ARRIVED` as soon as it is read, while the others are
+    still being read: its checksum starts then (see `restore`). Without an
+    `_ARRIVED` callback, Orbax's own batch.
+    """
+    arrived = _ARRIVED.get(None)
+    if arrived is None or len(infos) < 2:
+        values = await deserialize(infos, args)
+        if arrived is not None:
+            for info, value in zip(infos, values, strict=True):
+                arrived(_key_of(info), value)
+        return values
+
+    async def one(i: int) -> Any:
+        [value] = await deserialize([infos[i]], None if args is None else [args[i]])
+        arrived(_key_of(infos[i]), value)
+        return value
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(infos)))))
+
+
+def _key_of(info: Any) -> str:
+    """The slash-joined key path of an Orbax ParamInfo (a flat dict: its key)."""
+    return "/".join(str(getattr(k, "key", k)) for k in info.keypath or ())
 
 
 class _NumpyHandler(ocp.type_handlers.NumpyHandler):
     """Orbax's NumPy handler, but a failed write waits for the others.
 
-    Orbax gathers the arrays' writes and returns at the first failure, then
-    closes its event loop while TensorStore still writes the other arrays;
-    each of those writes, when it ends, calls into the closed loop
-    (``RuntimeError: Event loop is closed`` through `sys.unraisablehook`,
-    long after the save raised). Here every write of a save ends before the
-    first failure is raised.
+    A restore hands each array on as it arrives (`_each_as_it_arrives`).
     """
 
-    async def _open_and_write(self, value, tspec, ts_context):
-        try:
-            await super()._open_and_write(value, tspec, ts_context)
-        except Exception as e:
-            failures = _WRITE_FAILURES.get(None)
-            if failures is None:
-                raise
-            failures.append(e)
-
     async def _background_serialize(self, values, infos, args=None):
-        failures: list[BaseException] = []
-        token = _WRITE_FAILURES.set(failures)  # seen by the writes' tasks
-        try:
-            await super()._background_serialize(values, infos, args)
-        finally:
-            _WRITE_FAILURES.reset(token)
-        if failures:
-            raise failures[0]
+        await _every_task_ended(super()._background_serialize(values, infos, args))
+
+    async def deserialize(self, infos, args=None):
+        return await _each_as_it_arrives(super().deserialize, infos, args)
+
+
+class _ArrayHandler(ocp.type_handlers.ArrayHandler):
+    """Orbax's jax.Array handler; a restore hands each array on as it arrives."""
+
+    async def deserialize(self, infos, args=None):
+        return await _each_as_it_arrives(super().deserialize, infos, args)
+
+
+def _restore_handlers() -> Any:
+    """Orbax's type handlers for restoring, with `_NumpyHandler`, `_ArrayHandler`."""
+    default = ocp.type_handlers.get_type_handler
+    kinds = (int, float, bytes, np.number, str, type(...))  # `...`: a placeholder
+    return ocp.type_handlers.create_type_handler_registry(
+        *((t, default(t)) for t in kinds),
+        (np.ndarray, _NumpyHandler()),
+        (jax.Array, _ArrayHandler(array_metadata_store=array_metadata_store.Store())),
+    )
+
+
+_ORBAX_GATHER = jax_array_handlers._async_serialize_replica_slices
+
+
+async def _serialize_replica_slices(*args: Any, **kwargs: Any) -> Any:
+    """Orbax's writer of jax.Array values, but a failed write waits for the others.
+
+    Orbax's `ArrayHandler` calls this module-level function from the thread
+    that writes a save's arrays, so it is replaced in Orbax's module (see
+    `_save_handlers`); it only changes what happens after a write fails.
+    """
+    return await _every_task_ended(_ORBAX_GATHER(*args, **kwargs))
+
+
+class _Reader(BasePyTreeCheckpointHandler):
+    """Orbax's PyTree reader, but a failed read waits for the others.
+
+    The same as `_every_task_ended` for writes: Orbax gathers the arrays'
+    reads in an event loop that it closes as soon as one fails.
+    """
+
+    async def _maybe_deserialize(self, *args: Any, **kwargs: Any) -> Any:
+        return await _every_task_ended(super()._maybe_deserialize(*args, **kwargs))
 
 
 def _save_handlers() -> Any:
-    """Orbax's type handlers for saving, with `_NumpyHandler` for NumPy arrays."""
+    """Orbax's type handlers for saving, with `_NumpyHandler` for NumPy arrays.
+
+    Also makes Orbax's jax.Array writer wait for every write of a failed save
+    (`_serialize_replica_slices`).
+    """
+    jax_array_handlers._async_serialize_replica_slices = _serialize_replica_slices
     default = ocp.type_handlers.get_type_handler
     pairs = [(t, default(t)) for t in (int, float, bytes, np.number, jax.Array)]
     return ocp.type_handlers.create_type_handler_registry(
@@ -213,11 +303,14 @@ def restore(
     partial: bool,
     nested: bool,
     local: bool = False,
+    arrived: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Restores ``{key: (item, restore_args)}`` from ``ckpt``; ``{key: array}``.
 
     ``local``: no array spans other processes, so this process reads alone
     (Orbax would otherwise wait for every process at the end of a restore).
+    ``arrived``: called with each key and array as soon as it is read, while
+    Orbax reads the others (in Orbax's event loop: it must not block).
 
     Raises:
       Exception: Orbax's or TensorStore's own error (the caller names it).
@@ -232,15 +325,26 @@ def restore(
         options = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
         )
+    handlers = _restore_handlers()
+    reader = _Reader(multiprocessing_options=options, type_handler_registry=handlers)
     checkpointer = ocp.Checkpointer(
-        ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+        ocp.PyTreeCheckpointHandler(
+            multiprocessing_options=options,
+            type_handler_registry=handlers,
+            handler_impl=reader,
+        ),
         multiprocessing_options=options,
     )
-    with _ORBAX:
-        restored = checkpointer.restore(
-            epath.Path(os.path.abspath(ckpt)),
-            args=ocp.args.PyTreeRestore(
-                item=item, restore_args=args, partial_restore=partial
-            ),
-        )
+    token = _ARRIVED.set(arrived) if arrived is not None else None
+    try:
+        with _ORBAX:
+            restored = checkpointer.restore(
+                epath.Path(os.path.abspath(ckpt)),
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=args, partial_restore=partial
+                ),
+            )
+    finally:
+        if token is not None:
+            _ARRIVED.reset(token)
     return _flatten_nested(restored) if nested else dict(restored)

@@ -293,6 +293,9 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
     )
     failure: BaseException | None = None
     raw: dict[str, Any] = {}
+    # The arrays' checksums start as each one arrives, while Orbax reads the
+    # rest; all are checked before this returns.
+    early = integrity.Early(stored.checksums) if stored.checksums else None
     try:
         raw = orbax_io.restore(
             ckpt,
@@ -300,6 +303,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
             partial=len(specs) < len(stored.shapes),
             nested=stored.nested,
             local=not spans,
+            arrived=None if early is None else early.arrived,
         )
     except errors.JscopeError as e:
         failure = e
@@ -316,7 +320,9 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         failure = _agreed(ckpt, failure)
     if failure is not None:
         raise failure from None
-    integrity.check_arrays(ckpt, {key: raw[key] for key in specs}, stored.checksums)
+    integrity.check_arrays(
+        ckpt, {key: raw[key] for key in specs}, stored.checksums, early
+    )
     return raw
 
 

@@ -410,12 +410,13 @@ class Saver:
                 self._record_and_rotate(job.path, job.final, job.directory)
 
         try:
-            try:
-                sums = integrity.checksums(job.views) if writer else {}
-                sums.update(integrity.sum_hex(job.sums))
+            try:  # the checksums are computed while Orbax writes
+                pending = integrity.Pending(job.views if writer else {})
             finally:
                 with layout.write_errors(job.final):
                     orbax_io.finish_save(self._orbax())
+            sums = pending.result()
+            sums.update(integrity.sum_hex(job.sums))
             if job.step is None:
                 install()
             else:
