@@ -140,9 +140,9 @@ def check(what: str, ours, theirs) -> float:
 
 def compare_with_tf1(variables, tf1_out, x_test, y_test, run) -> bool:
     """Checks the ported model's outputs against those TF1 recorded."""
-    logits = model_eval(variables, x_test)  # TF1's batch is x_test[:32]
+    held_out = np.asarray(model_eval(variables, x_test))  # TF1's batch: x_test[:32]
     diffs = [
-        check("eval logits (moving averages)", logits[:32], tf1_out["eval_logits"])
+        check("eval logits (moving averages)", held_out[:32], tf1_out["eval_logits"])
     ]
     logits, updated = model_train(variables, tf1_out["images"])
     diffs.append(
@@ -153,7 +153,7 @@ def compare_with_tf1(variables, tf1_out, x_test, y_test, run) -> bool:
         diffs.append(
             check(f"{name} after one update", value, tf1_out[f"updated/{name}"])
         )
-    correct = accuracy(variables, x_test, y_test)
+    correct = int(np.sum(held_out.argmax(-1) == y_test))
     print(
         f"   held-out accuracy: jscope {correct}/{len(y_test)}, "
         f"TF1 {run['held_out_correct']}/{run['held_out_total']}"
@@ -174,7 +174,7 @@ def model_train(variables, images):
 
 
 def accuracy(variables, x, y) -> int:
-    return int(jnp.sum(model_eval(variables, x).argmax(-1) == y))
+    return int(np.sum(np.asarray(model_eval(variables, x)).argmax(-1) == y))
 
 
 # ---------------------------------------------------------------- fine-tune
@@ -182,7 +182,7 @@ def accuracy(variables, x, y) -> int:
 
 def fine_tune(variables, x, y, steps: int, seed: int = 0):
     opt = optax.adam(1e-3)
-    opt_state = opt.init(variables["params"])
+    opt_state = jax.jit(opt.init)(variables["params"])  # one compile, not one per leaf
 
     @jax.jit
     def train_step(variables, opt_state, images, labels):

@@ -7,6 +7,7 @@ checkpoint back. These tests run it and re-read what it wrote; they never
 import TensorFlow.
 """
 
+import ast
 import importlib.util
 import json
 import math
@@ -157,3 +158,17 @@ def test_comparison_fails_on_a_perturbed_weight(example):
     flat = js.flatten(variables)
     flat["params/model/logits/biases"] = flat["params/model/logits/biases"] + 1e-3
     assert not example.compare_with_tf1(js.unflatten(flat), tf1_out, x, y, run)
+
+
+def test_run_record_matches_the_committed_script():
+    script = (EXAMPLES / "data" / "make_port_tf1.py").read_text(encoding="utf-8")
+    constants = {}
+    for node in ast.parse(script).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+            names = [t.id for t in node.targets[0].elts if isinstance(t, ast.Name)]
+            constants.update(zip(names, ast.literal_eval(node.value), strict=True))
+    assert constants["STEPS"] == RUN["steps"]
+    assert constants["BATCH"] == RUN["batch"]
+    assert constants["LR"] == RUN["learning_rate"]
+    assert RUN["checkpoint"] == f"model.ckpt-{RUN['steps']}"
+    assert RUN["tensorflow"].startswith("2.")  # tf.compat.v1, graph mode
