@@ -24,6 +24,10 @@ The rules, read from every module's imports (its ``ast``, function-level and
   ``tree``, ``errors`` and ``jax_compat`` (`ONLY`).
   ``tf1`` (TF1 checkpoints: protos, table < bundle < api < ``jscope.tf1``) sits
   beside it and reads the checkpoint state through ``checkpoint.layout``.
+  ``slim`` (tf-slim's layers: arg_scope < checks < layers, norm, basic <
+  ``jscope.slim``) is built on the modules behind the public API
+  (``scope``, ``variables``, ``handle``, ``rng``); nothing imports it but
+  ``jscope.slim``, which the package does not import (``import jscope.slim``).
 - **No cycles**, not even through an import inside a function. One import is
   exempt: ``jscope/__init__.py`` ends by importing ``jscope.layers`` (public as
   ``js.layers``), whose modules then see a complete ``jscope``; it must stay the
@@ -54,7 +58,13 @@ MAX_LINES = 600
 
 # The layer of every module, lowest first. A new module gets a line here.
 LAYERS = [
-    ["jscope.errors", "jscope._src", "jscope._src.jax_compat", "jscope._src.tf1"],
+    [
+        "jscope.errors",
+        "jscope._src",
+        "jscope._src.jax_compat",
+        "jscope._src.tf1",
+        "jscope._src.slim",
+    ],
     ["jscope.typing"],
     [
         "jscope._src.names",
@@ -66,6 +76,7 @@ LAYERS = [
         "jscope._src.checkpoint.processes",
         "jscope._src.tf1.protos",
         "jscope._src.tf1.table",
+        "jscope._src.slim.arg_scope",
     ],
     [
         "jscope._src.context",
@@ -80,7 +91,7 @@ LAYERS = [
         "jscope._src.rng",
         "jscope._src.sharding",
     ],
-    ["jscope._src.access", "jscope._src.checkpoint.read"],
+    ["jscope._src.access", "jscope._src.checkpoint.read", "jscope._src.slim.checks"],
     [
         "jscope._src.variables",
         "jscope._src.handle",
@@ -89,8 +100,15 @@ LAYERS = [
         "jscope._src.tf1.api",
     ],
     ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint.saver"],
-    ["jscope._src.summary", "jscope._src.checkpoint", "jscope.tf1"],
-    ["jscope"],
+    [
+        "jscope._src.summary",
+        "jscope._src.checkpoint",
+        "jscope.tf1",
+        "jscope._src.slim.layers",
+        "jscope._src.slim.norm",
+        "jscope._src.slim.basic",
+    ],
+    ["jscope", "jscope.slim"],
     ["jscope.layers._checks"],
     ["jscope.layers._*"],
     ["jscope.layers"],
