@@ -8,7 +8,7 @@ The rules, read from every module's imports (its ``ast``, function-level and
       errors, jax_compat (every touch of JAX internals)
       typing (type aliases and AUTO_REUSE's type)
       names, tree, initializers
-      context (the frame), checkpoint
+      context (the frame), ema (moving averages of trees), checkpoint
       scope, values (dtypes, shapes), rng (keys), sharding (rules, axes)
       access (how a run reaches a variable)
       variables (get_variable), handle (Variable, assign), lift
@@ -69,6 +69,7 @@ LAYERS = [
     ],
     [
         "jscope._src.context",
+        "jscope._src.ema",
         "jscope._src.checkpoint.integrity",
         "jscope._src.checkpoint.lock",
         "jscope._src.checkpoint.orbax_io",
