@@ -15,7 +15,9 @@ The rules, read from every module's imports (its ``ast``, function-level and
       run, transforms
       summary
       jscope (the package: the public API)
-      layers/_checks (argument checks), then each layer module, then
+      layers/_checks (argument checks), layers/_conv_common and _norm_common
+      (what the convolutions, and the normalizations, share), then each layer
+      module, then
       layers/__init__
 
   A module imports only modules of a lower layer. The ``checkpoint`` package is a
@@ -93,6 +95,7 @@ LAYERS = [
     ["jscope._src.summary", "jscope._src.checkpoint", "jscope.tf1"],
     ["jscope"],
     ["jscope.layers._checks"],
+    ["jscope.layers._conv_common", "jscope.layers._norm_common"],
     ["jscope.layers._*"],
     ["jscope.layers"],
 ]

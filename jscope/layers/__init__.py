@@ -94,11 +94,11 @@ from jscope.layers._basic import max_pool1d as max_pool1d
 from jscope.layers._basic import max_pool2d as max_pool2d
 from jscope.layers._basic import max_pool3d as max_pool3d
 from jscope.layers._conv import conv1d as conv1d
-from jscope.layers._conv import conv1d_transpose as conv1d_transpose
 from jscope.layers._conv import conv2d as conv2d
-from jscope.layers._conv import conv2d_transpose as conv2d_transpose
 from jscope.layers._conv import conv3d as conv3d
-from jscope.layers._conv import conv3d_transpose as conv3d_transpose
+from jscope.layers._conv_transpose import conv1d_transpose as conv1d_transpose
+from jscope.layers._conv_transpose import conv2d_transpose as conv2d_transpose
+from jscope.layers._conv_transpose import conv3d_transpose as conv3d_transpose
 from jscope.layers._dense import dense as dense
 from jscope.layers._embedding import embedding as embedding
 from jscope.layers._embedding import embedding_attend as embedding_attend
