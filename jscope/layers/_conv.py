@@ -46,10 +46,19 @@ def _conv(
     precision: Any,
     name: str | None,
     reuse: Any,
+    data_format: str,
+    activity_regularizer: Any,
+    kernel_constraint: Any,
+    bias_constraint: Any,
     kernel_axes: Any,
     bias_axes: Any,
 ) -> jax.Array:
     with js.variable_scope(name, default_name=kind, reuse=reuse):
+        _checks.unsupported(
+            kind, activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+        )  # fmt: skip
+        first = _checks.channels_first(data_format, kind)
         filters = _checks.positive_int(filters, "filters", kind)
         groups = _checks.positive_int(groups, "groups", kind)
         kernel_size = _checks.ints(kernel_size, n, "kernel_size", kind)
@@ -57,7 +66,8 @@ def _conv(
         dilation = _checks.ints(dilation_rate, n, "dilation_rate", kind)
         pad = _checks.padding(padding, n, kind, causal=n == 1)
         x = jnp.asarray(inputs)
-        _checks.rank(x, kind, str(n + 2), _checks.spatial_layout(n))
+        _checks.rank(x, kind, str(n + 2), _checks.layout(n, first))
+        x = _checks.to_channels_last(x, first)
         channels = x.shape[-1]
         if channels % groups or filters % groups:
             raise _checks.error(
@@ -87,10 +97,11 @@ def _conv(
             feature_group_count=groups,
             precision=precision,
         )
-        return _conv_common.bias_act(
+        y = _conv_common.bias_act(
             y, filters, use_bias, bias_initializer, bias_regularizer, trainable,
             dtype, activation, b_axes,
         )  # fmt: skip
+        return _checks.to_channels_first(y, first)
 
 
 def conv2d(
@@ -112,6 +123,10 @@ def conv2d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    data_format: str = "channels_last",
+    activity_regularizer: Any = None,
+    kernel_constraint: Any = None,
+    bias_constraint: Any = None,
     kernel_axes: Axes | None = KERNEL_AXES[2],
     bias_axes: Axes | None = BIAS_AXES,
 ) -> jax.Array:
@@ -144,6 +159,15 @@ def conv2d(
       precision: Passed to `jax.lax.conv_general_dilated`.
       name: The variable scope's name; None picks ``conv2d``, ``conv2d_1``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares an earlier call's variables.
+      data_format: ``"channels_last"`` (``[batch, height, width, in]``, the
+        default) or ``"channels_first"`` (``[batch, in, height, width]``, and
+        the output likewise); the kernel's layout is the same for both, as in
+        TF1.
+      activity_regularizer: TF1's; not supported (a ``TypeError`` that says
+        to add the penalty to the loss).
+      kernel_constraint: TF1's; not supported (a ``TypeError`` that says to
+        project the params after the optimizer step).
+      bias_constraint: Likewise.
       kernel_axes: The kernel's logical axes for sharding rules, one name (or
         None) per dimension, as `js.get_variable`'s ``axes``; defaults from the
         table in `jscope.layers`: ``(None, None, "conv_in", "conv_out")``.
@@ -157,7 +181,8 @@ def conv2d(
       LayerArgumentError: Wrong input rank, unknown padding, non-positive sizes,
         ``groups`` not dividing the channels, or axes that do not name each
         dimension of their variable (a ``ValueError``).
-      LayerTypeError: A size that is not an int, or axes that are not names (a
+      LayerTypeError: A size that is not an int, axes that are not names, or
+        an argument of TF1 that jscope does not support (a
         ``TypeError``).
 
     Example:
@@ -192,6 +217,10 @@ def conv1d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    data_format: str = "channels_last",
+    activity_regularizer: Any = None,
+    kernel_constraint: Any = None,
+    bias_constraint: Any = None,
     kernel_axes: Axes | None = KERNEL_AXES[1],
     bias_axes: Axes | None = BIAS_AXES,
 ) -> jax.Array:
@@ -237,6 +266,10 @@ def conv3d(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    data_format: str = "channels_last",
+    activity_regularizer: Any = None,
+    kernel_constraint: Any = None,
+    bias_constraint: Any = None,
     kernel_axes: Axes | None = KERNEL_AXES[3],
     bias_axes: Axes | None = BIAS_AXES,
 ) -> jax.Array:
