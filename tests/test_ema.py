@@ -1,4 +1,4 @@
-"""`js.ExponentialMovingAverage` against ``tf.train.ExponentialMovingAverage``.
+"""`js.ExponentialMovingAverage` against TF1's (DESIGN §4.20).
 
 The fixtures (tests/data/tf1_layers/ema*.npz, made by the script there with
 TensorFlow) hold TF1's variable names in creation order and the averages after

@@ -1,4 +1,4 @@
-"""Gaps TF1 code hits when ported: TF1-style initializers, float64 without x64.
+"""Porting gaps: TF1-style initializers, float64 without x64 (DESIGN §4.18, §4.19).
 
 Also checks the README's promises about `js.make_template` and `js.assign`.
 """

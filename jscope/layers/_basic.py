@@ -85,6 +85,15 @@ def dropout(
                 "traced value. Mark them static (e.g. jax.jit(..., "
                 "static_argnames='training')) or use js.cond.",
             )
+        if isinstance(training, list | tuple | str):
+            raise _checks.error(
+                LayerTypeError,
+                "dropout",
+                f"training must be a Python bool, got {training!r}. TF1's order was "
+                "(inputs, rate, noise_shape, seed, training); jscope's is (inputs, "
+                "rate, training, noise_shape, seed): pass noise_shape= and seed= by "
+                "keyword.",
+            )
         rate = _checks.rate(float(rate), "rate", "dropout")
         x = jnp.asarray(inputs)
         if not jnp.issubdtype(x.dtype, jnp.floating):

@@ -282,3 +282,19 @@ def unsupported(layer: str, **arguments: Any) -> None:
             layer,
             f"does not support {name} (got {value!r:.60}): {how}",
         )
+
+
+def not_data_format(value: Any, what: str, layer: str) -> None:
+    """Raises if ``value``, at ``what``'s position, is a data format string.
+
+    TF1's convolutions took ``data_format`` right after ``padding``; jscope's
+    take other arguments there, so a TF1 positional call lands it in ``what``.
+    """
+    if isinstance(value, str) and value.lower() in _DATA_FORMATS:
+        raise error(
+            LayerTypeError,
+            layer,
+            f"got {value!r} as {what}: TF1 took data_format at this position, "
+            f"jscope's {layer} takes {what} there. Pass data_format={value!r} by "
+            "keyword.",
+        )

@@ -63,6 +63,7 @@ def _conv(
         groups = _checks.positive_int(groups, "groups", kind)
         kernel_size = _checks.ints(kernel_size, n, "kernel_size", kind)
         strides = _checks.ints(strides, n, "strides", kind)
+        _checks.not_data_format(dilation_rate, "dilation_rate", kind)
         dilation = _checks.ints(dilation_rate, n, "dilation_rate", kind)
         pad = _checks.padding(padding, n, kind, causal=n == 1)
         x = jnp.asarray(inputs)

@@ -96,6 +96,7 @@ def _conv_transpose(
         filters = _checks.positive_int(filters, "filters", kind)
         kernel_size = _checks.ints(kernel_size, n, "kernel_size", kind)
         strides = _checks.ints(strides, n, "strides", kind)
+        _checks.not_data_format(output_padding, "output_padding", kind)
         dilation = _checks.ints(dilation_rate, n, "dilation_rate", kind)
         pad = _checks.padding(padding, n, kind)
         if output_padding is None:

@@ -1,4 +1,4 @@
-"""`jscope.layers` against TF1's ``tf.compat.v1.layers``: names, outputs, updates.
+"""`jscope.layers` against ``tf.compat.v1.layers`` (DESIGN §5.4-§5.6).
 
 The fixtures (tests/data/tf1_layers/*.npz) were made by the script there with
 TensorFlow: each holds TF1's variable names in creation order, the variables'
@@ -222,6 +222,10 @@ UNSUPPORTED = {
     "activity_regularizer": lambda x: layers.conv1d(
         x[0], 2, 1, activity_regularizer=jnp.sum
     ),
+    "dense_kernel_constraint": lambda x: layers.dense(x, 2, kernel_constraint=abs),
+    "dense_activity_regularizer": lambda x: layers.dense(
+        x, 2, activity_regularizer=jnp.sum
+    ),
     "depthwise_constraint": lambda x: layers.separable_conv2d(
         x, 2, 1, depthwise_constraint=abs
     ),
@@ -237,7 +241,7 @@ def test_unsupported_tf1_argument_is_a_type_error_naming_it(argument):
         js.init(UNSUPPORTED[argument], KEY, jnp.ones((2, 3, 3, 2)))
     assert isinstance(info.value, TypeError)
     message = str(info.value)
-    assert f"does not support {argument}" in message
+    assert f"does not support {argument.removeprefix('dense_')}" in message
     assert any(w in message for w in ("Drop it", "Pass renorm=False")), message
 
 
@@ -272,3 +276,21 @@ def test_dropout_seed():
     assert not np.array_equal(a, other_step)  # and so does the step's key
     with pytest.raises(errors.LayerTypeError, match="seed must be an int"):
         js.apply(f, {}, x, "1", rngs=rngs)
+
+
+def test_tf1_positional_data_format_and_noise_shape_are_named():
+    x = jnp.ones((1, 3, 4, 4))
+    # TF1: conv2d(inputs, filters, kernel_size, strides, padding, data_format).
+    with pytest.raises(
+        errors.LayerTypeError, match="Pass data_format='channels_first'"
+    ):
+        js.init(lambda x: layers.conv2d(x, 2, 1, 1, "same", "channels_first"), KEY, x)
+    with pytest.raises(errors.LayerTypeError, match="as output_padding"):
+        js.init(
+            lambda x: layers.conv2d_transpose(x, 2, 1, 1, "same", "channels_first"),
+            KEY,
+            x,
+        )
+    # TF1: dropout(inputs, rate, noise_shape, seed, training).
+    with pytest.raises(errors.LayerTypeError, match="pass noise_shape= and seed="):
+        layers.dropout(x, 0.5, [1, 3, 1, 1])
