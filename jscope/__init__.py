@@ -12,6 +12,7 @@ from jscope._src.checkpoint import latest_checkpoint as latest_checkpoint
 from jscope._src.checkpoint import list_variables as list_variables
 from jscope._src.checkpoint import load_variable as load_variable
 from jscope._src.checkpoint import verify_checkpoint as verify_checkpoint
+from jscope._src.ema import ExponentialMovingAverage as ExponentialMovingAverage
 from jscope._src.handle import Variable as Variable
 from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
@@ -68,6 +69,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointTypeError",
     "CheckpointWriteError",
+    "ExponentialMovingAverage",
     "Saver",
     "ShardingRules",
     "Summary",
