@@ -126,6 +126,8 @@ def test_every_runnable_block_asserts_something():
         "State and update ops",
         "Data-dependent initialization",
         "Sharing variables: the reuse patterns",
+        "Argument scopes",
+        "Moving averages of the weights",
         "Random ops",
         "Loading the old TF1 checkpoint",
         "Deliberate differences",
@@ -154,6 +156,10 @@ def test_swap_table_names_each_tf1_api_and_its_counterpart():
         "tf.train.Saver": "js.Saver",
         "saver.restore": "js.tf1.restore",
         "tf.train.list_variables": "js.tf1.list_variables",
+        "batch_normalization": "batch_normalization",
+        "slim.arg_scope": "slim.arg_scope",
+        "tf.contrib.layers": "jscope.slim",
+        "tf.train.ExponentialMovingAverage": "js.ExponentialMovingAverage",
     }
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     for tf1, ours in pairs.items():
