@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from jscope import errors as errors
 from jscope import initializers as initializers
 from jscope._src.checkpoint.layout import latest_checkpoint as latest_checkpoint
+from jscope._src.ema import ExponentialMovingAverage as ExponentialMovingAverage
 from jscope._src.handle import Variable as Variable
 from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
@@ -99,6 +100,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointTypeError",
     "CheckpointWriteError",
+    "ExponentialMovingAverage",
     "Saver",
     "ShardingRules",
     "Summary",

@@ -8,14 +8,16 @@ The rules, read from every module's imports (its ``ast``, function-level and
       errors, jax_compat (every touch of JAX internals)
       typing (type aliases and AUTO_REUSE's type)
       names, tree, initializers
-      context (the frame), checkpoint
+      context (the frame), ema (moving averages of trees), checkpoint
       scope, values (dtypes, shapes), rng (keys), sharding (rules, axes)
       access (how a run reaches a variable)
       variables (get_variable), handle (Variable, assign), lift
       run, transforms
       summary
       jscope (the package: the public API)
-      layers/_checks (argument checks), then each layer module, then
+      layers/_checks (argument checks), layers/_conv_common and _norm_common
+      (what the convolutions, and the normalizations, share), then each layer
+      module, then
       layers/__init__
 
   A module imports only modules of a lower layer. The ``checkpoint`` package is a
@@ -80,6 +82,7 @@ LAYERS = [
     ],
     [
         "jscope._src.context",
+        "jscope._src.ema",
         "jscope._src.checkpoint.integrity",
         "jscope._src.checkpoint.lock",
         "jscope._src.checkpoint.orbax_io",
@@ -110,6 +113,7 @@ LAYERS = [
     ],
     ["jscope", "jscope.slim"],
     ["jscope.layers._checks"],
+    ["jscope.layers._conv_common", "jscope.layers._norm_common"],
     ["jscope.layers._*"],
     ["jscope.layers"],
 ]

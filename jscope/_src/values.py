@@ -18,7 +18,9 @@ only when a check fails or a value initializer is given.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
+import warnings
 from typing import Any
 
 import jax
@@ -154,7 +156,9 @@ def value_meta(value: Any, path: str) -> tuple[tuple, np.dtype]:
     if isinstance(value, complex):
         return (), np.dtype(np.complex64)
     if isinstance(value, jax.Array | np.ndarray | np.generic):
-        return tuple(value.shape), canon_dtype(value.dtype, path)
+        canon = canon_dtype(value.dtype, path)
+        warn_if_narrowed(value.dtype, canon, path)
+        return tuple(value.shape), canon
     try:
         arr = np.asarray(value)
     except ValueError:  # NumPy: "inhomogeneous shape"
@@ -266,7 +270,11 @@ def resolve_creation(
             f"was {shape}. Give every dimension a size.",
             path,
         )
-    dtype = F32 if dtype is None else canon_dtype(dtype, path)
+    if dtype is None:
+        dtype = F32
+    else:
+        asked, dtype = dtype, canon_dtype(dtype, path)
+        warn_if_narrowed(asked, dtype, path)
     if initializer is None:
         initializer = initializers.default_initializer(dtype)
         if initializer is None:
@@ -310,12 +318,20 @@ def call_initializer(
         if e.path is not None:
             raise
         raise type(e)(f"Variable {path}: {e}", path) from None
+    except Exception as e:
+        if _tf1_signature(initializer):
+            raise _tf1_initializer_error(initializer, path) from e
+        raise
     vshape = getattr(value, "shape", None)
     vdtype = getattr(value, "dtype", None)
     if vshape is None or vdtype is None:
+        if _tf1_signature(initializer):
+            raise _tf1_initializer_error(initializer, path)
         value = _as_returned_array(value, path, f"shape {shape} and dtype {dtype}")
         vshape, vdtype = value.shape, value.dtype
     if tuple(vshape) != shape or vdtype != dtype:
+        if _tf1_signature(initializer):
+            raise _tf1_initializer_error(initializer, path)
         raise errors.InitializerError(
             f"The initializer of variable {path} returned shape {tuple(vshape)} and "
             f"dtype {vdtype}, expected shape {shape} and dtype {dtype}. An "
@@ -323,6 +339,59 @@ def call_initializer(
             path,
         )
     return value
+
+
+def _tf1_signature(initializer: Any) -> bool:
+    """Whether ``initializer`` takes TF1's ``(shape, dtype=None, partition_info=None)``.
+
+    Asked only after a call failed or returned a wrong value, so the signature
+    is never inspected for an initializer that works.
+    """
+    try:
+        params = list(inspect.signature(initializer).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return "partition_info" in params or params[:1] == ["shape"]
+
+
+def _tf1_initializer_error(initializer: Any, path: str) -> errors.InitializerError:
+    name = getattr(initializer, "__qualname__", type(initializer).__name__)
+    try:
+        sig = str(inspect.signature(initializer))
+    except (TypeError, ValueError):
+        sig = "(...)"
+    return errors.InitializerError(
+        f"The initializer of variable {path} has TF1's signature, {name}{sig}, "
+        "but jscope calls initializer(key, shape, dtype): expected the signature "
+        "(key, shape, dtype), a random key first. Wrap it: "
+        "initializer=lambda key, shape, dtype: tf1_init(shape, dtype), or use the "
+        "same initializer from js.initializers (e.g. js.initializers.ones()).",
+        path,
+    )
+
+
+def warn_if_narrowed(asked: Any, canon: np.dtype, path: str) -> None:
+    """Warns (once per path) that a float64/complex128 dtype became a 32-bit one.
+
+    JAX without ``jax_enable_x64`` holds no 64-bit values, so `canon_dtype`
+    narrows them. Python's warning registry shows each message once per place,
+    and the message names the path: one warning per variable.
+    """
+    if canon.kind not in "fc":
+        return
+    try:
+        wide = np.dtype(asked)
+    except TypeError:
+        return
+    if wide.kind in "fc" and wide.itemsize > canon.itemsize:
+        warnings.warn(
+            f"Variable {path}: dtype {wide} becomes {canon}, as jax_enable_x64 is "
+            f"off (JAX's default), so the variable holds {canon}. Turn it on "
+            "first thing, jax.config.update('jax_enable_x64', True), for 64-bit "
+            f"variables, or ask for {canon} to silence this.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def initial_value(
@@ -334,11 +403,16 @@ def initial_value(
         if not hasattr(out, "dtype"):
             out = _as_returned_array(out, path, "any shape and dtype")
         if dtype is not None:
-            out = jnp.asarray(out, canon_dtype(dtype, path))
+            canon = canon_dtype(dtype, path)
+            warn_if_narrowed(dtype, canon, path)
+            out = jnp.asarray(out, canon)
+        else:
+            warn_if_narrowed(out.dtype, canon_dtype(out.dtype, path), path)
         return out
     _, vdtype = value_meta(value, path)
     if dtype is not None:
         vdtype = canon_dtype(dtype, path)
+        warn_if_narrowed(dtype, vdtype, path)
     return convert_value(value, vdtype, path)
 
 

@@ -39,6 +39,9 @@ others None; `gru_cell`'s ``kernel_axes`` and ``bias_axes`` name both its
     conv                  bias_axes             ("conv_out",)
     conv_transpose        kernel_axes           (None,) * n + ("conv_out", "conv_in")
     conv_transpose        bias_axes             ("conv_out",)
+    separable_conv2d      depthwise_kernel_axes (None, None, "conv_in", None)
+    separable_conv2d      pointwise_kernel_axes (None, None, "conv_in", "conv_out")
+    separable_conv2d      bias_axes             ("conv_out",)
     embedding             embedding_axes        ("vocab", "embed")
     embedding_attend      embedding_axes        ("vocab", "embed")
     layer_norm            gamma_axes            ("embed",)
@@ -50,6 +53,10 @@ others None; `gru_cell`'s ``kernel_axes`` and ``bias_axes`` name both its
     batch_norm            beta_axes             ("embed",)
     batch_norm            moving_mean_axes      ("embed",)
     batch_norm            moving_variance_axes  ("embed",)
+    batch_normalization   gamma_axes            ("embed",)
+    batch_normalization   beta_axes             ("embed",)
+    batch_normalization   moving_mean_axes      ("embed",)
+    batch_normalization   moving_variance_axes  ("embed",)
     lstm_cell             kernel_axes           ("embed", "mlp")
     lstm_cell             bias_axes             ("mlp",)
     gru_cell              kernel_axes           ("embed", "mlp")
@@ -93,16 +100,19 @@ from jscope.layers._basic import max_pool as max_pool
 from jscope.layers._basic import max_pool1d as max_pool1d
 from jscope.layers._basic import max_pool2d as max_pool2d
 from jscope.layers._basic import max_pool3d as max_pool3d
+from jscope.layers._batch_norm import batch_norm as batch_norm
+from jscope.layers._batch_norm import (
+    batch_normalization as batch_normalization,
+)
 from jscope.layers._conv import conv1d as conv1d
-from jscope.layers._conv import conv1d_transpose as conv1d_transpose
 from jscope.layers._conv import conv2d as conv2d
-from jscope.layers._conv import conv2d_transpose as conv2d_transpose
 from jscope.layers._conv import conv3d as conv3d
-from jscope.layers._conv import conv3d_transpose as conv3d_transpose
+from jscope.layers._conv_transpose import conv1d_transpose as conv1d_transpose
+from jscope.layers._conv_transpose import conv2d_transpose as conv2d_transpose
+from jscope.layers._conv_transpose import conv3d_transpose as conv3d_transpose
 from jscope.layers._dense import dense as dense
 from jscope.layers._embedding import embedding as embedding
 from jscope.layers._embedding import embedding_attend as embedding_attend
-from jscope.layers._norm import batch_norm as batch_norm
 from jscope.layers._norm import group_norm as group_norm
 from jscope.layers._norm import layer_norm as layer_norm
 from jscope.layers._norm import rms_norm as rms_norm
@@ -111,6 +121,7 @@ from jscope.layers._recurrent import gru_zero_state as gru_zero_state
 from jscope.layers._recurrent import lstm_cell as lstm_cell
 from jscope.layers._recurrent import lstm_zero_state as lstm_zero_state
 from jscope.layers._recurrent import rnn as rnn
+from jscope.layers._separable import separable_conv2d as separable_conv2d
 
 __all__: list[str] = [
     "avg_pool",
@@ -118,6 +129,7 @@ __all__: list[str] = [
     "avg_pool2d",
     "avg_pool3d",
     "batch_norm",
+    "batch_normalization",
     "conv1d",
     "conv1d_transpose",
     "conv2d",
@@ -142,4 +154,5 @@ __all__: list[str] = [
     "multi_head_attention",
     "rms_norm",
     "rnn",
+    "separable_conv2d",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ def dropout(
     rate: float = 0.5,
     training: bool = False,
     noise_shape: Shape | None = None,
+    seed: int | None = None,
     name: str | None = None,
 ) -> jax.Array:
     """Zeroes each element with probability ``rate`` while training, as TF1.
@@ -50,6 +52,10 @@ def dropout(
         each entry is ``inputs``' size on that axis, 1 (one mask value shared
         along the axis), or None (``inputs``' size). E.g. ``(batch, 1, 1,
         channels)`` drops whole feature maps.
+      seed: TF1's op seed: an int folded into the key, so that two dropouts
+        given different seeds draw different masks from the same ``rngs``;
+        None draws the key alone. The mask still changes from step to step
+        with the ``rngs`` key, as TF1's did from run to run.
       name: The variable scope's name; None picks ``dropout``, ``dropout_1``, ...
 
     Returns:
@@ -59,8 +65,8 @@ def dropout(
       LayerArgumentError: ``rate`` is not in ``[0, 1)``, ``noise_shape`` does
         not broadcast to ``inputs``, or ``inputs`` are not floating point (a
         ``ValueError``, TF1's error).
-      LayerTypeError: ``training`` or ``rate`` is a traced value (a
-        ``TypeError``).
+      LayerTypeError: ``training`` or ``rate`` is a traced value, or ``seed``
+        is not an int (a ``TypeError``).
       MissingRngError: At apply, while training, ``rngs`` has no "dropout" key.
 
     Example:
@@ -79,6 +85,15 @@ def dropout(
                 "traced value. Mark them static (e.g. jax.jit(..., "
                 "static_argnames='training')) or use js.cond.",
             )
+        if isinstance(training, list | tuple | str):
+            raise _checks.error(
+                LayerTypeError,
+                "dropout",
+                f"training must be a Python bool, got {training!r}. TF1's order was "
+                "(inputs, rate, noise_shape, seed, training); jscope's is (inputs, "
+                "rate, training, noise_shape, seed): pass noise_shape= and seed= by "
+                "keyword.",
+            )
         rate = _checks.rate(float(rate), "rate", "dropout")
         x = jnp.asarray(inputs)
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -92,12 +107,27 @@ def dropout(
         shape = _noise_shape(noise_shape, x.shape)
         if not training or rate == 0.0:
             return x
-        keep = jax.random.bernoulli(js.next_rng_key("dropout"), 1.0 - rate, shape)
+        key = js.next_rng_key("dropout")
+        if seed is not None:
+            key = jax.random.fold_in(key, _seed(seed))
+        keep = jax.random.bernoulli(key, 1.0 - rate, shape)
         return lax.select(
             jnp.broadcast_to(keep, x.shape),
             x / np.asarray(1.0 - rate, x.dtype),
             jnp.zeros_like(x),
         )
+
+
+def _seed(seed: object) -> int:
+    index = _checks.as_index(seed)
+    if index is None:
+        raise _checks.error(
+            LayerTypeError,
+            "dropout",
+            f"seed must be an int, got {seed!r}. Pass a Python int, e.g. seed=1, "
+            "or None.",
+        )
+    return index % 2**32
 
 
 def _noise_shape(noise_shape: Shape | None, shape: tuple) -> tuple[int, ...]:
@@ -131,6 +161,7 @@ def _pool(
     padding: Padding,
     n: int | None,
     name: str | None,
+    data_format: str,
 ) -> jax.Array:
     x = jnp.asarray(inputs)
     rank_n = x.ndim - 2 if n is None else n
@@ -138,26 +169,40 @@ def _pool(
     default = f"{kind}_pooling{rank_n}d" if spatial else f"{kind}_pooling"
     with js.variable_scope(name, default_name=default):
         what = "max_pool" if kind == "max" else "avg_pool"
+        first = _checks.channels_first(data_format, what)
         expected = "3, 4 or 5" if n is None else str(n + 2)
-        _checks.rank(x, what, expected, "batch, spatial axes, channels last")
-        window = _checks.ints(pool_size, rank_n, "pool_size", what)
-        if strides is not None:
-            strides = _checks.ints(strides, rank_n, "strides", what)
-        strides = window if strides is None else strides
-        pad = _checks.padding(padding, rank_n, what)
-        if isinstance(pad, str):
-            pad = lax.padtype_to_pads(x.shape[1:-1], window, strides, pad)
-        pads = ((0, 0), *pad, (0, 0))
-        dims, steps = (1, *window, 1), (1, *strides, 1)
-        if kind == "max":
-            return lax.reduce_window(x, _lowest(x.dtype), lax.max, dims, steps, pads)
-        zero = np.zeros((), x.dtype)
-        total = lax.reduce_window(x, zero, lax.add, dims, steps, pads)
-        if all(lo == hi == 0 for lo, hi in pads):
-            return total / np.asarray(math.prod(window), x.dtype)
-        ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
-        count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
-        return total / count
+        where = "first" if first else "last"
+        _checks.rank(x, what, expected, f"batch, spatial axes, channels {where}")
+        return _checks.to_channels_first(
+            _pool_last(kind, _checks.to_channels_last(x, first), pool_size,
+                       strides, padding, rank_n, what),
+            first,
+        )  # fmt: skip
+
+
+def _pool_last(
+    kind: str, x: jax.Array, pool_size: Any, strides: Any, padding: Any,
+    rank_n: int, what: str,
+) -> jax.Array:  # fmt: skip
+    """Pools channels-last ``x`` (rank checked) over its ``rank_n`` spatial axes."""
+    window = _checks.ints(pool_size, rank_n, "pool_size", what)
+    if strides is not None:
+        strides = _checks.ints(strides, rank_n, "strides", what)
+    strides = window if strides is None else strides
+    pad = _checks.padding(padding, rank_n, what)
+    if isinstance(pad, str):
+        pad = lax.padtype_to_pads(x.shape[1:-1], window, strides, pad)
+    pads = ((0, 0), *pad, (0, 0))
+    dims, steps = (1, *window, 1), (1, *strides, 1)
+    if kind == "max":
+        return lax.reduce_window(x, _lowest(x.dtype), lax.max, dims, steps, pads)
+    zero = np.zeros((), x.dtype)
+    total = lax.reduce_window(x, zero, lax.add, dims, steps, pads)
+    if all(lo == hi == 0 for lo, hi in pads):
+        return total / np.asarray(math.prod(window), x.dtype)
+    ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
+    count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
+    return total / count
 
 
 def _lowest(dtype: DTypeLike) -> np.ndarray:
@@ -171,6 +216,7 @@ def max_pool(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """The maximum over each window, as ``tf.layers.max_pooling{1,2,3}d``.
@@ -186,6 +232,8 @@ def max_pool(
       strides: An int or one per spatial axis; None (default) is ``pool_size``.
       padding: ``"VALID"`` (default) or ``"SAME"`` (any case; TF1's rules, the
         odd element of padding at the end), or ``(low, high)`` pairs.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``
+        (``[batch, channels, *spatial]`` in and out), as in TF1.
       name: The variable scope's name.
 
     Returns:
@@ -203,7 +251,7 @@ def max_pool(
       Array([[ 5.,  7.],
              [13., 15.]], dtype=float32)
     """
-    return _pool("max", inputs, pool_size, strides, padding, None, name)
+    return _pool("max", inputs, pool_size, strides, padding, None, name, data_format)
 
 
 def avg_pool(
@@ -211,6 +259,7 @@ def avg_pool(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """The mean over each window, as ``tf.layers.average_pooling{1,2,3}d``.
@@ -227,6 +276,8 @@ def avg_pool(
       strides: An int or one per spatial axis; None (default) is ``pool_size``.
       padding: ``"VALID"`` (default) or ``"SAME"`` (any case; TF1's rules, the
         odd element of padding at the end), or ``(low, high)`` pairs.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``
+        (``[batch, channels, *spatial]`` in and out), as in TF1.
       name: The variable scope's name.
 
     Returns:
@@ -243,7 +294,9 @@ def avg_pool(
       >>> js.layers.avg_pool(x, 2, padding="SAME")[0, :, 0]
       Array([1.5, 3. ], dtype=float32)
     """
-    return _pool("average", inputs, pool_size, strides, padding, None, name)
+    return _pool(
+        "average", inputs, pool_size, strides, padding, None, name, data_format
+    )
 
 
 def max_pool1d(
@@ -251,18 +304,20 @@ def max_pool1d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, width, channels]`` inputs only.
 
-    The scope is ``max_pooling1d``, ... or ``name``.
+    The scope is ``max_pooling1d``, ... or ``name``; ``data_format`` as in
+    `max_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.max_pool1d(jnp.ones((1, 4, 2)), 2).shape
       (1, 2, 2)
     """
-    return _pool("max", inputs, pool_size, strides, padding, 1, name)
+    return _pool("max", inputs, pool_size, strides, padding, 1, name, data_format)
 
 
 def max_pool2d(
@@ -270,18 +325,20 @@ def max_pool2d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, height, width, channels]`` inputs only.
 
-    The scope is ``max_pooling2d``, ... or ``name``.
+    The scope is ``max_pooling2d``, ... or ``name``; ``data_format`` as in
+    `max_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.max_pool2d(jnp.ones((1, 4, 4, 2)), 2).shape
       (1, 2, 2, 2)
     """
-    return _pool("max", inputs, pool_size, strides, padding, 2, name)
+    return _pool("max", inputs, pool_size, strides, padding, 2, name, data_format)
 
 
 def max_pool3d(
@@ -289,18 +346,20 @@ def max_pool3d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`max_pool` over ``[batch, depth, height, width, channels]`` inputs only.
 
-    The scope is ``max_pooling3d``, ... or ``name``.
+    The scope is ``max_pooling3d``, ... or ``name``; ``data_format`` as in
+    `max_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.max_pool3d(jnp.ones((1, 4, 4, 4, 2)), 2).shape
       (1, 2, 2, 2, 2)
     """
-    return _pool("max", inputs, pool_size, strides, padding, 3, name)
+    return _pool("max", inputs, pool_size, strides, padding, 3, name, data_format)
 
 
 def avg_pool1d(
@@ -308,18 +367,20 @@ def avg_pool1d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, width, channels]`` inputs only.
 
-    The scope is ``average_pooling1d``, ... or ``name``.
+    The scope is ``average_pooling1d``, ... or ``name``; ``data_format`` as in
+    `avg_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.avg_pool1d(jnp.ones((1, 4, 2)), 2).shape
       (1, 2, 2)
     """
-    return _pool("average", inputs, pool_size, strides, padding, 1, name)
+    return _pool("average", inputs, pool_size, strides, padding, 1, name, data_format)
 
 
 def avg_pool2d(
@@ -327,18 +388,20 @@ def avg_pool2d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, height, width, channels]`` inputs only.
 
-    The scope is ``average_pooling2d``, ... or ``name``.
+    The scope is ``average_pooling2d``, ... or ``name``; ``data_format`` as in
+    `avg_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.avg_pool2d(jnp.ones((1, 4, 4, 2)), 2).shape
       (1, 2, 2, 2)
     """
-    return _pool("average", inputs, pool_size, strides, padding, 2, name)
+    return _pool("average", inputs, pool_size, strides, padding, 2, name, data_format)
 
 
 def avg_pool3d(
@@ -346,18 +409,20 @@ def avg_pool3d(
     pool_size: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    data_format: str = "channels_last",
     name: str | None = None,
 ) -> jax.Array:
     """`avg_pool` over ``[batch, depth, height, width, channels]`` inputs only.
 
-    The scope is ``average_pooling3d``, ... or ``name``.
+    The scope is ``average_pooling3d``, ... or ``name``; ``data_format`` as in
+    `avg_pool`.
 
     Example:
       >>> import jax.numpy as jnp, jscope as js
       >>> js.layers.avg_pool3d(jnp.ones((1, 4, 4, 4, 2)), 2).shape
       (1, 2, 2, 2, 2)
     """
-    return _pool("average", inputs, pool_size, strides, padding, 3, name)
+    return _pool("average", inputs, pool_size, strides, padding, 3, name, data_format)
 
 
 # ---------------------------------------------------------------------- flatten

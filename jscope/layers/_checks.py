@@ -216,3 +216,85 @@ def _names(value: Any) -> tuple[str | None, ...] | None:
     if not all(n is None or isinstance(n, str) for n in names):
         return None
     return names
+
+
+# ------------------------------------------------------------- TF1 arguments
+
+_DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def channels_first(value: Any, layer: str) -> bool:
+    """Whether ``data_format`` is ``"channels_first"`` (TF1's two, any case)."""
+    fmt = value.lower() if isinstance(value, str) else value
+    if fmt not in _DATA_FORMATS:
+        raise error(
+            LayerArgumentError,
+            layer,
+            f"got unknown data_format {value!r}. Pass 'channels_last' (batch, "
+            "spatial axes, channels; the default) or 'channels_first' (batch, "
+            "channels, spatial axes).",
+        )
+    return fmt == "channels_first"
+
+
+def to_channels_last(x: jax.Array, first: bool) -> jax.Array:
+    """``x`` with its channels (axis 1 when ``first``) moved last."""
+    return jax.numpy.moveaxis(x, 1, -1) if first else x
+
+
+def to_channels_first(y: jax.Array, first: bool) -> jax.Array:
+    """``y``'s last axis moved to axis 1 when ``first`` (the inverse)."""
+    return jax.numpy.moveaxis(y, -1, 1) if first else y
+
+
+def layout(n: int, first: bool) -> str:
+    """``"NHWC, channels last"`` or ``"NCHW, channels first"`` for ``n = 2``."""
+    if first:
+        return f"NC{SPATIAL[n]}, channels first"
+    return spatial_layout(n)
+
+
+_HOW = {
+    "activity_regularizer": (
+        "jscope registers regularizers of variables only. Drop it and add the "
+        "penalty to the loss: loss += activity_regularizer(outputs)."
+    ),
+    "constraint": (
+        "a constraint projects a variable after each optimizer step, which a "
+        "layer cannot do in a pure function. Drop it and project the updated "
+        "params yourself after the optimizer step (e.g. with jax.tree.map)."
+    ),
+}
+
+
+def unsupported(layer: str, **arguments: Any) -> None:
+    """Raises for the first of TF1's ``arguments`` given that jscope lacks.
+
+    Each value is None when not given; the message names the argument and says
+    what to do instead.
+    """
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        how = _HOW["constraint" if name.endswith("constraint") else name]
+        raise error(
+            LayerTypeError,
+            layer,
+            f"does not support {name} (got {value!r:.60}): {how}",
+        )
+
+
+def not_data_format(value: Any, what: str, layer: str) -> None:
+    """Raises if ``value``, at ``what``'s position, is a data format string.
+
+    TF1's convolutions took ``data_format`` right after ``padding``; jscope's
+    take other arguments there, so a TF1 positional call lands it in ``what``.
+    """
+    if isinstance(value, str) and value.lower() in _DATA_FORMATS:
+        raise error(
+            LayerTypeError,
+            layer,
+            f"got {value!r} as {what}: TF1 took data_format at this position, "
+            f"jscope's {layer} takes {what} there. Pass data_format={value!r} by "
+            "keyword.",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,9 @@ def dense(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
+    activity_regularizer: Any = None,
+    kernel_constraint: Any = None,
+    bias_constraint: Any = None,
     kernel_axes: Axes | None = _KERNEL_AXES,
     bias_axes: Axes | None = _BIAS_AXES,
 ) -> jax.Array:
@@ -62,6 +66,11 @@ def dense(
       name: The variable scope's name; None picks ``dense``, ``dense_1``, ...
       reuse: ``True`` or `js.AUTO_REUSE` shares the variables of an earlier call
         with the same ``name``.
+      activity_regularizer: TF1's; not supported (a ``TypeError`` that says to
+        add the penalty to the loss).
+      kernel_constraint: TF1's; not supported (a ``TypeError`` that says to
+        project the params after the optimizer step).
+      bias_constraint: Likewise.
       kernel_axes: The kernel's logical axes for sharding rules, one name (or
         None) per dimension, as `js.get_variable`'s ``axes``; defaults from the
         table in `jscope.layers`. The second projection of an MLP block takes
@@ -74,8 +83,8 @@ def dense(
     Raises:
       LayerArgumentError: ``units`` is not positive, ``inputs`` is a scalar, or
         axes do not name each dimension of their variable (a ``ValueError``).
-      LayerTypeError: ``units`` is not an int, or axes are not names (a
-        ``TypeError``).
+      LayerTypeError: ``units`` is not an int, axes are not names, or an
+        argument of TF1 that jscope does not support is given (a ``TypeError``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jscope as js
@@ -87,6 +96,10 @@ def dense(
       (2, 3)
     """
     with js.variable_scope(name, default_name="dense", reuse=reuse):
+        _checks.unsupported(
+            "dense", activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+        )  # fmt: skip
         units = _checks.positive_int(units, "units", "dense")
         x = jnp.asarray(inputs)
         _checks.rank(x, "dense", ">= 1", "[..., features]")

@@ -92,7 +92,7 @@ def _functions(layer):
 
 def test_the_table_is_each_signature_default():
     rows = _table()
-    assert len(rows) == 25
+    assert len(rows) == 32
     for (layer, argument), default in rows.items():
         for fn, n in _functions(layer):
             got = inspect.signature(fn).parameters[argument].default
@@ -193,6 +193,19 @@ CASES = {
                     "batch_normalization/beta": ("embed",),
                     "batch_normalization/moving_mean": ("embed",),
                     "batch_normalization/moving_variance": ("embed",)}),
+    "batch_normalization": (
+        "batch_normalization", layers.batch_normalization, _x(2, 8),
+        {"batch_normalization/gamma": ("embed",),
+         "batch_normalization/beta": ("embed",),
+         "batch_normalization/moving_mean": ("embed",),
+         "batch_normalization/moving_variance": ("embed",)}),
+    "separable_conv2d": (
+        "separable_conv2d",
+        lambda x, **kw: layers.separable_conv2d(x, 4, 3, depth_multiplier=2, **kw),
+        _x(1, 5, 5, 2),
+        {"separable_conv2d/depthwise_kernel": (None, None, "conv_in", None),
+         "separable_conv2d/pointwise_kernel": (None, None, "conv_in", "conv_out"),
+         "separable_conv2d/bias": ("conv_out",)}),
     "lstm_cell": ("lstm_cell", _lstm, _x(2, 4),
                   {"lstm_cell/kernel": ("embed", "mlp"),
                    "lstm_cell/bias": ("mlp",)}),

@@ -477,9 +477,11 @@ def test_batch_norm_training_matches_flax(shape, dtype):
     )  # fmt: skip
 
     def ours_full(p, x):
+        # fused=False: the biased batch variance, as Flax (TF1's fused kernel,
+        # jscope's default for 4-D inputs, takes the unbiased one).
         return js.apply(
             layers.batch_norm, {**v, "params": p}, x, training=True, momentum=0.9,
-            dtype=dtype, mutable=["state"],
+            dtype=dtype, mutable=["state"], fused=False,
         )  # fmt: skip
 
     def theirs_full(p, x):

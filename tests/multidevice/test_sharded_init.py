@@ -91,7 +91,9 @@ def test_every_initializer_gives_the_unsharded_bits_in_its_shards(mesh):
         js.get_variable("bf16", (8, 64), jnp.bfloat16, axes=("rows", "mlp"))
         js.get_variable("steps", (), jnp.int32, INIT.zeros(), trainable=False)
         js.get_variable(
-            "table", initializer=np.arange(12.0).reshape(3, 4), axes=(None, "mlp")
+            "table",
+            initializer=np.arange(12.0, dtype=np.float32).reshape(3, 4),
+            axes=(None, "mlp"),
         )
         js.Variable(
             lambda key: jax.random.normal(key, (8, 4)), name="v", axes=("rows", "mlp")
