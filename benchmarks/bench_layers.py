@@ -69,6 +69,7 @@ exit code.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -123,11 +124,16 @@ STOCK = (FLAX_STOCK, HAIKU_STOCK)
 
 
 def js_cnn(x, training: bool, rate: float = RATE):
+    # fused=False: the biased batch variance in the moving average, as the others
+    # (jscope's default for 4-D inputs is TF1's fused kernel, the unbiased one).
+    bn = functools.partial(
+        js.layers.batch_norm, momentum=MOMENTUM, epsilon=EPSILON, fused=False
+    )
     h = js.layers.conv2d(x, C1, 3, padding="SAME")
-    h = js.layers.batch_norm(h, training=training, momentum=MOMENTUM, epsilon=EPSILON)
+    h = bn(h, training=training)
     h = js.layers.max_pool(jax.nn.relu(h), 2)
     h = js.layers.conv2d(h, C2, 3, padding="SAME")
-    h = js.layers.batch_norm(h, training=training, momentum=MOMENTUM, epsilon=EPSILON)
+    h = bn(h, training=training)
     h = js.layers.flatten(jax.nn.relu(h))
     h = js.layers.dropout(h, rate, training=training)
     return js.layers.dense(h, CLASSES)

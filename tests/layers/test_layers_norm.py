@@ -584,7 +584,10 @@ def test_batch_norm_other_axes_match_jnp(axis):
     _close(y, want + p["beta"].reshape(bshape))
     s = upd["state"]["batch_normalization"]
     _close(s["moving_mean"], 0.5 * 0.5 + 0.5 * mean.reshape(pshape))
-    _close(s["moving_variance"], 0.5 * 1.5 + 0.5 * var.reshape(pshape))
+    # Axis 1 of 4-D inputs is what TF1 fused: the unbiased variance (DESIGN §5.6).
+    n = np.prod([x.shape[a] for a in red])
+    stat = var * n / (n - 1) if axis == 1 else var
+    _close(s["moving_variance"], 0.5 * 1.5 + 0.5 * stat.reshape(pshape))
     assert upd["params"] == v["params"]
 
 
