@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 
 import jscope as js
 from jscope.errors import LayerArgumentError, LayerTypeError
@@ -77,7 +78,7 @@ def dropout(
       True
     """
     with js.variable_scope(name, default_name="dropout"):
-        if isinstance(training, jax.core.Tracer) or isinstance(rate, jax.core.Tracer):
+        if isinstance(training, Tracer) or isinstance(rate, Tracer):
             raise _checks.error(
                 LayerTypeError,
                 "dropout",

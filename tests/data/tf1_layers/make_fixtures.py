@@ -145,6 +145,7 @@ def layer_cases():
         dict(filters=3, kernel_size=3, dilation_rate=2, padding="same",
              use_bias=False, name="sep"),
     )  # fmt: skip
+
     def channels_first(case, fn, n, input_shape, name=None, **kw):
         """``fn`` with data_format="channels_first", and its channels_last twin."""
         reuse = {} if name is None else dict(name=name, reuse=True)
@@ -241,7 +242,7 @@ def ema_case():
             )
             with tf1.Session(graph=graph) as sess:
                 sess.run(tf1.global_variables_initializer())
-                for i, v in enumerate((w, b)):
+                for v in (w, b):
                     value = rng.normal(size=v.shape.as_list()).astype(np.float32)
                     v.load(value, sess)
                     # The averages start at the variables' initial values.
