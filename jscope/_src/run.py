@@ -423,6 +423,10 @@ def apply(
       >>> js.apply(f, v, 3.0)
       Array(3., dtype=float32)
     """
+    if rules is not None:
+        rules = _check_rules(rules, "js.apply")
+        if rules.is_explicit and not rules.is_abstract:
+            return _apply_explicit(fn, variables, args, kwargs, rngs, mutable, rules)
     mut = _mutable_set(mutable)
     given = _index(variables)
     if rngs is not None:
@@ -434,7 +438,7 @@ def apply(
         mutable=mut,
         rngs=rngs,
         get_variable=get_variable,
-        rules=None if rules is None else _check_rules(rules, "js.apply"),
+        rules=rules,
     )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
@@ -447,6 +451,82 @@ def apply(
             for path, value in frame.assigned.items()
         }
         return out, tree.replace_leaves(_copy_dicts(variables), updates)
+
+
+def _apply_explicit(fn, variables, args, kwargs, rngs, mutable, rules):
+    """`apply` over a mesh with explicit axes: ``fn`` runs over its Auto twin.
+
+    Explicit axes make JAX ask the model's code for the output sharding of an
+    ambiguous operation (a gather from a sharded table, a contraction over a
+    sharded dimension); with Auto axes XLA propagates it, as at `init`. So the
+    arrays typed over explicit axes (variables, arguments, keys) are resharded
+    to the Auto mesh, which moves no data, ``fn`` runs there, and what comes
+    back is typed over the explicit axes again: an updated variable as it came
+    in; an output as its last `js.constrain` in ``fn`` pinned it, else its
+    first dimension as the first sharded array argument's first dimension
+    (the batch) when their sizes agree, else replicated.
+    """
+    auto = rules.for_apply()
+    abstract = auto.mesh.abstract_mesh
+    lead = _batch_entry((args, kwargs))
+
+    def to_auto(x: Any) -> Any:
+        if isinstance(x, jax.Array) and jax.typeof(x).sharding.mesh.explicit_axes:
+            return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+        return x
+
+    with jax.sharding.use_abstract_mesh(abstract):
+        given, args, kwargs, rngs = jax.tree.map(
+            to_auto, (variables, args, kwargs, rngs)
+        )
+        result = apply(
+            fn, given, *args, rngs=rngs, mutable=mutable, rules=auto, **kwargs
+        )
+    pinned = auto._pinned or {}
+
+    def to_explicit(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or jax.typeof(x).sharding.mesh != abstract:
+            return x
+        found = pinned.get(id(x))
+        if found is not None and found[0] is x:
+            spec = found[1]
+        elif lead is not None and x.ndim and x.shape[0] == lead[0]:
+            spec = jax.sharding.PartitionSpec(lead[1])
+        else:
+            spec = jax.sharding.PartitionSpec()
+        return jax.sharding.reshard(x, rules.named(spec))
+
+    if mutable is False or mutable is None:
+        return jax.tree.map(to_explicit, result)
+    out, updated = result
+    came_in, went_in = tree.flatten(variables), tree.flatten(given)
+    changed = {
+        path: jax.sharding.reshard(value, rules.named(_typed_spec(came_in[path])))
+        for path, value in tree.flatten(updated).items()
+        if value is not went_in[path]
+    }
+    return jax.tree.map(to_explicit, out), tree.replace_leaves(
+        _copy_dicts(variables), changed
+    )
+
+
+def _typed_spec(x: Any) -> jax.sharding.PartitionSpec:
+    """The spec in ``x``'s type over explicit axes; ``P()`` for any other."""
+    if isinstance(x, jax.Array):
+        sharding = jax.typeof(x).sharding
+        if sharding.mesh.explicit_axes:
+            return sharding.spec
+    return jax.sharding.PartitionSpec()
+
+
+def _batch_entry(tree_: Any) -> tuple[int, Any] | None:
+    """``(size, mesh axes)`` of the first explicitly sharded first dimension."""
+    for leaf in jax.tree.leaves(tree_):
+        if isinstance(leaf, jax.Array) and leaf.ndim:
+            entry = jax.typeof(leaf).sharding.spec
+            if len(entry) and entry[0] is not None:
+                return leaf.shape[0], entry[0]
+    return None
 
 
 def _warn_misspelt(mutable: frozenset[str], given: Mapping[str, Any]) -> None:

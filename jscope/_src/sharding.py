@@ -156,7 +156,16 @@ class ShardingRules:
       P()
     """
 
-    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled", "_auto", "_fitted")
+    __slots__ = (
+        "mesh",
+        "paths",
+        "axes",
+        "_sizes",
+        "_compiled",
+        "_auto",
+        "_fitted",
+        "_pinned",
+    )
 
     def __init__(
         self,
@@ -164,7 +173,6 @@ class ShardingRules:
         paths: Sequence[tuple[str, SpecLike]] = (),
         axes: Mapping[str, MeshAxes] | None = None,
     ):
-        shape = getattr(mesh, "shape", None)
         if not isinstance(mesh, jax.sharding.Mesh | jax.sharding.AbstractMesh):
             raise errors.ArgumentTypeError(
                 "js.ShardingRules needs a jax.sharding.Mesh (e.g. "
@@ -172,8 +180,11 @@ class ShardingRules:
                 f"jax.sharding.AbstractMesh, got {type(mesh).__name__}."
             )
         self.mesh = mesh
-        self._sizes: dict[str, int] = dict(shape)
+        self._sizes: dict[str, int] = dict(mesh.shape)
         self._auto: ShardingRules | None = None
+        # id(array) -> (array, spec) of each js.constrain output, in an apply over
+        # explicit axes (`for_apply`); None otherwise
+        self._pinned: dict[int, tuple[Any, PartitionSpec]] | None = None
         # (rule index or logical axes, shape) -> the spec checked to fit it
         self._fitted: dict[tuple, PartitionSpec] = {}
         if isinstance(paths, str | bytes | Mapping) or not all(
@@ -372,6 +383,11 @@ class ShardingRules:
         """Whether the mesh is an `AbstractMesh` (planning only, no devices)."""
         return isinstance(self.mesh, jax.sharding.AbstractMesh)
 
+    @property
+    def is_explicit(self) -> bool:
+        """Whether some mesh axis is `AxisType.Explicit` (jax's default)."""
+        return self.for_init() is not self
+
     def for_init(self) -> ShardingRules:
         """These rules over the mesh with every axis `AxisType.Auto`.
 
@@ -386,17 +402,27 @@ class ShardingRules:
             if tuple(self.mesh.axis_types) == auto:
                 self._auto = self
             else:
-                rules = object.__new__(ShardingRules)
-                rules.paths, rules.axes, rules._compiled = (
-                    self.paths,
-                    self.axes,
-                    self._compiled,
-                )
-                rules._sizes, rules._fitted = self._sizes, self._fitted
-                rules.mesh = self.mesh.update(axis_types=auto)
-                rules._auto = rules
-                self._auto = rules
+                self._auto = self._over(self.mesh.update(axis_types=auto))
         return self._auto
+
+    def for_apply(self) -> ShardingRules:
+        """A fresh copy of `for_init`'s rules that records `constrain`'s outputs.
+
+        `js.apply` over a mesh of explicit axes runs the model under it, then
+        gives each output the spec it was last constrained to (``_pinned``).
+        """
+        rules = self.for_init()._over(self.for_init().mesh)
+        rules._pinned = {}
+        return rules
+
+    def _over(self, auto_mesh: Any) -> ShardingRules:
+        # These rules over ``auto_mesh`` (same axes, all Auto), sharing the tables.
+        rules = object.__new__(ShardingRules)
+        rules.paths, rules.axes, rules._compiled = self.paths, self.axes, self._compiled
+        rules._sizes, rules._fitted = self._sizes, self._fitted
+        rules.mesh, rules._pinned = auto_mesh, None
+        rules._auto = rules
+        return rules
 
     def named(self, spec: PartitionSpec) -> jax.sharding.NamedSharding:
         """``NamedSharding(self.mesh, spec)``."""
@@ -419,7 +445,10 @@ class ShardingRules:
         spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
         if self.is_abstract:
             return x
-        return _constrain(x, self.named(spec))
+        out = _constrain(x, self.named(spec))
+        if self._pinned is not None:
+            self._pinned[id(out)] = (out, spec)
+        return out
 
     # ---------------------------------------------------------------- checks
 
