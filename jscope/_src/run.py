@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, names, tree
+from jscope._src import context, jax_compat, names, tree
 from jscope._src.scope import VariableScope, variable_scope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
@@ -292,11 +292,32 @@ def sharded_init_fn(
     return outer, arrays, plan
 
 
+# XLA would hoist each stacked variable's random counters (loop-invariant) out of
+# a js.scan loop, keeping one layer's worth of them alive through the whole init.
+_INIT_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
+def compile_sharded_init(jitted: Any, arrays: list) -> Any:
+    """``jitted.lower(arrays).compile()``, its random bits fused into their use.
+
+    On CPU, JAX lowers the threefry hash as a rolled loop whose carried
+    buffers are temporaries the size of each draw (half the held bytes of a
+    sharded init); compiled as on GPU and TPU, unrolled, the bits go straight
+    into each variable's shard. The values are the same.
+    """
+    top = jax.jit(jitted, compiler_options=_INIT_COMPILER_OPTIONS)
+    with jax_compat.unrolled_threefry():
+        return top.lower(arrays).compile()
+
+
 def _init_sharded(fn, rng, args, kwargs, rules, with_output):
     jitted, arrays, plan = sharded_init_fn(
         fn, rng, args, kwargs, rules, with_output=with_output
     )
-    out, leaves = jitted(arrays)
+    if jax_compat.eager():
+        out, leaves = compile_sharded_init(jitted, arrays)(arrays)
+    else:  # inside the caller's trace: part of the caller's program
+        out, leaves = jitted(arrays)
     return out, _build(plan, leaves)
 
 
