@@ -165,6 +165,8 @@ class ShardingRules:
         "_auto",
         "_fitted",
         "_pinned",
+        "_named",
+        "_constrained",
     )
 
     def __init__(
@@ -187,6 +189,9 @@ class ShardingRules:
         self._pinned: dict[int, tuple[Any, PartitionSpec]] | None = None
         # (rule index or logical axes, shape) -> the spec checked to fit it
         self._fitted: dict[tuple, PartitionSpec] = {}
+        self._named: dict[PartitionSpec, jax.sharding.NamedSharding] = {}
+        # (logical axes, shape) -> (spec, NamedSharding) of a js.constrain
+        self._constrained: dict[tuple, tuple[PartitionSpec, Any]] = {}
         if isinstance(paths, str | bytes | Mapping) or not all(
             isinstance(rule, tuple | list) and len(rule) == 2 for rule in paths
         ):
@@ -421,12 +426,16 @@ class ShardingRules:
         rules.paths, rules.axes, rules._compiled = self.paths, self.axes, self._compiled
         rules._sizes, rules._fitted = self._sizes, self._fitted
         rules.mesh, rules._pinned = auto_mesh, None
+        rules._named, rules._constrained = {}, {}
         rules._auto = rules
         return rules
 
     def named(self, spec: PartitionSpec) -> jax.sharding.NamedSharding:
-        """``NamedSharding(self.mesh, spec)``."""
-        return jax.sharding.NamedSharding(self.mesh, spec)
+        """``NamedSharding(self.mesh, spec)``, one object per spec."""
+        found = self._named.get(spec)
+        if found is None:
+            found = self._named[spec] = jax.sharding.NamedSharding(self.mesh, spec)
+        return found
 
     def constrain(self, x: Any, logical_axes: Sequence[str | None]) -> Any:
         """``x`` constrained to the spec of ``logical_axes``; see `constrain`."""
@@ -434,18 +443,26 @@ class ShardingRules:
             return x
         logical_axes = tuple(logical_axes)
         shape = tuple(getattr(x, "shape", ()))
-        if len(logical_axes) != len(shape):
-            raise errors.ShardingError(
-                f"js.constrain got logical axes {logical_axes!r} for an array of "
-                f"shape {shape}: give one name (or None) per dimension. Mesh: "
-                f"{self._sizes}."
-            )
-        spec = self.logical_spec(logical_axes)
-        origin = f"the logical axes {logical_axes!r}"
-        spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
-        if self.is_abstract:
+        found = self._constrained.get((logical_axes, shape))
+        if found is None:
+            if len(logical_axes) != len(shape):
+                raise errors.ShardingError(
+                    f"js.constrain got logical axes {logical_axes!r} for an array "
+                    f"of shape {shape}: give one name (or None) per dimension. "
+                    f"Mesh: {self._sizes}."
+                )
+            spec = self.logical_spec(logical_axes)
+            origin = f"the logical axes {logical_axes!r}"
+            spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
+            named = None if self.is_abstract else self.named(spec)
+            found = self._constrained[logical_axes, shape] = (spec, named)
+        spec, named = found
+        if named is None:
             return x
-        out = _constrain(x, self.named(spec))
+        if self.for_init() is self:
+            out = jax.lax.with_sharding_constraint(x, named)
+        else:  # explicit axes: `reshard` changes the type too
+            out = jax.sharding.reshard(x, named)
         if self._pinned is not None:
             self._pinned[id(out)] = (out, spec)
         return out
@@ -535,14 +552,6 @@ def _mesh_axes(spec: PartitionSpec) -> list[str]:
 
 def _twice(used: list[str]) -> str:
     return next(n for n in used if used.count(n) > 1)
-
-
-def _constrain(x: Any, sharding: jax.sharding.NamedSharding) -> Any:
-    """`with_sharding_constraint` over auto axes, `reshard` over explicit ones."""
-    types = sharding.mesh.axis_types
-    if all(t == jax.sharding.AxisType.Auto for t in types):
-        return jax.lax.with_sharding_constraint(x, sharding)
-    return jax.sharding.reshard(x, sharding)
 
 
 def constrain(x: Any, logical_axes: Sequence[str | None]) -> Any:
