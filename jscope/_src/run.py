@@ -273,9 +273,9 @@ def sharded_init_fn(
     ``(collection, path, spec)`` of each variable; then wraps that traced
     function (a cache hit, not a second trace) in a `jax.jit` whose
     ``out_shardings`` are the variables' `NamedSharding`s. XLA's sharding
-    propagation then computes each initializer in its shards only. A
-    `with_sharding_constraint` per variable inside the trace would do the
-    same at about a third more trace time.
+    propagation then computes each initializer in its shards only. (Inside a
+    caller's trace, `js.init` constrains each variable in that trace instead:
+    there the caller's jit is the one jit, so nothing is traced twice.)
 
     ``jitted(arrays)`` returns ``(output, leaves)`` (``output`` None unless
     ``with_output``), the leaves in ``plan``'s order. `init` calls it; the
