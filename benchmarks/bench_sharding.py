@@ -68,7 +68,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jscope as js  # noqa: E402
-from jscope._src import run  # noqa: E402  (the program js.init compiles)
+from jscope._src import meshes, run  # noqa: E402  (the program js.init compiles)
 
 # Trace and compile times are measured: never read an executable from disk.
 jax.config.update("jax_enable_compilation_cache", False)
@@ -137,7 +137,7 @@ def bench_memory(report: Report, cfg: example.Config, shape: tuple[int, int]) ->
     jitted, arrays, plan = run.sharded_init_fn(
         example.gpt, key, (cfg, ids), {}, rules, with_output=False
     )
-    compiled = run.compile_sharded_init(jitted, arrays)
+    compiled = meshes.compile_sharded_init(jitted, arrays)
     mem = compiled.memory_analysis()
     check(mem is not None, "compiled.memory_analysis() returned None on CPU")
     peak = (

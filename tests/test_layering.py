@@ -59,6 +59,7 @@ LAYERS = [
     [
         "jscope._src.names",
         "jscope._src.tree",
+        "jscope._src.axes",
         "jscope.initializers",
         "jscope._src.checkpoint.keys",
         "jscope._src.checkpoint.layout",
@@ -80,7 +81,7 @@ LAYERS = [
         "jscope._src.rng",
         "jscope._src.sharding",
     ],
-    ["jscope._src.access", "jscope._src.checkpoint.read"],
+    ["jscope._src.access", "jscope._src.checkpoint.read", "jscope._src.meshes"],
     [
         "jscope._src.variables",
         "jscope._src.handle",

@@ -11,7 +11,7 @@ replicated. Trees stay plain dicts of `jax.Array`: the rules live beside them.
 `constrain` reads the rules in force from the run's frame (``frame.rules``,
 set by `js.init` / `js.apply` given ``rules=``).
 
-Imports: `jscope.errors`, `context`, `tree`, JAX. Hot path: none without
+Imports: `jscope.errors`, `axes`, `context`, `tree`, JAX. Hot path: none without
 rules (`constrain` is one frame read); `check_axes` runs only when ``axes=``
 is given.
 """
@@ -28,75 +28,9 @@ from jax.sharding import PartitionSpec
 
 from jscope import errors
 from jscope._src import context, tree
-
-LogicalAxes: TypeAlias = "tuple[str | None, ...]"
-"""A variable's logical axes: one name (or None, no name) per dimension."""
-
-
-def check_axes(axes: Any, shape: tuple, path: str) -> LogicalAxes:
-    """Checks ``axes=`` of the variable at ``path`` against its ``shape``.
-
-    Args:
-      axes: A tuple (or list) of logical names, str or None, one per dimension.
-      shape: The variable's shape.
-      path: Its full path, for messages.
-
-    Returns:
-      ``axes`` as a tuple.
-
-    Raises:
-      ArgumentTypeError: ``axes`` is not a sequence of str or None.
-      ShardingError: It has not one entry per dimension.
-
-    Example:
-      >>> check_axes(["embed", None], (4, 3), "dense/kernel")
-      ('embed', None)
-    """
-    if not isinstance(axes, tuple | list) or not all(
-        a is None or isinstance(a, str) for a in axes
-    ):
-        raise errors.ArgumentTypeError(
-            f"axes= of variable {path} must be a tuple of logical axis names (str, "
-            f"or None for a dimension without one), one per dimension, got "
-            f"{axes!r}. Pass e.g. axes=('embed', 'mlp') for a 2-D variable.",
-            path,
-        )
-    axes = tuple(axes)
-    if len(axes) != len(shape):
-        raise errors.ShardingError(
-            f"axes={axes!r} of variable {path} names {len(axes)} dimension(s), but "
-            f"its shape {tuple(shape)} has {len(shape)}. Give one logical name (or "
-            "None) per dimension.",
-            path,
-        )
-    return axes
-
-
-def check_reuse_axes(
-    recorded: LogicalAxes | None, axes: Any, shape: tuple, path: str
-) -> None:
-    """Checks the ``axes=`` of a reuse against the axes given at creation.
-
-    A None on either side means "no name": only dimensions both name must
-    agree. The creation's axes stay the variable's axes.
-
-    Raises:
-      ArgumentTypeError: ``axes`` is not a sequence of str or None.
-      ShardingError: It has the wrong length, or names a dimension otherwise.
-    """
-    axes = check_axes(axes, shape, path)
-    if recorded is None:
-        return
-    for dim, (old, new) in enumerate(zip(recorded, axes, strict=True)):
-        if old is not None and new is not None and old != new:
-            raise errors.ShardingError(
-                f"Trying to share variable {path}, but specified axes={axes!r} and "
-                f"it was created with axes={recorded!r} (dimension {dim}: {new!r} "
-                f"vs {old!r}). Pass the axes it was created with, or None for a "
-                "dimension to accept any name.",
-                path,
-            )
-
+from jscope._src.axes import LogicalAxes as LogicalAxes
+from jscope._src.axes import check_axes as check_axes
+from jscope._src.axes import check_reuse_axes as check_reuse_axes
 
 # ---------------------------------------------------------------- ShardingRules
 
@@ -419,6 +353,11 @@ class ShardingRules:
         rules = self.for_init()._over(self.for_init().mesh)
         rules._pinned = {}
         return rules
+
+    @property
+    def pinned(self) -> dict[int, tuple[Any, PartitionSpec]]:
+        """``{id(array): (array, spec)}`` of `constrain`'s outputs (`for_apply`)."""
+        return self._pinned or {}
 
     def _over(self, auto_mesh: Any) -> ShardingRules:
         # These rules over ``auto_mesh`` (same axes, all Auto), sharing the tables.

@@ -15,10 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 import jscope as js
 from jscope import errors
-from jscope._src.run import (  # the jitted init js.init runs, compiled as it does
-    compile_sharded_init,
-    sharded_init_fn,
-)
+from jscope._src.meshes import compile_sharded_init  # as js.init compiles it
+from jscope._src.run import sharded_init_fn  # the jitted init js.init runs
 
 KEY = jax.random.key(0)
 INIT = js.initializers
