@@ -5,8 +5,10 @@ its `js.ShardingRules`: attention heads split over ``model`` by path rules, the
 MLP's hidden units and the vocabulary by logical axes, the rest replicated), at a
 larger size for the memory measurement. The script measures:
 
-1. **memory**: ``jax.jit(lambda key, x: js.init(gpt, key, cfg, x, rules=rules))``
-   lowered and compiled, and its ``compiled.memory_analysis()`` per device: the
+1. **memory**: the program ``js.init(gpt, key, cfg, x, rules=rules)`` compiles
+   (``sharded_init_fn``, compiled by ``compile_sharded_init`` as `js.init` does:
+   threefry unrolled, loop-invariant counters left in the loop), and its
+   ``compiled.memory_analysis()`` per device: the
    bytes it *holds* at the end (its outputs, the variables' shards) and its
    *peak* (arguments + outputs + temporaries), against the bytes of the whole
    model (every variable, unsharded). On a mesh whose ``model`` axis has N
@@ -66,6 +68,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jscope as js  # noqa: E402
+from jscope._src import meshes, run  # noqa: E402  (the program js.init compiles)
 
 # Trace and compile times are measured: never read an executable from disk.
 jax.config.update("jax_enable_compilation_cache", False)
@@ -130,7 +133,11 @@ def bench_memory(report: Report, cfg: example.Config, shape: tuple[int, int]) ->
 
     shapes = js.flatten(jax.eval_shape(sharded_init(cfg, None), key, ids))
     whole = sum(s.size * s.dtype.itemsize for s in shapes.values())
-    compiled = jax.jit(sharded_init(cfg, rules)).lower(key, ids).compile()
+    # The program js.init(..., rules=rules) compiles and runs, compiled as it does.
+    jitted, arrays, plan = run.sharded_init_fn(
+        example.gpt, key, (cfg, ids), {}, rules, with_output=False
+    )
+    compiled = meshes.compile_sharded_init(jitted, arrays)
     mem = compiled.memory_analysis()
     check(mem is not None, "compiled.memory_analysis() returned None on CPU")
     peak = (
@@ -143,18 +150,19 @@ def bench_memory(report: Report, cfg: example.Config, shape: tuple[int, int]) ->
     # The outputs carry the rules' shardings, and hold the unsharded init's values.
     specs = js.partition_specs(example.gpt, key, cfg, ids, rules=rules)
     want = js.flatten(js.shardings(specs, rules))
-    for path, sharding in js.flatten(compiled.output_shardings).items():
+    paths = [f"{coll}/{path}" for coll, path, _ in plan]
+    for path, sharding in zip(paths, compiled.output_shardings[1], strict=True):
         check(
             sharding.is_equivalent_to(want[path], len(shapes[path].shape)),
             f"memory {label}: {path} compiled to {sharding}, rules say {want[path]}",
         )
     # The same init unsharded, on one device: its values and its peak.
     plain_compiled = jax.jit(sharded_init(cfg, None)).lower(key, ids).compile()
-    sharded = compiled(key, ids)
+    sharded = dict(zip(paths, compiled(arrays)[1], strict=True))
     plain = plain_compiled(key, ids)
     for path, value in js.flatten(plain).items():
         check(
-            np.array_equal(np.asarray(js.flatten(sharded)[path]), np.asarray(value)),
+            np.array_equal(np.asarray(sharded[path]), np.asarray(value)),
             f"memory {label}: sharded init differs from the unsharded one at {path}",
         )
 

@@ -16,13 +16,10 @@ from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
 from jscope._src.handle import assign_sub as assign_sub
 from jscope._src.rng import next_rng_key as next_rng_key
-from jscope._src.run import Transformed as Transformed
 from jscope._src.run import apply as apply
 from jscope._src.run import init as init
 from jscope._src.run import init_with_output as init_with_output
-from jscope._src.run import make_template as make_template
 from jscope._src.run import partition_specs as partition_specs
-from jscope._src.run import transform as transform
 from jscope._src.scope import AUTO_REUSE as AUTO_REUSE
 from jscope._src.scope import VariableScope as VariableScope
 from jscope._src.scope import get_variable_scope as get_variable_scope
@@ -33,6 +30,9 @@ from jscope._src.sharding import constrain as constrain
 from jscope._src.sharding import shardings as shardings
 from jscope._src.summary import Summary as Summary
 from jscope._src.summary import summary as summary
+from jscope._src.templates import Transformed as Transformed
+from jscope._src.templates import make_template as make_template
+from jscope._src.templates import transform as transform
 from jscope._src.transforms import cond as cond
 from jscope._src.transforms import remat as remat
 from jscope._src.transforms import scan as scan

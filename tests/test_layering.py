@@ -71,6 +71,7 @@ LAYERS = [
     [
         "jscope._src.names",
         "jscope._src.tree",
+        "jscope._src.axes",
         "jscope.initializers",
         "jscope._src.checkpoint.keys",
         "jscope._src.checkpoint.layout",
@@ -94,7 +95,12 @@ LAYERS = [
         "jscope._src.rng",
         "jscope._src.sharding",
     ],
-    ["jscope._src.access", "jscope._src.checkpoint.read", "jscope._src.slim.checks"],
+    [
+        "jscope._src.access",
+        "jscope._src.checkpoint.read",
+        "jscope._src.slim.checks",
+        "jscope._src.meshes",
+    ],
     [
         "jscope._src.variables",
         "jscope._src.handle",
@@ -105,6 +111,7 @@ LAYERS = [
     ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint.saver"],
     [
         "jscope._src.summary",
+        "jscope._src.templates",
         "jscope._src.checkpoint",
         "jscope.tf1",
         "jscope._src.slim.layers",

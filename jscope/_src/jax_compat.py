@@ -1,15 +1,19 @@
 """Every use of JAX internals in jscope, each with its fallback.
 
-jscope needs three things that JAX's public API does not offer: the identity
+jscope needs four things that JAX's public API does not offer: the identity
 of the current trace (to tell a run's own trace from a plain JAX transform
 opened inside it), whether a trace stages a jaxpr (whose function JAX caches),
-and the fold-in primitive without its argument checks (the init-trace hot
-path). Each is reached here and nowhere else, with a public fallback for JAX
-versions that move them. Imports: JAX and NumPy only.
+the fold-in primitive without its argument checks (the init-trace hot path),
+and the unrolled threefry lowering on CPU (the sharded init's memory). Each is
+reached here and nowhere else, with a public fallback for JAX versions that
+move them. Imports: JAX and NumPy only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -100,3 +104,43 @@ def distributed_client() -> Any:
     except ImportError:  # pragma: no cover - other jax versions
         return None
     return distributed.global_state.client
+
+
+@contextlib.contextmanager
+def unrolled_threefry() -> Iterator[None]:
+    """Lowers threefry on CPU as GPU and TPU do, unrolled, while inside.
+
+    JAX's CPU lowering of the threefry hash is a rolled loop (for compile
+    time) whose carried buffers are program temporaries the size of each
+    random draw; unrolled, it fuses into the op that consumes the bits. The
+    bits are the same. `js.init(rules=...)` compiles under it so a sharded
+    init holds no more than its variables' shards. No-op where JAX's
+    internals differ.
+    """
+    try:
+        from jax._src.interpreters import mlir  # noqa: PLC0415
+        from jax._src.random import threefry2x32  # noqa: PLC0415
+
+        table = mlir._platform_specific_lowerings["cpu"]
+        prim = threefry2x32.threefry2x32_p
+        saved = table[prim]
+        unrolled = dataclasses.replace(
+            saved, rule=threefry2x32._threefry2x32_lowering_rule
+        )
+    except (ImportError, AttributeError, KeyError, TypeError):  # other jax
+        yield
+        return
+    table[prim] = unrolled
+    try:
+        yield
+    finally:
+        table[prim] = saved
+
+
+def eager() -> bool:
+    """Whether no JAX transform is tracing: arrays are concrete here."""
+    trace = trace_state()
+    ref = getattr(trace, "_trace_ref", None)  # an opaque state wraps a weakref
+    if callable(ref):
+        trace = ref()
+    return trace is not None and type(trace).__name__ == "EvalTrace"

@@ -14,15 +14,15 @@ import contextlib
 import difflib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, names, tree
-from jscope._src.scope import VariableScope, variable_scope
+from jscope._src import context, jax_compat, meshes, tree
+from jscope._src.scope import VariableScope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
 from jscope.typing import VariableTree
@@ -205,24 +205,27 @@ def _split_arrays(tree_: Any) -> tuple[list, Callable[[list], Any]]:
     return [leaf for leaf, t in zip(leaves, traced, strict=True) if t], rebuild
 
 
-def _traced_init(fn, rebuild, rules, plan):
+def _traced_init(fn, rebuild, rules, plan, *, constrain=False):
     """The function of the arrays of ``(rng, args, kwargs)`` that inits ``fn``.
 
     Runs ``fn`` in an init frame whose rules are ``rules``; ``plan`` receives
     the ``(collection, path, spec)`` of every variable, one collection after
     another, each in creation order (`jax.jit` would sort the keys of a
-    returned dict). Returns ``fn``'s output and the variables in that order.
+    returned dict). Returns ``fn``'s output and the variables in that order,
+    each constrained to its spec if ``constrain``.
     """
 
     def traced(arrays: list) -> tuple[Any, list]:
         rng, args, kwargs = rebuild(arrays)
         frame = _init_frame(rng)
         frame.rules = rules
-        # The trace's mesh is the rules' (auto axes), also under jax.set_mesh.
+        # The trace's mesh is the rules' (auto axes), also under jax.set_mesh or
+        # given arrays typed over explicit axes. Without either, no mesh: typing
+        # every value over auto axes would only cost trace time (~5 %).
         mesh = (
-            contextlib.nullcontext()
-            if rules.is_abstract
-            else jax.sharding.use_abstract_mesh(rules.mesh.abstract_mesh)
+            jax.sharding.use_abstract_mesh(rules.mesh.abstract_mesh)
+            if not rules.is_abstract and meshes.typed_over_a_mesh(arrays)
+            else contextlib.nullcontext()
         )
         with mesh, frame.entered(on_exit=frame.close):
             out = fn(*args, **kwargs)
@@ -232,7 +235,11 @@ def _traced_init(fn, rebuild, rules, plan):
                 (coll, path, spec(path, value.shape, axes_of.get(path)))
                 for path, (coll, value) in created
             ]
-        return out, [value for _, (_, value) in created]
+            leaves = [value for _, (_, value) in created]
+            if constrain:
+                named = [rules.named(spec) for _, _, spec in plan]
+                leaves = jax.lax.with_sharding_constraint(leaves, named)
+        return out, leaves
 
     return traced
 
@@ -259,9 +266,9 @@ def sharded_init_fn(
     ``(collection, path, spec)`` of each variable; then wraps that traced
     function (a cache hit, not a second trace) in a `jax.jit` whose
     ``out_shardings`` are the variables' `NamedSharding`s. XLA's sharding
-    propagation then computes each initializer in its shards only. A
-    `with_sharding_constraint` per variable inside the trace would do the
-    same at about a third more trace time.
+    propagation then computes each initializer in its shards only. (Inside a
+    caller's trace, `js.init` constrains each variable in that trace instead:
+    there the caller's jit is the one jit, so nothing is traced twice.)
 
     ``jitted(arrays)`` returns ``(output, leaves)`` (``output`` None unless
     ``with_output``), the leaves in ``plan``'s order. `init` calls it; the
@@ -296,10 +303,34 @@ def sharded_init_fn(
 
 
 def _init_sharded(fn, rng, args, kwargs, rules, with_output):
+    if not jax_compat.eager():
+        return _init_in_trace(fn, rng, args, kwargs, rules)
     jitted, arrays, plan = sharded_init_fn(
         fn, rng, args, kwargs, rules, with_output=with_output
     )
-    out, leaves = jitted(arrays)
+    out, leaves = meshes.compile_sharded_init(jitted, arrays)(arrays)
+    return out, _build(plan, leaves)
+
+
+def _init_in_trace(fn, rng, args, kwargs, rules):
+    """The sharded init inside a caller's trace (its `jax.jit`): part of it.
+
+    ``fn`` is traced once, into the caller's program, and each variable is
+    constrained to its spec there: a nested `jax.jit` with output shardings
+    would need a second, inner trace to know the variables first.
+    """
+    rules = _check_rules(rules, "js.init")
+    if rules.is_abstract:
+        sharded_init_fn(fn, rng, args, kwargs, rules)  # raises
+    arrays, rebuild = _split_arrays((rng, args, kwargs))
+    plan: list = []
+    traced = _traced_init(fn, rebuild, rules.for_init(), plan, constrain=True)
+    out, leaves = traced(arrays)
+    if rules.is_explicit:  # typed over the mesh's explicit axes, as given
+        leaves = [
+            jax.sharding.reshard(leaf, rules.named(spec))
+            for leaf, (_, _, spec) in zip(leaves, plan, strict=True)
+        ]
     return out, _build(plan, leaves)
 
 
@@ -462,6 +493,12 @@ def apply(
       >>> js.apply(f, v, 3.0)
       Array(3., dtype=float32)
     """
+    if rules is not None:
+        rules = _check_rules(rules, "js.apply")
+        if rules.is_explicit and not rules.is_abstract:
+            return meshes.apply_over_auto(
+                apply, fn, variables, args, kwargs, rngs, mutable, rules
+            )
     mut = _mutable_set(mutable)
     given = _index(variables)
     if rngs is not None:
@@ -473,7 +510,7 @@ def apply(
         mutable=mut,
         rngs=rngs,
         get_variable=get_variable,
-        rules=None if rules is None else _check_rules(rules, "js.apply"),
+        rules=rules,
     )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
@@ -513,87 +550,3 @@ def _warn_misspelt(mutable: frozenset[str], given: Mapping[str, Any]) -> None:
 
 def _copy_dicts(node: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _copy_dicts(v) if isinstance(v, Mapping) else v for k, v in node.items()}
-
-
-class Transformed(NamedTuple):
-    """A pair of pure functions, ``init`` and ``apply``, bound to one function."""
-
-    init: Callable[..., Any]
-    apply: Callable[..., Any]
-
-
-def transform(fn: Callable[..., Any]) -> Transformed:
-    """Binds `js.init` and `js.apply` to ``fn``.
-
-    Example:
-      >>> import jax, jscope as js
-      >>> model = js.transform(lambda: js.get_variable("w", (2,)))
-      >>> v = model.init(jax.random.key(0))
-      >>> bool((model.apply(v) == v["params"]["w"]).all())
-      True
-    """
-
-    def init_fn(rng: Any, *args: Any, **kwargs: Any) -> dict:
-        return init(fn, rng, *args, **kwargs)
-
-    def apply_fn(variables: Mapping[str, Any], *args: Any, **kwargs: Any):
-        return apply(fn, variables, *args, **kwargs)
-
-    init_fn.__doc__ = f"js.init of {getattr(fn, '__name__', fn)!s}."
-    apply_fn.__doc__ = f"js.apply of {getattr(fn, '__name__', fn)!s}."
-    return Transformed(init_fn, apply_fn)
-
-
-class _Template:
-    __slots__ = ("_name", "_fn", "_getter", "_kwargs", "__wrapped__")
-
-    def __init__(self, name, fn, custom_getter, kwargs):
-        self._name = names.validate(name, "template")
-        self._fn = fn
-        self._getter = custom_getter
-        self._kwargs = kwargs
-        self.__wrapped__ = fn
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        frame = context.current_run(f"Template {self._name!r}")
-        kwargs = {**self._kwargs, **kwargs}
-        scope: VariableScope | None = frame.templates.get(id(self), (None, None))[1]
-        if scope is None:
-            with variable_scope(
-                None, default_name=self._name, custom_getter=self._getter
-            ) as scope:
-                frame.templates[id(self)] = (self, scope)
-                return self._fn(*args, **kwargs)
-        with variable_scope(scope, reuse=True):
-            return self._fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<js.make_template {self._name!r} of {self._fn!r}>"
-
-
-def make_template(
-    name: str, fn: Callable[..., Any], custom_getter: Any = None, **kwargs: Any
-) -> Callable[..., Any]:
-    """Wraps ``fn`` so that every call in a run shares one set of variables.
-
-    The first call in a run opens a new scope named ``name`` (uniquified:
-    ``name_1`` if taken) and creates the variables; later calls reuse them.
-
-    Args:
-      name: The scope name.
-      fn: The function to wrap.
-      custom_getter: A custom getter for the template's scope.
-      **kwargs: Bound keyword arguments for ``fn``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, jscope as js
-      >>> scale = js.make_template("scale", lambda x: x * js.get_variable("s", ()))
-      >>> v = js.init(lambda x: scale(x) + scale(x), jax.random.key(0), 1.0)
-      >>> list(js.flatten(v))
-      ['params/scale/s']
-    """
-    return _Template(name, fn, custom_getter, kwargs)

@@ -11,7 +11,7 @@ replicated. Trees stay plain dicts of `jax.Array`: the rules live beside them.
 `constrain` reads the rules in force from the run's frame (``frame.rules``,
 set by `js.init` / `js.apply` given ``rules=``).
 
-Imports: `jscope.errors`, `context`, `tree`, JAX. Hot path: none without
+Imports: `jscope.errors`, `axes`, `context`, `tree`, JAX. Hot path: none without
 rules (`constrain` is one frame read); `check_axes` runs only when ``axes=``
 is given.
 """
@@ -28,75 +28,9 @@ from jax.sharding import PartitionSpec
 
 from jscope import errors
 from jscope._src import context, tree
-
-LogicalAxes: TypeAlias = "tuple[str | None, ...]"
-"""A variable's logical axes: one name (or None, no name) per dimension."""
-
-
-def check_axes(axes: Any, shape: tuple, path: str) -> LogicalAxes:
-    """Checks ``axes=`` of the variable at ``path`` against its ``shape``.
-
-    Args:
-      axes: A tuple (or list) of logical names, str or None, one per dimension.
-      shape: The variable's shape.
-      path: Its full path, for messages.
-
-    Returns:
-      ``axes`` as a tuple.
-
-    Raises:
-      ArgumentTypeError: ``axes`` is not a sequence of str or None.
-      ShardingError: It has not one entry per dimension.
-
-    Example:
-      >>> check_axes(["embed", None], (4, 3), "dense/kernel")
-      ('embed', None)
-    """
-    if not isinstance(axes, tuple | list) or not all(
-        a is None or isinstance(a, str) for a in axes
-    ):
-        raise errors.ArgumentTypeError(
-            f"axes= of variable {path} must be a tuple of logical axis names (str, "
-            f"or None for a dimension without one), one per dimension, got "
-            f"{axes!r}. Pass e.g. axes=('embed', 'mlp') for a 2-D variable.",
-            path,
-        )
-    axes = tuple(axes)
-    if len(axes) != len(shape):
-        raise errors.ShardingError(
-            f"axes={axes!r} of variable {path} names {len(axes)} dimension(s), but "
-            f"its shape {tuple(shape)} has {len(shape)}. Give one logical name (or "
-            "None) per dimension.",
-            path,
-        )
-    return axes
-
-
-def check_reuse_axes(
-    recorded: LogicalAxes | None, axes: Any, shape: tuple, path: str
-) -> None:
-    """Checks the ``axes=`` of a reuse against the axes given at creation.
-
-    A None on either side means "no name": only dimensions both name must
-    agree. The creation's axes stay the variable's axes.
-
-    Raises:
-      ArgumentTypeError: ``axes`` is not a sequence of str or None.
-      ShardingError: It has the wrong length, or names a dimension otherwise.
-    """
-    axes = check_axes(axes, shape, path)
-    if recorded is None:
-        return
-    for dim, (old, new) in enumerate(zip(recorded, axes, strict=True)):
-        if old is not None and new is not None and old != new:
-            raise errors.ShardingError(
-                f"Trying to share variable {path}, but specified axes={axes!r} and "
-                f"it was created with axes={recorded!r} (dimension {dim}: {new!r} "
-                f"vs {old!r}). Pass the axes it was created with, or None for a "
-                "dimension to accept any name.",
-                path,
-            )
-
+from jscope._src.axes import LogicalAxes as LogicalAxes
+from jscope._src.axes import check_axes as check_axes
+from jscope._src.axes import check_reuse_axes as check_reuse_axes
 
 # ---------------------------------------------------------------- ShardingRules
 
@@ -156,7 +90,18 @@ class ShardingRules:
       P()
     """
 
-    __slots__ = ("mesh", "paths", "axes", "_sizes", "_compiled", "_auto", "_fitted")
+    __slots__ = (
+        "mesh",
+        "paths",
+        "axes",
+        "_sizes",
+        "_compiled",
+        "_auto",
+        "_fitted",
+        "_pinned",
+        "_named",
+        "_constrained",
+    )
 
     def __init__(
         self,
@@ -164,7 +109,6 @@ class ShardingRules:
         paths: Sequence[tuple[str, SpecLike]] = (),
         axes: Mapping[str, MeshAxes] | None = None,
     ):
-        shape = getattr(mesh, "shape", None)
         if not isinstance(mesh, jax.sharding.Mesh | jax.sharding.AbstractMesh):
             raise errors.ArgumentTypeError(
                 "js.ShardingRules needs a jax.sharding.Mesh (e.g. "
@@ -172,10 +116,16 @@ class ShardingRules:
                 f"jax.sharding.AbstractMesh, got {type(mesh).__name__}."
             )
         self.mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh = mesh
-        self._sizes: dict[str, int] = dict(shape)
+        self._sizes: dict[str, int] = dict(mesh.shape)
         self._auto: ShardingRules | None = None
+        # id(array) -> (array, spec) of each js.constrain output, in an apply over
+        # explicit axes (`for_apply`); None otherwise
+        self._pinned: dict[int, tuple[Any, PartitionSpec]] | None = None
         # (rule index or logical axes, shape) -> the spec checked to fit it
         self._fitted: dict[tuple, PartitionSpec] = {}
+        self._named: dict[PartitionSpec, jax.sharding.NamedSharding] = {}
+        # (logical axes, shape) -> (spec, NamedSharding) of a js.constrain
+        self._constrained: dict[tuple, tuple[PartitionSpec, Any]] = {}
         if isinstance(paths, str | bytes | Mapping) or not all(
             isinstance(rule, tuple | list) and len(rule) == 2 for rule in paths
         ):
@@ -372,6 +322,11 @@ class ShardingRules:
         """Whether the mesh is an `AbstractMesh` (planning only, no devices)."""
         return isinstance(self.mesh, jax.sharding.AbstractMesh)
 
+    @property
+    def is_explicit(self) -> bool:
+        """Whether some mesh axis is `AxisType.Explicit` (jax's default)."""
+        return self.for_init() is not self
+
     def for_init(self) -> ShardingRules:
         """These rules over the mesh with every axis `AxisType.Auto`.
 
@@ -386,21 +341,40 @@ class ShardingRules:
             if tuple(self.mesh.axis_types) == auto:
                 self._auto = self
             else:
-                rules = object.__new__(ShardingRules)
-                rules.paths, rules.axes, rules._compiled = (
-                    self.paths,
-                    self.axes,
-                    self._compiled,
-                )
-                rules._sizes, rules._fitted = self._sizes, self._fitted
-                rules.mesh = self.mesh.update(axis_types=auto)
-                rules._auto = rules
-                self._auto = rules
+                self._auto = self._over(self.mesh.update(axis_types=auto))
         return self._auto
 
+    def for_apply(self) -> ShardingRules:
+        """A fresh copy of `for_init`'s rules that records `constrain`'s outputs.
+
+        `js.apply` over a mesh of explicit axes runs the model under it, then
+        gives each output the spec it was last constrained to (``_pinned``).
+        """
+        rules = self.for_init()._over(self.for_init().mesh)
+        rules._pinned = {}
+        return rules
+
+    @property
+    def pinned(self) -> dict[int, tuple[Any, PartitionSpec]]:
+        """``{id(array): (array, spec)}`` of `constrain`'s outputs (`for_apply`)."""
+        return self._pinned or {}
+
+    def _over(self, auto_mesh: Any) -> ShardingRules:
+        # These rules over ``auto_mesh`` (same axes, all Auto), sharing the tables.
+        rules = object.__new__(ShardingRules)
+        rules.paths, rules.axes, rules._compiled = self.paths, self.axes, self._compiled
+        rules._sizes, rules._fitted = self._sizes, self._fitted
+        rules.mesh, rules._pinned = auto_mesh, None
+        rules._named, rules._constrained = {}, {}
+        rules._auto = rules
+        return rules
+
     def named(self, spec: PartitionSpec) -> jax.sharding.NamedSharding:
-        """``NamedSharding(self.mesh, spec)``."""
-        return jax.sharding.NamedSharding(self.mesh, spec)
+        """``NamedSharding(self.mesh, spec)``, one object per spec."""
+        found = self._named.get(spec)
+        if found is None:
+            found = self._named[spec] = jax.sharding.NamedSharding(self.mesh, spec)
+        return found
 
     def constrain(self, x: Any, logical_axes: Sequence[str | None]) -> Any:
         """``x`` constrained to the spec of ``logical_axes``; see `constrain`."""
@@ -408,18 +382,29 @@ class ShardingRules:
             return x
         logical_axes = tuple(logical_axes)
         shape = tuple(getattr(x, "shape", ()))
-        if len(logical_axes) != len(shape):
-            raise errors.ShardingError(
-                f"js.constrain got logical axes {logical_axes!r} for an array of "
-                f"shape {shape}: give one name (or None) per dimension. Mesh: "
-                f"{self._sizes}."
-            )
-        spec = self.logical_spec(logical_axes)
-        origin = f"the logical axes {logical_axes!r}"
-        spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
-        if self.is_abstract:
+        found = self._constrained.get((logical_axes, shape))
+        if found is None:
+            if len(logical_axes) != len(shape):
+                raise errors.ShardingError(
+                    f"js.constrain got logical axes {logical_axes!r} for an array "
+                    f"of shape {shape}: give one name (or None) per dimension. "
+                    f"Mesh: {self._sizes}."
+                )
+            spec = self.logical_spec(logical_axes)
+            origin = f"the logical axes {logical_axes!r}"
+            spec = self._fit(spec, "js.constrain: an array", None, shape, origin)
+            named = None if self.is_abstract else self.named(spec)
+            found = self._constrained[logical_axes, shape] = (spec, named)
+        spec, named = found
+        if named is None:
             return x
-        return _constrain(x, self.named(spec))
+        if self.for_init() is self:
+            out = jax.lax.with_sharding_constraint(x, named)
+        else:  # explicit axes: `reshard` changes the type too
+            out = jax.sharding.reshard(x, named)
+        if self._pinned is not None:
+            self._pinned[id(out)] = (out, spec)
+        return out
 
     # ---------------------------------------------------------------- checks
 
@@ -506,14 +491,6 @@ def _mesh_axes(spec: PartitionSpec) -> list[str]:
 
 def _twice(used: list[str]) -> str:
     return next(n for n in used if used.count(n) > 1)
-
-
-def _constrain(x: Any, sharding: jax.sharding.NamedSharding) -> Any:
-    """`with_sharding_constraint` over auto axes, `reshard` over explicit ones."""
-    types = sharding.mesh.axis_types
-    if all(t == jax.sharding.AxisType.Auto for t in types):
-        return jax.lax.with_sharding_constraint(x, sharding)
-    return jax.sharding.reshard(x, sharding)
 
 
 def constrain(x: Any, logical_axes: Sequence[str | None]) -> Any:

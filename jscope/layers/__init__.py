@@ -85,7 +85,8 @@ axis_types=(AxisType.Auto,) * len(names))``; jax's default is explicit axes).
 Over explicit axes, JAX asks for an ``out_sharding`` that the layers do not pick
 for a gather from a vocabulary-sharded `embedding`, for `multi_head_attention`'s
 output projection contracting sharded heads, and for a convolution with a
-sharded kernel.
+sharded kernel; `js.init` and `js.apply` given ``rules=`` run them over the
+mesh's Auto axes for you.
 """
 
 # Each group of layers is re-exported from its private module below.

@@ -19,7 +19,8 @@ from jscope import layers
 KEY = jax.random.key(0)
 # Auto axes: XLA propagates the variables' shardings through the layers' ops (over
 # explicit axes, a gather from a vocabulary-sharded table, an einsum contracting
-# sharded heads or a convolution with a sharded kernel asks for `out_sharding`).
+# sharded heads or a convolution with a sharded kernel asks for `out_sharding`:
+# js.apply given rules= runs them over Auto axes, test_explicit_mesh.py).
 MESH = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 RULES = js.ShardingRules(
     MESH,
