@@ -11,6 +11,7 @@ for bit, so a change of any value shows there.
 
 from __future__ import annotations
 
+import multiprocessing
 import pathlib
 
 import jax
@@ -23,11 +24,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 PATH = HERE / "values.npz"
 
 FLOATS = ("float32", "bfloat16", "float16")
-SHAPES = ((), (1,), (7,), (3, 4), (1, 5), (4, 1), (2, 3, 4, 5), (1, 1, 3, 1))
-MATRICES = ((3, 4), (4, 3), (1, 5), (2, 3, 4, 5), (1, 1, 3, 1), (3, 3, 2, 4))
+SHAPES = ((), (7,), (4, 1), (2, 3, 4, 5), (1, 1, 3, 1))
+HALF_SHAPES = ((), (2, 3, 4, 5))  # bfloat16 and float16
+MATRICES = ((3, 4), (4, 3), (2, 3, 4, 5), (1, 1, 3, 1))
 LARGE = ((70, 70), (3, 3, 16, 18))  # more than 4096 elements, float32 only
 
-# (name, factory call as a string evaluated with `js.initializers` as `I`)
+# Factory calls, evaluated with `js.initializers` as `I`.
 RANDOM = (
     "I.random_normal()",
     "I.random_normal(0.5, 0.02)",
@@ -38,41 +40,30 @@ RANDOM = (
     "I.glorot_uniform()",
     "I.glorot_normal()",
     "I.default_initializer('float32')",
-    *(
-        f"I.variance_scaling({scale}, {mode!r}, {dist!r})"
-        for scale in (1.0, 2.0)
-        for mode in ("fan_in", "fan_out", "fan_avg")
-        for dist in ("truncated_normal", "normal", "untruncated_normal", "uniform")
-    ),
+    "I.variance_scaling(2.0, 'fan_in', 'truncated_normal')",
+    "I.variance_scaling(2.0, 'fan_out', 'normal')",
+    "I.variance_scaling(2.0, 'fan_avg', 'untruncated_normal')",
+    "I.variance_scaling(0.5, 'fan_in', 'uniform')",
 )
-ORTHOGONAL = ("I.orthogonal()", "I.orthogonal(2.0)")
-INTEGER = ("I.random_uniform(0, 10)", "I.random_uniform(-3, 300)")
-KEYLESS = ("I.zeros()", "I.ones()", "I.constant([1, 2])", "I.constant(0.25)")
-LARGE_CASES = (
-    "I.default_initializer('float32')",
-    "I.random_normal(0.5, 0.02)",
-    "I.truncated_normal()",
-    "I.variance_scaling(2.0, 'fan_in', 'untruncated_normal')",
-    "I.random_uniform(-1, 1)",
-)
+KEYLESS = ("I.zeros()", "I.ones()", "I.constant(0.25)")
+LARGE_CASES = ("I.default_initializer('float32')", "I.truncated_normal(0.0, 0.02)")
 
 
 def cases():
-    """Yields ``(name, factory, dtype, shape)`` for every recorded value."""
+    """Yields ``(factory, dtype, shape)`` for every recorded value."""
     for factory in RANDOM + KEYLESS:
-        for dtype in FLOATS:
-            for shape in SHAPES:
+        for shape in SHAPES:
+            yield factory, "float32", shape
+        for dtype in FLOATS[1:]:
+            for shape in HALF_SHAPES:
                 yield factory, dtype, shape
-    for factory in ORTHOGONAL:
-        for dtype in FLOATS:
-            for shape in MATRICES:
-                yield factory, dtype, shape
-    for factory in INTEGER:
-        for dtype in ("int32", "int8", "uint8"):
-            if "-3" in factory and dtype != "int32":
-                continue
-            for shape in SHAPES:
-                yield factory, dtype, shape
+    for shape in MATRICES:
+        yield "I.orthogonal(2.0)", "float32", shape
+    yield "I.orthogonal(2.0)", "bfloat16", (3, 4)
+    yield "I.random_uniform(-3, 300)", "int32", (2, 3, 4, 5)
+    yield "I.random_uniform(-3, 300)", "int32", (7,)
+    yield "I.random_uniform(0, 10)", "int8", (4, 1)
+    yield "I.random_uniform(0, 10)", "uint8", (2, 3, 4, 5)
     for factory in LARGE_CASES:
         for shape in LARGE:
             yield factory, "float32", shape
@@ -108,10 +99,15 @@ def bits(x) -> np.ndarray:
     return x
 
 
+def _record_case(args: tuple) -> tuple[str, np.ndarray]:
+    i, case = args
+    return name(i, *case), bits(value(i, *case))
+
+
 def record() -> dict[str, np.ndarray]:
-    out = {}
-    for i, case in enumerate(cases()):
-        out[name(i, *case)] = bits(value(i, *case))
+    """Every case's bits, computed by 3 processes, and the model's `js.init`."""
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        out = dict(pool.map(_record_case, list(enumerate(cases())), chunksize=4))
     tree = js.flatten(js.init(model, jax.random.key(7)))
     for path, x in tree.items():
         out[f"init {path}"] = bits(x)
