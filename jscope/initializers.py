@@ -14,8 +14,8 @@ bits as its flat draw reshaped, and compiles the flat draw several times faster
 (under ``jax_threefry_partitionable``, JAX's default, a shaped draw computes an
 index per axis). Outside a trace the flat draw is also rounded up to a size
 bucket (`draw_size`): element ``i`` of a flat draw does not depend on its
-length, so one compiled program per bucket, its coefficients passed as
-arguments, serves every shape, and a model's first `js.init` compiles a few
+length, so one compiled program per bucket (`variance_scaling`'s
+coefficients, which depend on the shape, passed as arguments) serves every shape, and a model's first `js.init` compiles a few
 programs instead of one per shape. Under a mesh (`js.init(..., rules=...)`)
 values are drawn in their shape, which XLA computes shard by shard.
 
@@ -229,9 +229,11 @@ def random_normal(
       dtype('float32')
     """
 
+    def values(key, shape, dtype):  # constant coefficients, as XLA folds them
+        return _normal(key, shape, dtype, *_coefficients(stddev, mean, dtype))
+
     def init(key, shape, dtype=dtype, out_sharding=None):
-        dtype = _float_dtype(dtype, "random_normal")
-        return _draw(_normal, key, shape, dtype, *_coefficients(stddev, mean, dtype))
+        return _draw(values, key, shape, _float_dtype(dtype, "random_normal"))
 
     return init
 
@@ -250,10 +252,11 @@ def truncated_normal(
       True
     """
 
+    def values(key, shape, dtype):  # constant coefficients, as XLA folds them
+        return _truncated(key, shape, dtype, *_coefficients(stddev, mean, dtype))
+
     def init(key, shape, dtype=dtype, out_sharding=None):
-        dtype = _float_dtype(dtype, "truncated_normal")
-        params = _coefficients(stddev, mean, dtype)
-        return _draw(_truncated, key, shape, dtype, *params)
+        return _draw(values, key, shape, _float_dtype(dtype, "truncated_normal"))
 
     return init
 
@@ -271,6 +274,12 @@ def random_uniform(
       dtype('int32')
     """
 
+    def floats(key, shape, dtype):
+        # Constant bounds: with ``maxval - minval`` an argument, XLA would give
+        # other bits than the traced draw, where it folds the constants.
+        high = 1.0 if maxval is None else maxval
+        return jax.random.uniform(key, shape, dtype, minval, high)
+
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = np.dtype(dtype)
         if jnp.issubdtype(dtype, jnp.integer):
@@ -281,10 +290,7 @@ def random_uniform(
                     "random_uniform(0, 10)."
                 )
             return _draw(_randint, key, shape, dtype, minval, maxval)
-        dtype = _float_dtype(dtype, "random_uniform")
-        high = 1.0 if maxval is None else maxval
-        low, high = np.asarray(minval, dtype), np.asarray(high, dtype)
-        return _draw(_uniform, key, shape, dtype, low, high)
+        return _draw(floats, key, shape, _float_dtype(dtype, "random_uniform"))
 
     return init
 
