@@ -15,8 +15,9 @@ bits as its flat draw reshaped, and compiles the flat draw several times faster
 index per axis). Outside a trace the flat draw is also rounded up to a size
 bucket (`draw_size`): element ``i`` of a flat draw does not depend on its
 length, so one compiled program per bucket (`variance_scaling`'s
-coefficients, which depend on the shape, passed as arguments) serves every shape, and a model's first `js.init` compiles a few
-programs instead of one per shape. Under a mesh (`js.init(..., rules=...)`)
+coefficients, which depend on the shape, passed as arguments) serves every
+shape, and a model's first `js.init` compiles a few programs instead of one
+per shape. Under a mesh (`js.init(..., rules=...)`)
 values are drawn in their shape, which XLA computes shard by shard.
 
 Example:
