@@ -142,7 +142,7 @@ def js_models(levels: int, blocks: int):
         return js.layers.dense(h, VOCAB, name="head")
 
     sys.path.insert(0, str(HERE.parent / "examples"))
-    from digits_cnn import cnn
+    from digits_cnn import cnn  # pyright: ignore[reportMissingImports]
 
     def init(model, key):
         if model == "unet":
@@ -459,7 +459,7 @@ def check_sizes(results: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small models, 1 round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "LIBRARY"))
     args = parser.parse_args(argv)
     if args.child:
-        child(*args.child, args.quick)
+        child(args.child[0], args.child[1], args.quick)
         return 0
 
     rounds = 1 if args.quick else args.rounds
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         for r in range(rounds):
             rng.shuffle(runs)
-            done = pool.map(lambda run: run_child(*run, args.quick), runs)
+            done = pool.map(lambda run: run_child(run[0], run[1], args.quick), runs)
             for run, result in zip(runs, done, strict=True):
                 results[run].append(result)
             loads.append(os.getloadavg()[0])

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 
 from jscope import errors
 from jscope.typing import DTypeLike, Initializer, Shape
@@ -175,7 +176,7 @@ def _draw(
     """
     shape = tuple(shape)
     size = math.prod(shape)
-    traced = any(isinstance(x, jax.core.Tracer) for x in (key, *params))
+    traced = any(isinstance(x, Tracer) for x in (key, *params))
     if size == 0 or (traced and not jax.sharding.get_abstract_mesh().empty):
         return _shaped(sample, key, shape, dtype, params)
     if traced:
@@ -529,8 +530,7 @@ def orthogonal(gain: float = 1.0, dtype: DTypeLike = _F32) -> Initializer:
         # No half-precision QR on CPU: computed in float32.
         wide = jnp.float32 if dtype.itemsize < 4 else dtype
         if math.prod(shape) == 0 or (
-            isinstance(key, jax.core.Tracer)
-            and not jax.sharding.get_abstract_mesh().empty
+            isinstance(key, Tracer) and not jax.sharding.get_abstract_mesh().empty
         ):
             q = jax.nn.initializers.orthogonal(scale=gain)(key, shape, wide)
         else:

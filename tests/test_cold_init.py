@@ -281,7 +281,7 @@ def test_many_shapes_compile_one_draw_per_bucket():
     js.init(model, jax.random.key(0))
     # One flat draw (the 4096 bucket) for the 20 shapes; jax's cache of it
     # holds one entry.
-    assert inits._flat._cache_size() == 1
+    assert inits._flat._cache_size() == 1  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def test_values_are_uncommitted_arrays_on_the_default_device():

@@ -116,5 +116,5 @@ def record() -> dict[str, np.ndarray]:
 
 if __name__ == "__main__":
     values = record()
-    np.savez(PATH, **values)
+    np.savez(PATH, **values)  # pyright: ignore[reportArgumentType]
     print(f"wrote {len(values)} arrays to {PATH}")
