@@ -9,6 +9,17 @@ Fans follow TF1: a shape ``[]`` has fan-in and fan-out 1, ``[n]`` has ``n`` and
 ``n``, ``[a, b]`` has ``a`` and ``b``, and a convolution kernel ``[h, w, i, o]`` has
 ``h*w*i`` and ``h*w*o``.
 
+Random values are drawn flat and reshaped: `jax.random` gives a shape the same
+bits as its flat draw reshaped, and compiles the flat draw several times faster
+(under ``jax_threefry_partitionable``, JAX's default, a shaped draw computes an
+index per axis). Outside a trace the flat draw is also rounded up to a size
+bucket (`draw_size`): element ``i`` of a flat draw does not depend on its
+length, so one compiled program per bucket (`variance_scaling`'s
+coefficients, which depend on the shape, passed as arguments) serves every
+shape, and a model's first `js.init` compiles a few programs instead of one
+per shape. Under a mesh (`js.init(..., rules=...)`)
+values are drawn in their shape, which XLA computes shard by shard.
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> init = random_normal(stddev=0.1)
@@ -20,14 +31,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 
 from jscope import errors
 from jscope.typing import DTypeLike, Initializer, Shape
@@ -79,25 +92,115 @@ def compute_fans(shape: Sequence[int]) -> tuple[float, float]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-def _affine(x: jax.Array, scale: float, shift: float) -> jax.Array:
-    """``shift + scale * x`` with no primitive for a unit scale or a zero shift."""
-    if scale != 1.0:
-        x = lax.mul(x, np.asarray(scale, x.dtype))
-    if shift != 0.0:
-        x = lax.add(x, np.asarray(shift, x.dtype))
+def _affine(x: jax.Array, scale: Any, shift: Any) -> jax.Array:
+    """``shift + scale * x``; a None scale or shift adds no primitive."""
+    if scale is not None:
+        x = lax.mul(x, scale)
+    if shift is not None:
+        x = lax.add(x, shift)
     return x
 
 
-def _one_computation(fn: Any) -> Any:
-    """``fn(key, shape, dtype)`` compiled as one computation (shape, dtype static).
+def _coefficients(scale: float, shift: float, dtype: np.dtype) -> tuple:
+    """``(scale, shift)`` as ``dtype`` scalars, None for a unit scale, zero shift."""
+    return (
+        None if scale == 1.0 else np.asarray(scale, dtype),
+        None if shift == 0.0 else np.asarray(shift, dtype),
+    )
+
+
+# ------------------------------------------------------------------- drawing
+
+# Flat draws of at most `_LARGEST` elements are rounded up to a power of two,
+# at least `_SMALLEST`: one compiled program per bucket. Larger ones are drawn
+# at their size, where drawing takes longer than compiling.
+_SMALLEST = 1 << 12
+_LARGEST = 1 << 22
+
+
+def draw_size(size: int) -> int:
+    """The length of the flat draw that serves a variable of ``size`` elements.
+
+    Example:
+      >>> draw_size(1), draw_size(5000), draw_size(1 << 22), draw_size(5 << 20)
+      (4096, 8192, 4194304, 5242880)
+    """
+    if size > _LARGEST:
+        return size
+    return max(_SMALLEST, 1 << (size - 1).bit_length())
+
+
+def _normal(key, shape, dtype, scale, shift):
+    return _affine(jax.random.normal(key, shape, dtype), scale, shift)
+
+
+def _truncated(key, shape, dtype, scale, shift):
+    x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+    return _affine(x, scale, shift)
+
+
+def _uniform(key, shape, dtype, low, high):
+    return jax.random.uniform(key, shape, dtype, low, high)
+
+
+def _randint(key, shape, dtype, low, high):
+    return jax.random.randint(key, shape, low, high, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _flat(sample: Callable, key: Any, size: int, dtype: np.dtype, params: tuple):
+    """``sample(key, (size,), dtype, *params)`` as one compiled computation.
 
     XLA fuses ``a * x + b`` into one fused multiply-add inside a compiled
-    computation but not across eager operations, so an initializer whose
-    arithmetic ran op by op would give other bits eagerly (`js.init`) than
-    under `jax.jit` (`js.init(..., rules=...)`, a jitted init). Compiled as one
-    computation, its constants and fusions are the same in both.
+    computation but not across eager operations, so arithmetic run op by op
+    would give other bits eagerly than in a jitted init (`js.init(...,
+    rules=...)`). Compiled as one computation, the fusions are the same in both.
     """
-    return jax.jit(fn, static_argnums=(1, 2))
+    return sample(key, (size,), dtype, *params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _shaped(sample: Callable, key: Any, shape: tuple, dtype: np.dtype, params):
+    """``sample(key, shape, dtype, *params)``: the draw of a sharded value."""
+    return sample(key, shape, dtype, *params)
+
+
+def _draw(
+    sample: Callable, key: Any, shape: Sequence[int], dtype: Any, *params: Any
+) -> jax.Array:
+    """``sample``'s values of ``shape``: a flat draw reshaped (see the module doc).
+
+    Outside a trace the draw's length is `draw_size` and the values are its
+    first elements; inside one it is the variable's size, except under a mesh
+    or for an empty variable, where the draw is shaped.
+    """
+    shape = tuple(shape)
+    size = math.prod(shape)
+    traced = any(isinstance(x, Tracer) for x in (key, *params))
+    if size == 0 or (traced and not jax.sharding.get_abstract_mesh().empty):
+        return _shaped(sample, key, shape, dtype, params)
+    if traced:
+        return _flat(sample, key, size, dtype, params).reshape(shape)
+    return _prefix(_flat(sample, key, draw_size(size), dtype, params), size, shape)
+
+
+def _prefix(flat: jax.Array, size: int, shape: tuple) -> jax.Array:
+    """``flat[:size].reshape(shape)``, with nothing to compile on a CPU device.
+
+    On CPU the slice and reshape are NumPy views of the draw, copied back to
+    its device (committed to it only if the draw is); elsewhere they are one
+    small compiled copy.
+    """
+    devices = flat.devices()
+    if len(devices) == 1 and next(iter(devices)).platform == "cpu":
+        host = np.asarray(flat)[:size].reshape(shape)
+        return jax.device_put(host, flat.sharding if flat.committed else None)
+    return _slice_reshape(flat, size, shape)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _slice_reshape(flat: jax.Array, size: int, shape: tuple) -> jax.Array:
+    return lax.slice(flat, (0,), (size,)).reshape(shape)
 
 
 def keyless(init: Initializer) -> Initializer:
@@ -128,12 +231,11 @@ def random_normal(
       dtype('float32')
     """
 
-    @_one_computation
-    def values(key, shape, dtype):
-        return _affine(jax.random.normal(key, shape, dtype), stddev, mean)
+    def values(key, shape, dtype):  # constant coefficients, as XLA folds them
+        return _normal(key, shape, dtype, *_coefficients(stddev, mean, dtype))
 
     def init(key, shape, dtype=dtype, out_sharding=None):
-        return values(key, tuple(shape), _float_dtype(dtype, "random_normal"))
+        return _draw(values, key, shape, _float_dtype(dtype, "random_normal"))
 
     return init
 
@@ -152,13 +254,11 @@ def truncated_normal(
       True
     """
 
-    @_one_computation
-    def values(key, shape, dtype):
-        x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
-        return _affine(x, stddev, mean)
+    def values(key, shape, dtype):  # constant coefficients, as XLA folds them
+        return _truncated(key, shape, dtype, *_coefficients(stddev, mean, dtype))
 
     def init(key, shape, dtype=dtype, out_sharding=None):
-        return values(key, tuple(shape), _float_dtype(dtype, "truncated_normal"))
+        return _draw(values, key, shape, _float_dtype(dtype, "truncated_normal"))
 
     return init
 
@@ -176,8 +276,9 @@ def random_uniform(
       dtype('int32')
     """
 
-    @_one_computation
     def floats(key, shape, dtype):
+        # Constant bounds: with ``maxval - minval`` an argument, XLA would give
+        # other bits than the traced draw, where it folds the constants.
         high = 1.0 if maxval is None else maxval
         return jax.random.uniform(key, shape, dtype, minval, high)
 
@@ -190,8 +291,8 @@ def random_uniform(
                     f"integer variable ({dtype}) needs maxval, e.g. "
                     "random_uniform(0, 10)."
                 )
-            return jax.random.randint(key, shape, minval, maxval, dtype)
-        return floats(key, tuple(shape), _float_dtype(dtype, "random_uniform"))
+            return _draw(_randint, key, shape, dtype, minval, maxval)
+        return _draw(floats, key, shape, _float_dtype(dtype, "random_uniform"))
 
     return init
 
@@ -368,22 +469,21 @@ def variance_scaling(
             f"one of {dists}. Pass e.g. distribution='truncated_normal'."
         )
 
-    @_one_computation
-    def values(key, shape, dtype):
+    def init(key, shape, dtype=dtype, out_sharding=None):
+        dtype = _float_dtype(dtype, "variance_scaling")
         fan_in, fan_out = compute_fans(shape)
         fan = {"fan_in": fan_in, "fan_out": fan_out}.get(mode, (fan_in + fan_out) / 2)
         variance = scale / max(1.0, fan)
         if distribution == "uniform":
             limit = math.sqrt(3.0 * variance)
-            return jax.random.uniform(key, shape, dtype, -limit, limit)
+            low, high = np.asarray(-limit, dtype), np.asarray(limit, dtype)
+            return _draw(_uniform, key, shape, dtype, low, high)
         if distribution in ("truncated_normal", "normal"):  # TF1: normal = truncated
             stddev = math.sqrt(variance) / 0.87962566103423978
-            x = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
-            return _affine(x, stddev, 0.0)
-        return _affine(jax.random.normal(key, shape, dtype), math.sqrt(variance), 0.0)
-
-    def init(key, shape, dtype=dtype, out_sharding=None):
-        return values(key, tuple(shape), _float_dtype(dtype, "variance_scaling"))
+            params = _coefficients(stddev, 0.0, dtype)
+            return _draw(_truncated, key, shape, dtype, *params)
+        params = _coefficients(math.sqrt(variance), 0.0, dtype)
+        return _draw(_normal, key, shape, dtype, *params)
 
     return init
 
@@ -417,21 +517,40 @@ def orthogonal(gain: float = 1.0, dtype: DTypeLike = _F32) -> Initializer:
       >>> bool(jnp.allclose(q @ q.T, jnp.eye(3), atol=1e-5))
       True
     """
-    inner = jax.nn.initializers.orthogonal(scale=gain)
 
     def init(key, shape, dtype=dtype, out_sharding=None):
         dtype = _float_dtype(dtype, "orthogonal")
+        shape = tuple(shape)
         if len(shape) < 2:
             raise errors.InitializerArgumentError(
                 "The tensor to initialize must be at least two-dimensional (2 or "
                 "more axes): "
-                f"orthogonal() got shape {tuple(shape)}."
+                f"orthogonal() got shape {shape}."
             )
-        if dtype.itemsize < 4:  # no half-precision QR on CPU: compute in float32
-            return inner(key, shape, jnp.float32).astype(dtype)
-        return inner(key, shape, dtype)
+        # No half-precision QR on CPU: computed in float32.
+        wide = jnp.float32 if dtype.itemsize < 4 else dtype
+        if math.prod(shape) == 0 or (
+            isinstance(key, Tracer) and not jax.sharding.get_abstract_mesh().empty
+        ):
+            q = jax.nn.initializers.orthogonal(scale=gain)(key, shape, wide)
+        else:
+            q = _orthogonal(key, shape, np.dtype(wide), gain)
+        return q.astype(dtype)
 
     return init
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _orthogonal(key: Any, shape: tuple, dtype: np.dtype, gain: float) -> jax.Array:
+    """`jax.nn.initializers.orthogonal`'s values, its normal matrix drawn flat."""
+    n, m = math.prod(shape) // shape[-1], shape[-1]
+    rows, cols = max(n, m), min(n, m)
+    z = jax.random.normal(key, (rows * cols,), dtype).reshape(rows, cols)
+    q, r = jnp.linalg.qr(z)
+    x = q * jnp.expand_dims(jnp.sign(jnp.linalg.diagonal(r)), -2)
+    if n < m:
+        x = x.mT
+    return jnp.array(gain, dtype) * x.reshape(shape)
 
 
 def default_initializer(dtype: DTypeLike) -> Initializer | None:

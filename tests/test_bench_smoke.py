@@ -273,6 +273,36 @@ IMPORT = Bench(
     ),
 )
 
+# --------------------------------------------------------------------- init
+# Exit code 1: the libraries' models differ in their number of variables or
+# their sizes.
+
+INIT_MODELS = ("unet", "transformer", "digits")
+INIT_LIBRARIES = ("jscope", "flax linen", "haiku", "equinox")
+
+
+def _init(stdout: str, out: str, tmp: pathlib.Path) -> None:
+    # Every model and library was timed in a process of its own.
+    for model in INIT_MODELS:
+        for library in INIT_LIBRARIES:
+            row = rf"^\| {model} \| {re.escape(library)} \| ([0-9.]+) \| [0-9.]+ \|"
+            time = re.search(row, stdout, re.M)
+            assert time and float(time.group(1)) > 0, f"{model}/{library}:\n{out}"
+        ratio = re.search(
+            rf"^RATIO cold init {model} jscope/fastest peer \((.+?)\) = ([0-9.]+) ",
+            stdout,
+            re.M,
+        )
+        assert ratio and ratio.group(1) in INIT_LIBRARIES[1:], out
+        assert float(ratio.group(2)) > 0
+
+
+INIT = Bench(
+    "bench_init.py",
+    lines=tuple(f"RATIO cold init {m} jscope/fastest peer (" for m in INIT_MODELS),
+    check=_init,
+)
+
 BENCHES = {
     "core": CORE,
     "import": IMPORT,
@@ -281,6 +311,7 @@ BENCHES = {
     "scan": SCAN,
     "tf1_checkpoint": TF1_CHECKPOINT,
     "sharding": SHARDING,
+    "init": INIT,
 }
 
 
