@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jscope import errors
@@ -229,28 +230,43 @@ class Lift:
             return value
         return self.create(frame, path, coll, None, False)
 
-    def view(self, given_tree: Any, carried: dict[str, Any]) -> Any:
-        """The given tree as the body sees it: stacked sliced, carried current."""
+    def view(
+        self,
+        given_tree: Any,
+        carried: dict[str, Any],
+        sliced: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        """The given tree as the body sees it: stacked sliced, carried current.
+
+        Args:
+          given_tree: The enclosing frame's given tree.
+          carried: The carried variables' current values, by path.
+          sliced: ``{collection: {path: slice}}``: this pass's slices of the
+            stacked variables the transform handed in (`LiftedCall.stacked`);
+            a stacked variable not among them is indexed out of its stack.
+        """
         if given_tree is None:
             return None
+        sliced = sliced or {}
         view = {}
         for coll, flat in given_tree.items():
             axis = self.axes.get(coll)
             if axis is not None:
-                view[coll] = _View(flat, self._slicer(axis))
+                view[coll] = _View(flat, sliced.get(coll, {}), self._slicer(axis))
             elif carried:
-                view[coll] = _View(flat, lambda p, v: carried.get(p, v))
+                view[coll] = _View(flat, carried, None)
             else:
                 view[coll] = flat
         return view
 
     def _slicer(self, axis: int) -> Callable[[str, Any], Any]:
         def get(path, value):
-            if value.ndim <= axis or value.shape[axis] != self.length:
+            if not stacks(value, axis, self.length):
                 raise errors.ShapeMismatchError(
                     f"Variable {path} is stacked by {self.what} along axis {axis}, "
                     f"so its axis {axis} must have size {self.length}; found shape "
-                    f"{tuple(value.shape)}. Check variable_axes and the length.",
+                    f"{tuple(getattr(value, 'shape', ()))}. Check variable_axes and "
+                    "the length.",
                     path,
                 )
             return lax.dynamic_index_in_dim(value, self.index, axis, keepdims=False)
@@ -258,24 +274,53 @@ class Lift:
         return get
 
 
+def stacks(value: Any, axis: int, length: int | None) -> bool:
+    """Whether ``value`` is an array whose ``axis`` has size ``length``."""
+    shape = getattr(value, "shape", None)
+    return shape is not None and len(shape) > axis and shape[axis] == length
+
+
 class _View(Mapping):
-    """One collection of the given tree as the body sees it at apply."""
+    """One collection of the given tree as the body sees it at apply.
 
-    __slots__ = ("_flat", "_get")
+    Args:
+      flat: The collection as the enclosing frame sees it, by path.
+      known: Values the body sees, by path: this pass's slices handed in by
+        the transform, or the carried values.
+      read: ``read(path, value)`` for a path of ``flat`` not in ``known`` (the
+        stack's slice), or None: the value itself.
+    """
 
-    def __init__(self, flat, get):
+    __slots__ = ("_flat", "_known", "_read")
+
+    def __init__(self, flat, known, read):
         self._flat = flat
-        self._get = get
+        self._known = known
+        self._read = read
+
+    def _value(self, path):
+        value = self._known.get(path, _MISSING)
+        if value is not _MISSING:
+            return value
+        value = self._flat[path]
+        return value if self._read is None else self._read(path, value)
+
+    def visible(self) -> dict[str, Any]:
+        """The values the body sees that need no new operation to read."""
+        if self._read is not None:
+            return {p: v for p, v in self._known.items() if p in self._flat}
+        known = self._known
+        return {p: known.get(p, v) for p, v in _items(self._flat)}
 
     def get(self, path, default=None):
         if path not in self._flat:
             return default
-        return self._get(path, self._flat[path])
+        return self._value(path)
 
     def __getitem__(self, path):
         if path not in self._flat:
             raise KeyError(path)
-        return self._get(path, self._flat[path])
+        return self._value(path)
 
     def __contains__(self, path):
         return path in self._flat
@@ -285,6 +330,18 @@ class _View(Mapping):
 
     def __len__(self):
         return len(self._flat)
+
+
+def _is_array(value: Any) -> bool:
+    """Whether ``value`` can be a transform's input: a JAX or numeric NumPy array."""
+    if isinstance(value, jax.Array):
+        return True
+    return isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+
+
+def _items(flat: Any) -> Any:
+    """``flat``'s (path, value) pairs, reading a `_View` without new operations."""
+    return (flat.visible() if isinstance(flat, _View) else flat).items()
 
 
 # ------------------------------------------------------------ LiftedCall
@@ -431,12 +488,49 @@ class LiftedCall:
                 out[path] = outer.values.get(path, value)
         return out
 
+    def stacked(self, axis_zero: bool = True) -> dict[str, dict[str, Any]]:
+        """At apply, the stacks the transform hands its body one slice at a time.
+
+        Every array of a stacked collection of the given tree whose stacked axis
+        has the transform's length: the body reads its slice from the
+        transform's per-pass inputs (`jax.lax.scan`'s ``xs``, `jax.vmap`'s mapped
+        arguments) instead of indexing the whole stack, so the compiled program
+        has no dynamic slice and, under `jax.grad`, the gradients leave as
+        per-pass outputs. Stacks the body does not read are dropped by JAX's
+        dead-code elimination; a stack of another length is indexed on read (and
+        refused there: `Lift.view`).
+
+        Args:
+          axis_zero: Move each stacked axis to the front (`jax.lax.scan` scans
+            axis 0); else leave it (`jax.vmap` maps it where it is).
+
+        Returns:
+          ``{collection: {path: stack}}``; empty at init.
+        """
+        outer, n = self.outer, self.length
+        if outer.initializing or not self.axes:
+            return {}
+        out = {}
+        for coll, axis in self.axes.items():
+            flat = outer.given_tree.get(coll)
+            if flat is None:
+                continue
+            picked = {}
+            for path, value in _items(flat):
+                if _is_array(value) and stacks(value, axis, n):
+                    if axis and axis_zero:
+                        value = jnp.moveaxis(value, axis, 0)
+                    picked[path] = value
+            out[coll] = picked
+        return out
+
     def run(
         self,
         fn: Callable[..., Any],
         *args: Any,
         carried: dict[str, Any],
         index: Any = None,
+        sliced: dict[str, dict[str, Any]] | None = None,
         condition: bool = False,
     ) -> tuple[Any, Crossed]:
         """Runs one pass of ``fn`` in a forked child, entered then detached.
@@ -447,14 +541,18 @@ class LiftedCall:
           fn: The body.
           *args: Its arguments.
           carried: The carried variables' values at the start of this pass.
-          index: The pass's index, for stacked slices and split keys.
+          index: The pass's index, for split keys and the slices of stacks
+            not handed in.
+          sliced: This pass's slices of the stacks handed in (`stacked`).
           condition: A `js.while_loop` condition: reads what the last body
             pass created, creates nothing, is not recorded.
         """
         outer = self.outer
         lift = self._lift(index=index, shared=self.shared, may_create=not condition)
         child = outer.fork(
-            lift=lift, given_tree=lift.view(outer.given_tree, carried), carried=carried
+            lift=lift,
+            given_tree=lift.view(outer.given_tree, carried, sliced),
+            carried=carried,
         )
         if condition and self.children:
             self._show_body_variables(child, carried)

@@ -95,14 +95,16 @@ def scan(
             call.discover(fn, args=(carry, x0))
 
         def body(c, inp):
-            (user_carry, carried), (x, i) = c, inp
-            (user_carry, y), out = call.run(fn, user_carry, x, carried=carried, index=i)
+            (user_carry, carried), (x, i, sliced) = c, inp
+            (user_carry, y), out = call.run(
+                fn, user_carry, x, carried=carried, index=i, sliced=sliced
+            )
             return (user_carry, out.carried), (y, out.created, out.updates)
 
         (carry, carried), (ys, created, updates) = lax.scan(
             body,
             (carry, call.carried()),
-            (xs, jnp.arange(n)),
+            (xs, jnp.arange(n), call.stacked()),
             length=n,
             reverse=reverse,
             unroll=unroll,
@@ -190,17 +192,18 @@ def vmap(
             ]
             call.discover(fn, args=tuple(first), wrap=_named(axis_name))
 
-        def body(i, *args):
-            out, crossed = call.run(fn, *args, carried={}, index=i)
+        def body(i, sliced, *args):
+            out, crossed = call.run(fn, *args, carried={}, index=i, sliced=sliced)
             return out, crossed.created, crossed.updates
 
+        stacked = call.stacked(axis_zero=False)
         out, created, updates = jax.vmap(
             body,
-            in_axes=(0, *arg_axes),
+            in_axes=(0, {c: axes[c] for c in stacked}, *arg_axes),
             out_axes=(out_axes, 0, 0),
             axis_size=n,
             axis_name=axis_name,
-        )(jnp.arange(n), *args)
+        )(jnp.arange(n), stacked, *args)
         call.finish(Crossed(created, updates, {}))
         return out
 
