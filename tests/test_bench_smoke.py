@@ -58,6 +58,8 @@ CORE = Bench(
         "RATIO apply_eager jscope/hand-written = ",
         "RATIO jit_step jscope/hand-written = ",
         "RATIO get_variable reads jscope/hand-written = ",
+        "RATIO apply_eager jscope/hand-written (CPU time) = ",
+        "BOUND get_variable_call jscope (CPU time) = ",
     ),
     check=_core,
 )
