@@ -12,7 +12,9 @@ rule state, whose ``lift`` (a `Lift`) knows how variables cross:
   from one pass to the next (or, for `js.vmap`, may not be assigned).
 - **stacked** collections (``variable_axes={"params": 0}``) get one slice per
   pass: at init the body creates them with per-pass keys and the transform
-  stacks them; at apply the body reads its slice.
+  stacks them; at apply the transform hands the body its slices as per-pass
+  inputs (`LiftedCall.stacked`: `jax.lax.scan`'s ``xs``, `jax.vmap`'s mapped
+  arguments), so their gradients leave as per-pass outputs too.
 
 `LiftedCall` is one call of a lifted transform, the skeleton they all share:
 `discover` the shared variables, `run` the body in a forked child (entered,
