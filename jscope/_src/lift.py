@@ -18,14 +18,12 @@ rule state, whose ``lift`` (a `Lift`) knows how variables cross:
 
 `LiftedCall` is one call of a lifted transform, the skeleton they all share:
 `discover` the shared variables, `run` the body in a forked child (entered,
-then detached), `finish` by checking and adopting the child's rule state and
-setting the values the transform returned. After it the run's rule state is
-exactly as if the body had run once: the same names, the same reuse checks,
-the same errors. Flax core's `pack` and Haiku's `temporary_internal_state`
-play the same part there.
+then detached), `finish` by adopting the child's rule state and setting the
+values the transform returned: the run's rule state is then exactly as if the
+body had run once (Flax core's `pack`, Haiku's `temporary_internal_state`).
 
-Imports: `errors`, `context`, `rng` (`path_key`). Not a hot path: this
-runs once per trace of a body.
+Imports: `errors`, `context`, `rng` (`path_key`). Not a hot path: this runs
+once per trace of a body.
 """
 
 from __future__ import annotations
@@ -43,54 +41,6 @@ from jscope._src import context
 from jscope._src.rng import path_key
 
 _MISSING = object()
-
-
-def check_axes(variable_axes: Any, what: str) -> dict[str, int]:
-    """Validates ``variable_axes``: ``{collection: non-negative axis}``."""
-    if variable_axes is None:
-        return {}
-    if not isinstance(variable_axes, Mapping):
-        raise errors.LiftError(
-            f"{what}: variable_axes must be a dict {{collection: axis}}, e.g. "
-            f"{{'params': 0}}, got {type(variable_axes).__name__}: {variable_axes!r}."
-        )
-    out = {}
-    for coll, axis in variable_axes.items():
-        if not isinstance(coll, str):
-            raise errors.LiftError(
-                f"{what}: variable_axes keys are collection names (str), got {coll!r}."
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
-            raise errors.LiftError(
-                f"{what}: variable_axes[{coll!r}] must be a non-negative int axis "
-                f"(the axis the stacked variables gain), got {axis!r}."
-            )
-        out[coll] = axis
-    return out
-
-
-def check_axis_name(axis_name: Any, what: str) -> str | None:
-    """Validates ``axis_name``: a str or None."""
-    if axis_name is not None and not isinstance(axis_name, str):
-        raise errors.LiftError(
-            f"{what}: axis_name must be a str (the logical name of the stacked "
-            f"dimension, e.g. 'layers') or None, got {axis_name!r}."
-        )
-    return axis_name
-
-
-def check_split(split_rngs: Any, what: str) -> dict[str, bool]:
-    """Validates ``split_rngs``: ``{stream: bool}``."""
-    if split_rngs is None:
-        return {}
-    if not isinstance(split_rngs, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, bool) for k, v in split_rngs.items()
-    ):
-        raise errors.LiftError(
-            f"{what}: split_rngs must be a dict {{stream: bool}}, e.g. "
-            f"{{'params': True, 'dropout': True}}, got {split_rngs!r}."
-        )
-    return dict(split_rngs)
 
 
 # ------------------------------------------------------------------ Lift
@@ -240,12 +190,7 @@ class Lift:
     ) -> Any:
         """The given tree as the body sees it: stacked sliced, carried current.
 
-        Args:
-          given_tree: The enclosing frame's given tree.
-          carried: The carried variables' current values, by path.
-          sliced: ``{collection: {path: slice}}``: this pass's slices of the
-            stacked variables the transform handed in (`LiftedCall.stacked`);
-            a stacked variable not among them is indexed out of its stack.
+        ``sliced``: this pass's slices of the stacks handed in, by collection.
         """
         if given_tree is None:
             return None
@@ -277,20 +222,16 @@ class Lift:
 
 
 def stacks(value: Any, axis: int, length: int | None) -> bool:
-    """Whether ``value`` is an array whose ``axis`` has size ``length``."""
-    shape = getattr(value, "shape", None)
-    return shape is not None and len(shape) > axis and shape[axis] == length
+    """Whether ``value`` has an ``axis`` of size ``length``."""
+    shape = getattr(value, "shape", ())
+    return len(shape) > axis and shape[axis] == length
 
 
 class _View(Mapping):
-    """One collection of the given tree as the body sees it at apply.
+    """One collection of the given tree as a body sees it at apply.
 
-    Args:
-      flat: The collection as the enclosing frame sees it, by path.
-      known: Values the body sees, by path: this pass's slices handed in by
-        the transform, or the carried values.
-      read: ``read(path, value)`` for a path of ``flat`` not in ``known`` (the
-        stack's slice), or None: the value itself.
+    A path's value is ``known[path]`` (a slice handed in, a carried value),
+    else ``read(path, flat[path])`` (a stack's slice), else ``flat[path]``.
     """
 
     __slots__ = ("_flat", "_known", "_read")
@@ -300,13 +241,6 @@ class _View(Mapping):
         self._known = known
         self._read = read
 
-    def _value(self, path):
-        value = self._known.get(path, _MISSING)
-        if value is not _MISSING:
-            return value
-        value = self._flat[path]
-        return value if self._read is None else self._read(path, value)
-
     def visible(self) -> dict[str, Any]:
         """The values the body sees that need no new operation to read."""
         if self._read is not None:
@@ -314,15 +248,12 @@ class _View(Mapping):
         known = self._known
         return {p: known.get(p, v) for p, v in _items(self._flat)}
 
-    def get(self, path, default=None):
-        if path not in self._flat:
-            return default
-        return self._value(path)
-
     def __getitem__(self, path):
-        if path not in self._flat:
-            raise KeyError(path)
-        return self._value(path)
+        value = self._known.get(path, _MISSING)
+        if value is not _MISSING and path in self._flat:
+            return value
+        value = self._flat[path]
+        return value if self._read is None else self._read(path, value)
 
     def __contains__(self, path):
         return path in self._flat
@@ -332,13 +263,6 @@ class _View(Mapping):
 
     def __len__(self):
         return len(self._flat)
-
-
-def _is_array(value: Any) -> bool:
-    """Whether ``value`` can be a transform's input: a JAX or numeric NumPy array."""
-    if isinstance(value, jax.Array):
-        return True
-    return isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
 
 
 def _items(flat: Any) -> Any:
@@ -424,6 +348,10 @@ class LiftedCall:
         """Whether the run is `js.init`."""
         return self.outer.initializing
 
+    def given(self) -> dict[str, Any]:
+        """The tree given to the run, as the enclosing frame sees it (apply)."""
+        return cast("dict[str, Any]", self.outer.given_tree)
+
     def _lift(self, **kwargs: Any) -> Lift:
         return Lift(
             what=self.what,
@@ -472,7 +400,8 @@ class LiftedCall:
                 specs.setdefault(path, spec)
         for path, (coll, make, keyed) in specs.items():
             if outer.lift is None:
-                self.shared[path] = make(path_key(outer.rng, path) if keyed else None)
+                key = path_key(cast("jax.Array", outer.rng), path) if keyed else None
+                self.shared[path] = make(key)
             else:
                 self.shared[path] = outer.lift.create(outer, path, coll, make, keyed)
 
@@ -483,7 +412,7 @@ class LiftedCall:
             return {}  # assignments at init are not kept; nothing to carry
         mutable = outer.mutable
         out = {}
-        for coll, flat in outer.given_tree.items():
+        for coll, flat in self.given().items():
             if coll in self.axes or not (mutable is True or coll in mutable):
                 continue
             for path, value in flat.items():
@@ -491,20 +420,16 @@ class LiftedCall:
         return out
 
     def stacked(self, axis_zero: bool = True) -> dict[str, dict[str, Any]]:
-        """At apply, the stacks the transform hands its body one slice at a time.
+        """At apply, the stacks handed to the body one slice per pass.
 
-        Every array of a stacked collection of the given tree whose stacked axis
-        has the transform's length: the body reads its slice from the
-        transform's per-pass inputs (`jax.lax.scan`'s ``xs``, `jax.vmap`'s mapped
-        arguments) instead of indexing the whole stack, so the compiled program
-        has no dynamic slice and, under `jax.grad`, the gradients leave as
-        per-pass outputs. Stacks the body does not read are dropped by JAX's
-        dead-code elimination; a stack of another length is indexed on read (and
-        refused there: `Lift.view`).
+        Every array of a stacked collection whose stacked axis has the length:
+        the body reads its slice from the transform's per-pass inputs (scan's
+        ``xs``, vmap's mapped arguments), never indexing the whole stack, so
+        gradients leave as per-pass outputs. JAX drops the stacks the body does
+        not read; a stack of another length is refused on read (`Lift.view`).
 
         Args:
-          axis_zero: Move each stacked axis to the front (`jax.lax.scan` scans
-            axis 0); else leave it (`jax.vmap` maps it where it is).
+          axis_zero: Move each stacked axis to the front (`jax.lax.scan`).
 
         Returns:
           ``{collection: {path: stack}}``; empty at init.
@@ -514,16 +439,12 @@ class LiftedCall:
             return {}
         out = {}
         for coll, axis in self.axes.items():
-            flat = outer.given_tree.get(coll)
-            if flat is None:
-                continue
-            picked = {}
-            for path, value in _items(flat):
-                if _is_array(value) and stacks(value, axis, n):
-                    if axis and axis_zero:
-                        value = jnp.moveaxis(value, axis, 0)
-                    picked[path] = value
-            out[coll] = picked
+            out[coll] = picked = {}
+            for path, value in _items(self.given().get(coll, {})):
+                numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+                if (numeric or isinstance(value, jax.Array)) and stacks(value, axis, n):
+                    moved = axis and axis_zero
+                    picked[path] = jnp.moveaxis(value, axis, 0) if moved else value
         return out
 
     def run(
@@ -587,7 +508,7 @@ class LiftedCall:
             elif outer.initializing:
                 child.values[path] = self.shared[path]
             else:
-                child.values[path] = outer.given_tree[coll][path]
+                child.values[path] = self.given()[coll][path]
 
     def _check_no_shared_assignment(self, child: context.Frame) -> None:
         for path in child.assigned:
@@ -627,7 +548,7 @@ class LiftedCall:
         for path in outer.adopt(child):
             coll = outer.collection_of[path]
             if not outer.initializing:
-                value = outer.given_tree[coll][path]
+                value = self.given()[coll][path]
             elif path in crossed.created:
                 value = jnp.moveaxis(crossed.created[path], 0, axes[coll])
                 if self.parent is not None:
