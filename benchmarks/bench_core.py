@@ -8,11 +8,15 @@ run side by side in one process, interleaved round by round (A B C D, A B C D,
 
 1. ``init_trace``: ``jax.eval_shape`` of init (shape only, traced afresh each call),
    in microseconds per variable.
-2. ``apply_eager``: un-jitted apply of a 10-layer MLP on real CPU arrays.
+2. ``apply_eager``: un-jitted apply of a 10-layer MLP on real CPU arrays, in
+   wall time and in the process's CPU time (less disturbed by other load).
 3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
    to the same HLO (flops and instruction count), then are timed.
 4. ``get_variable``: the per-call overhead of `js.get_variable` at apply on a
    200-variable model of 2x2 arrays, against hand-written dict reads.
+5. ``get_variable_call``: what one `js.get_variable` call costs at apply, timed
+   inside the run around 200 calls in one variable scope (no scope entry, no
+   `js.apply` set-up), against the same loop of dict reads.
 
 Usage::
 
@@ -197,6 +201,39 @@ def time_calls(fn: Callable[[], object], reps: int) -> float:
         gc.enable()
 
 
+def interleaved_wall_cpu(
+    fns: dict[str, Callable[[], object]], rounds: int, reps: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """As `interleaved`, with the process's CPU time of the same blocks beside.
+
+    Returns:
+      Median wall seconds per call, and median CPU seconds per call (all of the
+      process's threads: CPU time does not count waiting for a core, which on a
+      loaded machine inflates wall time).
+    """
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up, untimed
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            gc.collect()
+            gc.disable()
+            try:
+                c0, w0 = time.process_time(), time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                w1, c1 = time.perf_counter(), time.process_time()
+            finally:
+                gc.enable()
+            wall[name].append((w1 - w0) / reps)
+            cpu[name].append((c1 - c0) / reps)
+    return (
+        {name: statistics.median(s) for name, s in wall.items()},
+        {name: statistics.median(s) for name, s in cpu.items()},
+    )
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int, reps: int
 ) -> dict[str, float]:
@@ -237,6 +274,18 @@ class Report:
         self.rows.append((bench, label, f"{ratio:.3f}x", shown_target, verdict))
         shown = f"target {shown_target}" if target is not None else shown_target
         print(f"RATIO {bench} {label} = {ratio:.3f} ({shown}) {verdict}".rstrip())
+
+    def bound(
+        self, bench: str, label: str, value: float, unit: str, target: float
+    ) -> None:
+        """Records a measured value; PASS when ``value <= target``."""
+        verdict = "PASS" if value <= target else "FAIL"
+        shown_target = f"<= {target:.2f} {unit}"
+        self.rows.append((bench, label, f"{value:.2f} {unit}", shown_target, verdict))
+        print(
+            f"BOUND {bench} {label} = {value:.3f} {unit} (target {shown_target}) "
+            f"{verdict}"
+        )
 
     def table(self) -> str:
         head = ("benchmark", "contestant / ratio", "median", "target", "result")
@@ -346,11 +395,19 @@ def bench_apply_eager(
             f"apply_eager: {name}'s output differs from the plain jax.numpy MLP",
         )
 
-    med = interleaved(fns, rounds, reps)
+    med, cpu = interleaved_wall_cpu(fns, rounds, reps)
     for name, t in med.items():
-        report.value("apply_eager", name, f"{t * 1e6:.1f} us/call")
+        report.value(
+            "apply_eager", name, f"{t * 1e6:.1f} us/call (CPU {cpu[name] * 1e6:.1f})"
+        )
     base = med["hand-written"]
-    report.ratio("apply_eager", "jscope/hand-written", med["jscope"] / base, 1.3)
+    report.ratio("apply_eager", "jscope/hand-written", med["jscope"] / base, 1.1)
+    report.ratio(
+        "apply_eager",
+        "jscope/hand-written (CPU time)",
+        cpu["jscope"] / cpu["hand-written"],
+        1.1,
+    )
     report.ratio("apply_eager", "haiku/hand-written", med["haiku"] / base, None)
     report.ratio("apply_eager", "flax core/hand-written", med["flax core"] / base, None)
 
@@ -574,6 +631,92 @@ def bench_get_variable(report: Report, rounds: int, reps: int, n: int) -> None:
     )
 
 
+# ------------------------------------------------- 5. one get_variable call
+
+
+def bench_get_variable_call(report: Report, rounds: int, n: int) -> None:
+    """Microseconds per `js.get_variable` at apply, timed inside the run.
+
+    Each loop is timed in wall time and in the thread's CPU time; the target
+    applies to CPU time, which does not count waiting for a core on a loaded
+    machine (on a quiet one the two agree).
+    """
+    print(
+        f"\n[5] get_variable_call: {n} calls in one variable scope at apply, "
+        "timed inside the run"
+    )
+    d = 2
+    names = [f"v{i}" for i in range(n)]
+    layer = {name: jnp.full((d, d), float(i), F32) for i, name in enumerate(names)}
+    variables = {"params": {"block": layer}}
+    timed: dict[str, tuple[float, float]] = {}
+
+    def jscope_loop():
+        get = js.get_variable
+        with js.variable_scope("block"):
+            c0, w0 = time.thread_time(), time.perf_counter()
+            for name in names:
+                get(name, (d, d), initializer=LECUN)
+            w1, c1 = time.perf_counter(), time.thread_time()
+        timed["jscope"] = (w1 - w0, c1 - c0)
+
+    def hand_loop():
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for name in names:
+            layer[name]
+        w1, c1 = time.perf_counter(), time.thread_time()
+        timed["hand-written"] = (w1 - w0, c1 - c0)
+
+    def read_all():
+        get = js.get_variable
+        with js.variable_scope("block"):
+            return [get(name, (d, d), initializer=LECUN) for name in names]
+
+    got = js.apply(read_all, variables)
+    check(
+        all(a is layer[name] for a, name in zip(got, names, strict=True)),
+        "get_variable_call: js.apply did not return the stored arrays themselves",
+    )
+    runs = {
+        "jscope": lambda: js.apply(jscope_loop, variables),
+        "hand-written": hand_loop,
+    }
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            gc.collect()
+            gc.disable()
+            try:
+                run()
+            finally:
+                gc.enable()
+            wall[name].append(timed[name][0] / n * 1e6)
+            cpu[name].append(timed[name][1] / n * 1e6)
+    for name in runs:
+        report.value(
+            "get_variable_call",
+            name,
+            f"{statistics.median(wall[name]):.2f} us/call "
+            f"(CPU {statistics.median(cpu[name]):.2f})",
+        )
+    report.ratio(
+        "get_variable_call",
+        "jscope/dict read (CPU time)",
+        statistics.median(cpu["jscope"]) / statistics.median(cpu["hand-written"]),
+        None,
+    )
+    report.bound(
+        "get_variable_call",
+        "jscope (CPU time)",
+        statistics.median(cpu["jscope"]),
+        "us/call",
+        2.0,
+    )
+
+
 # ------------------------------------------------------------------ profiling
 
 
@@ -646,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_apply_eager(report, rounds, reps, n=10, d=256, batch=32)
         bench_jit_step(report, rounds, reps, n=10, d=256, batch=32)
         bench_get_variable(report, rounds, reps, n=100)
+        bench_get_variable_call(report, rounds * 4, n=200)
     except CheckFailed as e:
         print(f"\nCHECK FAILED: {e}", file=sys.stderr)
         return 1

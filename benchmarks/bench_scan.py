@@ -10,18 +10,25 @@ plain SGD update. The contestants:
 - ``unrolled``: a Python loop of the same jscope block under
   ``js.variable_scope(f"layer{i}")`` (one copy of the block per layer);
 - ``flax nn.scan``: Flax linen's ``nn.scan`` over a block module;
-- ``haiku layer_stack``: Haiku's ``hk.layer_stack`` over a block function.
+- ``haiku layer_stack``: Haiku's ``hk.layer_stack`` over a block function;
+- ``hand-written lax.scan``: ``jax.lax.scan`` over the block written in
+  ``jax.numpy``, the stacked weights passed as its scanned inputs (``xs``): the
+  floor every library's scan is measured against.
 
 For depths 4, 16 and 64 the script measures the wall time of
 ``jax.jit(step).lower(params, x, y).compile()`` with a new ``step`` function every
 time (so no trace or executable cache is hit), split into tracing + lowering and
 XLA's compile (and the process CPU time of both), interleaved round by round
-(every depth and contestant once per round), and reports medians. It then times
+(every depth and contestant once per round), and reports medians, with the
+number of instructions of each compiled step (and of the HLO before XLA's
+optimizations). At depth 64 it sets the four scans side by side: ``js.scan``'s
+compile time against Flax's, its instruction count against the hand-written
+scan's. It then times
 the jitted step of every contestant at depths 16 and 64 (16 only with
 ``--quick``).
 
 Before timing it checks the numerics: with the same weights (the stacked arrays,
-sliced per layer for the unrolled model) all four contestants give the loss and
+sliced per layer for the unrolled model) all five contestants give the loss and
 the gradients of a plain ``jax.numpy`` loop over the layers.
 
 Usage::
@@ -59,6 +66,7 @@ from bench_core import (  # noqa: E402
     check,
     hlo_instruction_count,
 )
+from jax import lax  # noqa: E402
 
 import jscope as js  # noqa: E402
 
@@ -78,7 +86,9 @@ JS_SCAN = "js.scan"
 UNROLLED = "unrolled"
 FLAX = "flax nn.scan"
 HAIKU = "haiku layer_stack"
-CONTESTANTS = (JS_SCAN, UNROLLED, FLAX, HAIKU)
+HAND = "hand-written lax.scan"
+CONTESTANTS = (JS_SCAN, UNROLLED, FLAX, HAIKU, HAND)
+SCANS = (JS_SCAN, FLAX, HAIKU, HAND)  # side by side at the deepest depth
 
 
 # ------------------------------------------------------------------ the models
@@ -154,6 +164,22 @@ def haiku_model(x, depth):
         return hk.layer_stack(depth)(haiku_block)(x)
 
 
+def hand_init(key: jax.Array, depth: int) -> dict:
+    """The hand-written model's params: one key per layer, stacked by `jax.vmap`."""
+    W = jax.vmap(lambda k: W_INIT(k, (D, D), F32))(jax.random.split(key, depth))
+    return {"stack": {"W": W, "b": jnp.zeros((depth, D), F32)}}
+
+
+def hand_model(params: dict, x: jax.Array) -> jax.Array:
+    """``jax.lax.scan`` over the block, the stacked weights as its ``xs``."""
+
+    def body(h, Wb):
+        return _dense_tanh(h, *Wb), None
+
+    stack = params["stack"]
+    return lax.scan(body, x, (stack["W"], stack["b"]))[0]
+
+
 class Models:
     """Init and forward ``(params, x) -> h`` of each contestant at one depth."""
 
@@ -171,6 +197,8 @@ class Models:
             return js.init(lambda x: js_unrolled_model(x, depth), key, x)["params"]
         if name == FLAX:
             return self.flax.init(key, x)["params"]
+        if name == HAND:
+            return hand_init(key, depth)
         return self.haiku.init(key, x)
 
     def shapes(self, name: str, x: jax.Array) -> dict:
@@ -197,11 +225,13 @@ class Models:
             )
         if name == FLAX:
             return lambda p, x: self.flax.apply({"params": p}, x)
+        if name == HAND:
+            return lambda p, x: hand_model(p, x)
         return lambda p, x: self.haiku.apply(p, None, x)
 
     def from_stacked(self, name: str, W: jax.Array, b: jax.Array) -> dict:
         """The contestant's params tree holding stacked ``W`` [depth, D, D], ``b``."""
-        if name in (JS_SCAN, FLAX):
+        if name in (JS_SCAN, FLAX, HAND):
             return {"stack": {"W": W, "b": b}}
         if name == UNROLLED:
             return {f"layer{i}": {"W": W[i], "b": b[i]} for i in range(self.depth)}
@@ -283,7 +313,8 @@ def check_numerics(models: Models, steps: dict, x: jax.Array, y: jax.Array) -> N
     print(
         f"  depth {depth:>2}: loss js.scan {losses[JS_SCAN]:.7f}, unrolled "
         f"{losses[UNROLLED]:.7f} (|diff| {diff:.1e}), flax {losses[FLAX]:.7f}, "
-        f"haiku {losses[HAIKU]:.7f}, jax.numpy {float(want_loss):.7f}"
+        f"haiku {losses[HAIKU]:.7f}, lax.scan {losses[HAND]:.7f}, "
+        f"jax.numpy {float(want_loss):.7f}"
     )
 
 
@@ -346,6 +377,12 @@ def compile_once(forward: Callable, params, x, y) -> tuple[float, float, float, 
     return mid - start, end - mid, cpu, compiled
 
 
+def hlo_before_xla(forward: Callable, params, x, y) -> int:
+    """Instructions of a new step's HLO as JAX hands it to XLA (not optimized)."""
+    lowered = jax.jit(make_step(forward)).lower(params, x, y)
+    return hlo_instruction_count(lowered.compiler_ir("hlo").as_hlo_text())
+
+
 def compile_all(depths: tuple[int, ...], x, y) -> tuple[dict, dict, dict]:
     """Models, params shapes and a compiled step for every depth and contestant.
 
@@ -375,6 +412,10 @@ def bench_compile(
         f"depths {', '.join(map(str, depths))}; {rounds} interleaved rounds"
     )
     hlo = {key: hlo_instruction_count(c.as_text()) for key, c in steps.items()}
+    before = {
+        (depth, name): hlo_before_xla(models[depth].forward(name), p, x, y)
+        for (depth, name), p in params.items()
+    }
     samples = {key: ([], [], []) for key in params}
     keys = list(params)
     for r in range(rounds):
@@ -387,21 +428,22 @@ def bench_compile(
             for sample, t in zip(samples[depth, name], times, strict=True):
                 sample.append(t)
 
-    total, cpu = {}, {}
+    total, cpu, lower = {}, {}, {}
     rows = []
     for (depth, name), (lowers, comps, cpus) in samples.items():
         totals = [a + b for a, b in zip(lowers, comps, strict=True)]
         total[depth, name] = statistics.median(totals)
         cpu[depth, name] = statistics.median(cpus)
+        lower[depth, name] = statistics.median(lowers)
         ms = [statistics.median(lowers), statistics.median(comps)]
         ms += [total[depth, name], cpu[depth, name]]
-        rows.append(
-            (str(depth), name, *(f"{t * 1e3:.0f}" for t in ms), str(hlo[depth, name]))
-        )
+        counts = (str(hlo[depth, name]), str(before[depth, name]))
+        rows.append((str(depth), name, *(f"{t * 1e3:.0f}" for t in ms), *counts))
         print(
-            f"  depth {depth:>2} {name:<18} trace+lower {rows[-1][2]:>5} ms, "
+            f"  depth {depth:>2} {name:<21} trace+lower {rows[-1][2]:>5} ms, "
             f"XLA compile {rows[-1][3]:>5} ms, total {rows[-1][4]:>5} ms "
-            f"(CPU {rows[-1][5]:>5} ms), {hlo[depth, name]} HLO instructions"
+            f"(CPU {rows[-1][5]:>5} ms), {hlo[depth, name]} HLO instructions "
+            f"({before[depth, name]} before XLA)"
         )
 
     lo, hi = min(depths), max(depths)
@@ -416,12 +458,31 @@ def bench_compile(
             cpu[hi, name] / cpu[lo, name],
             None,
         )
-    for name in (UNROLLED, FLAX, HAIKU):
+    for name in (UNROLLED, FLAX, HAIKU, HAND):
         report.ratio(
             "compile",
             f"js.scan/{name} at {hi}",
             total[hi, JS_SCAN] / total[hi, name],
-            None,
+            1.0 if name == FLAX else None,
+        )
+    report.ratio(
+        "compile",
+        f"js.scan/{FLAX} at {hi} (CPU time)",
+        cpu[hi, JS_SCAN] / cpu[hi, FLAX],
+        None,
+    )
+    report.ratio(
+        "compile",
+        f"js.scan/{FLAX} at {hi} (trace+lower)",
+        lower[hi, JS_SCAN] / lower[hi, FLAX],
+        None,
+    )
+    for name in (FLAX, HAIKU, HAND):
+        report.ratio(
+            "hlo",
+            f"js.scan/{name} at {hi}",
+            hlo[hi, JS_SCAN] / hlo[hi, name],
+            1.05 if name == HAND else None,
         )
     return rows
 
@@ -464,7 +525,7 @@ def bench_step(
         best[JS_SCAN] / best[UNROLLED],
         None,
     )
-    for name in (FLAX, HAIKU):
+    for name in (FLAX, HAIKU, HAND):
         report.ratio(
             "step", f"js.scan/{name} depth {depth}", med[JS_SCAN] / med[name], None
         )
@@ -486,9 +547,25 @@ def _profile(name: str, depth: int = 64, calls: int = 10) -> None:
 
 def _table(rows: list[tuple[str, ...]]) -> str:
     head = ("depth", "contestant", "trace+lower ms", "XLA compile ms", "total ms")
-    head += ("CPU ms", "HLO instructions")
+    head += ("CPU ms", "HLO instructions", "HLO before XLA")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _side_by_side(rows: list[tuple[str, ...]]) -> str:
+    """The deepest depth's scans, side by side: compile times and HLO sizes."""
+    deepest = str(max(DEPTHS))
+    by_name = {row[1]: row for row in rows if row[0] == deepest}
+    flax_total = float(by_name[FLAX][4])
+    head = ("contestant", "trace+lower ms", "XLA compile ms", "total ms")
+    head += ("CPU ms", "total / Flax's", "HLO instructions", "HLO before XLA")
+    lines = [f"depth {deepest}:", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "---|" * len(head))
+    for name in SCANS:
+        row = by_name[name]
+        ratio = f"{float(row[4]) / flax_total:.3f}x"
+        lines.append("| " + " | ".join((name, *row[2:6], ratio, *row[6:])) + " |")
     return "\n".join(lines)
 
 
@@ -539,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nCHECK FAILED: {e}", file=sys.stderr)
         return 1
     print("\n" + _table(rows))
+    print("\n" + _side_by_side(rows))
     print("\n" + report.table())
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0

@@ -58,6 +58,8 @@ CORE = Bench(
         "RATIO apply_eager jscope/hand-written = ",
         "RATIO jit_step jscope/hand-written = ",
         "RATIO get_variable reads jscope/hand-written = ",
+        "RATIO apply_eager jscope/hand-written (CPU time) = ",
+        "BOUND get_variable_call jscope (CPU time) = ",
     ),
     check=_core,
 )
@@ -167,13 +169,21 @@ LAYERS = Bench("bench_layers.py", check=_layers)
 # Exit code 1: a contestant's loss or gradients differ from the plain jax.numpy
 # loop, or its params' shapes.
 
-CONTESTANTS = ["js.scan", "unrolled", "flax nn.scan", "haiku layer_stack"]
+CONTESTANTS = [
+    "js.scan",
+    "unrolled",
+    "flax nn.scan",
+    "haiku layer_stack",
+    "hand-written lax.scan",
+]
 SCAN_RATIOS = (
     "RATIO compile js.scan 64/4 = ",
     "RATIO compile unrolled 64/4 = ",
     "RATIO compile flax nn.scan 64/4 = ",
     "RATIO compile haiku layer_stack 64/4 = ",
     "RATIO compile js.scan/unrolled at 64 = ",
+    "RATIO compile js.scan/flax nn.scan at 64 = ",
+    "RATIO hlo js.scan/hand-written lax.scan at 64 = ",
     "RATIO step js.scan/unrolled depth 16 = ",
 )
 
@@ -189,18 +199,25 @@ def _scan(stdout: str, out: str, tmp: pathlib.Path) -> None:
 
     # The compile table has one row per depth and contestant, and js.scan's
     # compiled step does not grow with depth while the unrolled one does.
-    hlo = {}
+    hlo, before = {}, {}
     for depth in (4, 16, 64):
         for name in CONTESTANTS:
             row = re.search(
-                rf"^\| {depth} \| {re.escape(name)} (\| \d+ ){{4}}\| (\d+) \|$",
+                rf"^\| {depth} \| {re.escape(name)} (\| \d+ ){{4}}"
+                r"\| (\d+) \| (\d+) \|$",
                 stdout,
                 re.MULTILINE,
             )
             assert row, f"no compile row for {name} at depth {depth}:\n{out}"
             hlo[depth, name] = int(row.group(2))
+            before[depth, name] = int(row.group(3))
     assert hlo[4, "js.scan"] == hlo[16, "js.scan"] == hlo[64, "js.scan"]
     assert hlo[4, "unrolled"] < hlo[16, "unrolled"] < hlo[64, "unrolled"]
+    # js.scan hands the stacks to lax.scan as xs: the same program as by hand.
+    for depth in (4, 16, 64):
+        assert hlo[depth, "js.scan"] == hlo[depth, "hand-written lax.scan"]
+        assert before[depth, "js.scan"] == before[depth, "hand-written lax.scan"]
+    assert re.search(r"^\| js\.scan \| (\d+ \| ){4}[0-9.]+x \| ", stdout, re.M)
 
 
 SCAN = Bench("bench_scan.py", lines=SCAN_RATIOS, check=_scan)

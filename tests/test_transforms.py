@@ -317,6 +317,105 @@ def test_scan_stacked_and_shared_collections_together():
     assert_close(js.apply(stack, v2, x), h)
 
 
+# ------------------------------------------- stacks as per-iteration inputs
+# js.scan hands the stacked variables to jax.lax.scan as xs (js.vmap: as mapped
+# arguments) instead of indexing the whole stack in the body, so the program is
+# the one written by hand and gradients leave as per-iteration outputs.
+
+INDEXING = {"dynamic_slice", "dynamic_update_slice", "gather", "scatter-add"}
+
+
+def _primitives(jaxpr):
+    """The primitives of a jaxpr and of every jaxpr nested in its equations."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= _primitives(sub)
+    return names
+
+
+def _hlo_instructions(compiled):
+    line = re.compile(r"^\s*(ROOT\s+)?%?[\w.\-]+ = ")
+    return sum(1 for s in compiled.as_text().splitlines() if line.match(s))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_scan_reads_stacks_as_xs_and_returns_gradients_as_ys(axis):
+    stack, x = make_stack(axis), _x()
+    params = _perturb(js.init(stack, KEY, x))["params"]
+
+    def loss(params):
+        return jnp.sum(js.apply(stack, {"params": params}, x) ** 2)
+
+    prims = _primitives(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    assert "scan" in prims
+    assert not prims & INDEXING, prims & INDEXING
+    g = jax.grad(loss)(params)
+    g_ref = jax.grad(lambda p: jnp.sum(stack_plain(p, x, axis) ** 2))(params)
+    assert_trees_equal(g, g_ref, exact=False)
+
+
+def _gained_stack(h):
+    """A stack of blocks after a variable of the stack's length the body never reads."""
+    h = h * js.get_variable("gain", (L, D), initializer=normal()).sum(0)
+    return make_stack(0)(h)
+
+
+def _gained_stack_by_hand(params, h):
+    h = h * params["gain"].sum(0)
+    p = params["stack"]
+
+    def body(h, wb):
+        return jnp.tanh(h @ wb[0] + wb[1]), None
+
+    return jax.lax.scan(body, h, (p["w"], p["b"]))[0]
+
+
+def test_scan_training_step_compiles_to_the_hand_written_scan():
+    x = _x()
+    params = _perturb(js.init(_gained_stack, KEY, x))["params"]
+
+    def step(forward):
+        def train(params):
+            loss, g = jax.value_and_grad(lambda p: jnp.sum(forward(p) ** 2))(params)
+            return jax.tree.map(lambda p, g: p - 0.1 * g, params, g), loss
+
+        return jax.jit(train)
+
+    mine = step(lambda p: js.apply(_gained_stack, {"params": p}, x))
+    hand = step(lambda p: _gained_stack_by_hand(p, x))
+    assert _hlo_instructions(mine.lower(params).compile()) == _hlo_instructions(
+        hand.lower(params).compile()
+    )
+    assert_close(mine(params), hand(params))
+
+
+@pytest.mark.parametrize("run", RUNNERS, ids=RUNNER_IDS)
+def test_vmap_reads_mapped_variables_as_mapped_arguments(run):
+    ensemble, x = make_ensemble({"params": True}), _x(width=IN)
+    params = _perturb(js.init(ensemble, KEY, x))["params"]
+
+    def loss(params):
+        return jnp.sum(jnp.sin(js.apply(ensemble, {"params": params}, x)))
+
+    prims = _primitives(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    assert not prims & INDEXING, prims & INDEXING
+    p = params["ens"]
+    members = jnp.stack([x @ p["w"][e] + p["b"][e] for e in range(E)])
+    assert_close(run(lambda p: js.apply(ensemble, {"params": p}, x))(params), members)
+
+
+def test_scan_reads_a_stack_of_numpy_arrays():
+    stack, x = make_stack(0), _x()
+    v = _perturb(js.init(stack, KEY, x))
+    as_numpy = jax.tree.map(np.asarray, v)
+    assert_close(js.apply(stack, as_numpy, x), stack_plain(v["params"], x))
+
+
 # ---------------------------------------------------------------------- vmap
 
 
@@ -1149,6 +1248,9 @@ def test_stacked_transform_nested_in_another(fn, plain, shape):
     assert_close(out, plain(v["params"]["w"], x))
     v2 = _perturb(v)
     assert_close(js.apply(fn, v2, x), plain(v2["params"]["w"], x))
+    # The inner transform reads its slices from the outer one's per-pass inputs.
+    prims = _primitives(jax.make_jaxpr(lambda v: js.apply(fn, v, x))(v2).jaxpr)
+    assert not prims & INDEXING, prims & INDEXING
 
 
 # ----------------------------------------------- eval_shape and tracer leaks

@@ -12,18 +12,18 @@ rule state, whose ``lift`` (a `Lift`) knows how variables cross:
   from one pass to the next (or, for `js.vmap`, may not be assigned).
 - **stacked** collections (``variable_axes={"params": 0}``) get one slice per
   pass: at init the body creates them with per-pass keys and the transform
-  stacks them; at apply the body reads its slice.
+  stacks them; at apply the transform hands the body its slices as per-pass
+  inputs (`LiftedCall.stacked`: `jax.lax.scan`'s ``xs``, `jax.vmap`'s mapped
+  arguments), so their gradients leave as per-pass outputs too.
 
 `LiftedCall` is one call of a lifted transform, the skeleton they all share:
 `discover` the shared variables, `run` the body in a forked child (entered,
-then detached), `finish` by checking and adopting the child's rule state and
-setting the values the transform returned. After it the run's rule state is
-exactly as if the body had run once: the same names, the same reuse checks,
-the same errors. Flax core's `pack` and Haiku's `temporary_internal_state`
-play the same part there.
+then detached), `finish` by adopting the child's rule state and setting the
+values the transform returned: the run's rule state is then exactly as if the
+body had run once (Flax core's `pack`, Haiku's `temporary_internal_state`).
 
-Imports: `errors`, `context`, `rng` (`path_key`). Not a hot path: this
-runs once per trace of a body.
+Imports: `errors`, `context`, `rng` (`path_key`). Not a hot path: this runs
+once per trace of a body.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jscope import errors
@@ -40,54 +41,6 @@ from jscope._src import context
 from jscope._src.rng import path_key
 
 _MISSING = object()
-
-
-def check_axes(variable_axes: Any, what: str) -> dict[str, int]:
-    """Validates ``variable_axes``: ``{collection: non-negative axis}``."""
-    if variable_axes is None:
-        return {}
-    if not isinstance(variable_axes, Mapping):
-        raise errors.LiftError(
-            f"{what}: variable_axes must be a dict {{collection: axis}}, e.g. "
-            f"{{'params': 0}}, got {type(variable_axes).__name__}: {variable_axes!r}."
-        )
-    out = {}
-    for coll, axis in variable_axes.items():
-        if not isinstance(coll, str):
-            raise errors.LiftError(
-                f"{what}: variable_axes keys are collection names (str), got {coll!r}."
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
-            raise errors.LiftError(
-                f"{what}: variable_axes[{coll!r}] must be a non-negative int axis "
-                f"(the axis the stacked variables gain), got {axis!r}."
-            )
-        out[coll] = axis
-    return out
-
-
-def check_axis_name(axis_name: Any, what: str) -> str | None:
-    """Validates ``axis_name``: a str or None."""
-    if axis_name is not None and not isinstance(axis_name, str):
-        raise errors.LiftError(
-            f"{what}: axis_name must be a str (the logical name of the stacked "
-            f"dimension, e.g. 'layers') or None, got {axis_name!r}."
-        )
-    return axis_name
-
-
-def check_split(split_rngs: Any, what: str) -> dict[str, bool]:
-    """Validates ``split_rngs``: ``{stream: bool}``."""
-    if split_rngs is None:
-        return {}
-    if not isinstance(split_rngs, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, bool) for k, v in split_rngs.items()
-    ):
-        raise errors.LiftError(
-            f"{what}: split_rngs must be a dict {{stream: bool}}, e.g. "
-            f"{{'params': True, 'dropout': True}}, got {split_rngs!r}."
-        )
-    return dict(split_rngs)
 
 
 # ------------------------------------------------------------------ Lift
@@ -229,28 +182,38 @@ class Lift:
             return value
         return self.create(frame, path, coll, None, False)
 
-    def view(self, given_tree: Any, carried: dict[str, Any]) -> Any:
-        """The given tree as the body sees it: stacked sliced, carried current."""
+    def view(
+        self,
+        given_tree: Any,
+        carried: dict[str, Any],
+        sliced: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        """The given tree as the body sees it: stacked sliced, carried current.
+
+        ``sliced``: this pass's slices of the stacks handed in, by collection.
+        """
         if given_tree is None:
             return None
+        sliced = sliced or {}
         view = {}
         for coll, flat in given_tree.items():
             axis = self.axes.get(coll)
             if axis is not None:
-                view[coll] = _View(flat, self._slicer(axis))
+                view[coll] = _View(flat, sliced.get(coll, {}), self._slicer(axis))
             elif carried:
-                view[coll] = _View(flat, lambda p, v: carried.get(p, v))
+                view[coll] = _View(flat, carried, None)
             else:
                 view[coll] = flat
         return view
 
     def _slicer(self, axis: int) -> Callable[[str, Any], Any]:
         def get(path, value):
-            if value.ndim <= axis or value.shape[axis] != self.length:
+            if not stacks(value, axis, self.length):
                 raise errors.ShapeMismatchError(
                     f"Variable {path} is stacked by {self.what} along axis {axis}, "
                     f"so its axis {axis} must have size {self.length}; found shape "
-                    f"{tuple(value.shape)}. Check variable_axes and the length.",
+                    f"{tuple(getattr(value, 'shape', ()))}. Check variable_axes and "
+                    "the length.",
                     path,
                 )
             return lax.dynamic_index_in_dim(value, self.index, axis, keepdims=False)
@@ -258,24 +221,39 @@ class Lift:
         return get
 
 
+def stacks(value: Any, axis: int, length: int | None) -> bool:
+    """Whether ``value`` has an ``axis`` of size ``length``."""
+    shape = getattr(value, "shape", ())
+    return len(shape) > axis and shape[axis] == length
+
+
 class _View(Mapping):
-    """One collection of the given tree as the body sees it at apply."""
+    """One collection of the given tree as a body sees it at apply.
 
-    __slots__ = ("_flat", "_get")
+    A path's value is ``known[path]`` (a slice handed in, a carried value),
+    else ``read(path, flat[path])`` (a stack's slice), else ``flat[path]``.
+    """
 
-    def __init__(self, flat, get):
+    __slots__ = ("_flat", "_known", "_read")
+
+    def __init__(self, flat, known, read):
         self._flat = flat
-        self._get = get
+        self._known = known
+        self._read = read
 
-    def get(self, path, default=None):
-        if path not in self._flat:
-            return default
-        return self._get(path, self._flat[path])
+    def visible(self) -> dict[str, Any]:
+        """The values the body sees that need no new operation to read."""
+        if self._read is not None:
+            return {p: v for p, v in self._known.items() if p in self._flat}
+        known = self._known
+        return {p: known.get(p, v) for p, v in _items(self._flat)}
 
     def __getitem__(self, path):
-        if path not in self._flat:
-            raise KeyError(path)
-        return self._get(path, self._flat[path])
+        value = self._known.get(path, _MISSING)
+        if value is not _MISSING and path in self._flat:
+            return value
+        value = self._flat[path]
+        return value if self._read is None else self._read(path, value)
 
     def __contains__(self, path):
         return path in self._flat
@@ -285,6 +263,11 @@ class _View(Mapping):
 
     def __len__(self):
         return len(self._flat)
+
+
+def _items(flat: Any) -> Any:
+    """``flat``'s (path, value) pairs, reading a `_View` without new operations."""
+    return (flat.visible() if isinstance(flat, _View) else flat).items()
 
 
 # ------------------------------------------------------------ LiftedCall
@@ -365,6 +348,10 @@ class LiftedCall:
         """Whether the run is `js.init`."""
         return self.outer.initializing
 
+    def given(self) -> dict[str, Any]:
+        """The tree given to the run, as the enclosing frame sees it (apply)."""
+        return cast("dict[str, Any]", self.outer.given_tree)
+
     def _lift(self, **kwargs: Any) -> Lift:
         return Lift(
             what=self.what,
@@ -413,7 +400,8 @@ class LiftedCall:
                 specs.setdefault(path, spec)
         for path, (coll, make, keyed) in specs.items():
             if outer.lift is None:
-                self.shared[path] = make(path_key(outer.rng, path) if keyed else None)
+                key = path_key(cast("jax.Array", outer.rng), path) if keyed else None
+                self.shared[path] = make(key)
             else:
                 self.shared[path] = outer.lift.create(outer, path, coll, make, keyed)
 
@@ -424,11 +412,39 @@ class LiftedCall:
             return {}  # assignments at init are not kept; nothing to carry
         mutable = outer.mutable
         out = {}
-        for coll, flat in outer.given_tree.items():
+        for coll, flat in self.given().items():
             if coll in self.axes or not (mutable is True or coll in mutable):
                 continue
             for path, value in flat.items():
                 out[path] = outer.values.get(path, value)
+        return out
+
+    def stacked(self, axis_zero: bool = True) -> dict[str, dict[str, Any]]:
+        """At apply, the stacks handed to the body one slice per pass.
+
+        Every array of a stacked collection whose stacked axis has the length:
+        the body reads its slice from the transform's per-pass inputs (scan's
+        ``xs``, vmap's mapped arguments), never indexing the whole stack, so
+        gradients leave as per-pass outputs. JAX drops the stacks the body does
+        not read; a stack of another length is refused on read (`Lift.view`).
+
+        Args:
+          axis_zero: Move each stacked axis to the front (`jax.lax.scan`).
+
+        Returns:
+          ``{collection: {path: stack}}``; empty at init.
+        """
+        outer, n = self.outer, self.length
+        if outer.initializing or not self.axes:
+            return {}
+        out = {}
+        for coll, axis in self.axes.items():
+            out[coll] = picked = {}
+            for path, value in _items(self.given().get(coll, {})):
+                numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+                if (numeric or isinstance(value, jax.Array)) and stacks(value, axis, n):
+                    moved = axis and axis_zero
+                    picked[path] = jnp.moveaxis(value, axis, 0) if moved else value
         return out
 
     def run(
@@ -437,6 +453,7 @@ class LiftedCall:
         *args: Any,
         carried: dict[str, Any],
         index: Any = None,
+        sliced: dict[str, dict[str, Any]] | None = None,
         condition: bool = False,
     ) -> tuple[Any, Crossed]:
         """Runs one pass of ``fn`` in a forked child, entered then detached.
@@ -447,14 +464,18 @@ class LiftedCall:
           fn: The body.
           *args: Its arguments.
           carried: The carried variables' values at the start of this pass.
-          index: The pass's index, for stacked slices and split keys.
+          index: The pass's index, for split keys and the slices of stacks
+            not handed in.
+          sliced: This pass's slices of the stacks handed in (`stacked`).
           condition: A `js.while_loop` condition: reads what the last body
             pass created, creates nothing, is not recorded.
         """
         outer = self.outer
         lift = self._lift(index=index, shared=self.shared, may_create=not condition)
         child = outer.fork(
-            lift=lift, given_tree=lift.view(outer.given_tree, carried), carried=carried
+            lift=lift,
+            given_tree=lift.view(outer.given_tree, carried, sliced),
+            carried=carried,
         )
         if condition and self.children:
             self._show_body_variables(child, carried)
@@ -487,7 +508,7 @@ class LiftedCall:
             elif outer.initializing:
                 child.values[path] = self.shared[path]
             else:
-                child.values[path] = outer.given_tree[coll][path]
+                child.values[path] = self.given()[coll][path]
 
     def _check_no_shared_assignment(self, child: context.Frame) -> None:
         for path in child.assigned:
@@ -527,7 +548,7 @@ class LiftedCall:
         for path in outer.adopt(child):
             coll = outer.collection_of[path]
             if not outer.initializing:
-                value = outer.given_tree[coll][path]
+                value = self.given()[coll][path]
             elif path in crossed.created:
                 value = jnp.moveaxis(crossed.created[path], 0, axes[coll])
                 if self.parent is not None:

@@ -202,7 +202,10 @@ class variable_scope:  # noqa: N801 (TF1's name)
         constraint: Any = None,
         auxiliary_name_scope: bool = True,
     ):
-        check_reuse(reuse)
+        if not (
+            reuse is None or reuse is False or reuse is True or reuse is AUTO_REUSE
+        ):
+            check_reuse(reuse)  # raises
         if name_or_scope is None and default_name is None:
             raise errors.ArgumentTypeError(
                 "variable_scope needs name_or_scope or default_name; got neither. "
@@ -232,13 +235,14 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 # full path below the current scope in the message.
                 prefix = current().scope.name
                 names.validate(names.join(prefix, given), "variable scope")
-        for arg, value in (
-            ("caching_device", caching_device),
-            ("partitioner", partitioner),
-            ("constraint", constraint),
-        ):
-            if value is not None:
-                _unsupported(arg, value)
+        if not (caching_device is None and partitioner is None and constraint is None):
+            for arg, value in (
+                ("caching_device", caching_device),
+                ("partitioner", partitioner),
+                ("constraint", constraint),
+            ):
+                if value is not None:
+                    _unsupported(arg, value)
         if use_resource not in (None, True):
             _unsupported("use_resource", use_resource)
         self._args = (
@@ -254,7 +258,9 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
     def __enter__(self) -> VariableScope:
         (obj, default, init, reg, getter, reuse, dtype, aux) = self._args
-        frame = current()
+        frame = context.peek()
+        if frame is None:
+            frame = current()
         parent = frame.scope
         self._frame = frame
         self._saved = (parent, frame.name_scope)
@@ -281,15 +287,18 @@ class variable_scope:  # noqa: N801 (TF1's name)
             ns_name = default if obj is None else obj
             if obj is None:
                 obj = _unique_default(frame, parent.name, default)
-            name = names.join(parent.name, obj)
+            prefix = parent.name
+            name = f"{prefix}/{obj}" if prefix else obj
             flag = reuse if reuse else parent.reuse
             init = parent.initializer if init is None else init
             reg = parent.regularizer if reg is None else reg
             dtype = parent.dtype if dtype is None else dtype
-            getter = wrap_getter(parent.custom_getter, getter)
+            if parent.custom_getter is not None:
+                getter = wrap_getter(parent.custom_getter, getter)
             if aux:
+                outer = frame.name_scope
                 name_scope = frame.used_names.unique(
-                    names.join(frame.name_scope, ns_name)
+                    f"{outer}/{ns_name}" if outer else ns_name
                 )
                 original = name_scope + "/"
             else:

@@ -16,14 +16,58 @@ import jax.numpy as jnp
 from jax import lax
 
 from jscope import errors
-from jscope._src.lift import (
-    Crossed,
-    LiftedCall,
-    check_axes,
-    check_axis_name,
-    check_same,
-    check_split,
-)
+from jscope._src.lift import Crossed, LiftedCall, check_same
+
+# ------------------------------------------------------------------ arguments
+
+
+def _check_axes(variable_axes: Any, what: str) -> dict[str, int]:
+    """Validates ``variable_axes``: ``{collection: non-negative axis}``."""
+    if variable_axes is None:
+        return {}
+    if not isinstance(variable_axes, Mapping):
+        raise errors.LiftError(
+            f"{what}: variable_axes must be a dict {{collection: axis}}, e.g. "
+            f"{{'params': 0}}, got {type(variable_axes).__name__}: {variable_axes!r}."
+        )
+    out = {}
+    for coll, axis in variable_axes.items():
+        if not isinstance(coll, str):
+            raise errors.LiftError(
+                f"{what}: variable_axes keys are collection names (str), got {coll!r}."
+            )
+        if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
+            raise errors.LiftError(
+                f"{what}: variable_axes[{coll!r}] must be a non-negative int axis "
+                f"(the axis the stacked variables gain), got {axis!r}."
+            )
+        out[coll] = axis
+    return out
+
+
+def _check_axis_name(axis_name: Any, what: str) -> str | None:
+    """Validates ``axis_name``: a str or None."""
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise errors.LiftError(
+            f"{what}: axis_name must be a str (the logical name of the stacked "
+            f"dimension, e.g. 'layers') or None, got {axis_name!r}."
+        )
+    return axis_name
+
+
+def _check_split(split_rngs: Any, what: str) -> dict[str, bool]:
+    """Validates ``split_rngs``: ``{stream: bool}``."""
+    if split_rngs is None:
+        return {}
+    if not isinstance(split_rngs, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, bool) for k, v in split_rngs.items()
+    ):
+        raise errors.LiftError(
+            f"{what}: split_rngs must be a dict {{stream: bool}}, e.g. "
+            f"{{'params': True, 'dropout': True}}, got {split_rngs!r}."
+        )
+    return dict(split_rngs)
+
 
 # ----------------------------------------------------------------------- scan
 
@@ -81,9 +125,9 @@ def scan(
       (3, 2, 2)
     """
     what = "js.scan"
-    axes = check_axes(variable_axes, what)
-    split = check_split(split_rngs, what)
-    check_axis_name(axis_name, what)
+    axes = _check_axes(variable_axes, what)
+    split = _check_split(split_rngs, what)
+    _check_axis_name(axis_name, what)
 
     def scanned(carry: Any, xs: Any = None) -> tuple[Any, Any]:
         call = LiftedCall(what, axes=axes, split=split, axis_name=axis_name)
@@ -95,14 +139,16 @@ def scan(
             call.discover(fn, args=(carry, x0))
 
         def body(c, inp):
-            (user_carry, carried), (x, i) = c, inp
-            (user_carry, y), out = call.run(fn, user_carry, x, carried=carried, index=i)
+            (user_carry, carried), (x, i, sliced) = c, inp
+            (user_carry, y), out = call.run(
+                fn, user_carry, x, carried=carried, index=i, sliced=sliced
+            )
             return (user_carry, out.carried), (y, out.created, out.updates)
 
         (carry, carried), (ys, created, updates) = lax.scan(
             body,
             (carry, call.carried()),
-            (xs, jnp.arange(n)),
+            (xs, jnp.arange(n), call.stacked()),
             length=n,
             reverse=reverse,
             unroll=unroll,
@@ -169,9 +215,9 @@ def vmap(
       ((4, 2, 1), (4, 3, 1))
     """
     what = "js.vmap"
-    axes = check_axes(variable_axes, what)
-    split = check_split(split_rngs, what)
-    check_axis_name(axis_name, what)
+    axes = _check_axes(variable_axes, what)
+    split = _check_split(split_rngs, what)
+    _check_axis_name(axis_name, what)
 
     def mapped(*args: Any) -> Any:
         call = LiftedCall(
@@ -190,17 +236,18 @@ def vmap(
             ]
             call.discover(fn, args=tuple(first), wrap=_named(axis_name))
 
-        def body(i, *args):
-            out, crossed = call.run(fn, *args, carried={}, index=i)
+        def body(i, sliced, *args):
+            out, crossed = call.run(fn, *args, carried={}, index=i, sliced=sliced)
             return out, crossed.created, crossed.updates
 
+        stacked = call.stacked(axis_zero=False)
         out, created, updates = jax.vmap(
             body,
-            in_axes=(0, *arg_axes),
+            in_axes=(0, {c: axes[c] for c in stacked}, *arg_axes),
             out_axes=(out_axes, 0, 0),
             axis_size=n,
             axis_name=axis_name,
-        )(jnp.arange(n), *args)
+        )(jnp.arange(n), stacked, *args)
         call.finish(Crossed(created, updates, {}))
         return out
 

@@ -12,15 +12,16 @@ Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
 `values`, `rng`, `access`, `sharding` (``axes=``).
 `scope.VariableScope.get_variable` imports this module lazily.
 
-Hot path: `get_variable` → `_get` → `_create` → `_read_fast` at apply runs for
-every variable of every un-jitted step (benchmarks/bench_core.py measures it);
-keep it to dict lookups and attribute reads.
+Hot path: `get_variable` → `_read` at apply runs for every variable of every
+un-jitted step (benchmarks/bench_core.py measures it, per call too); keep it
+to dict lookups and attribute reads. `_get` → `_create` is the general path:
+init, reuse, custom getters, value initializers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -177,11 +178,25 @@ def get_variable(
         trace, frame.trace_state
     ):
         access.check_staged_read(frame, full)
+    reuse = scope.reuse
     if getter is None:
-        return _get(
-            frame, full, shape, dtype, initializer, regularizer, scope.reuse,
-            trainable, collection, axes,
-        )  # fmt: skip
+        if (
+            frame.initializing
+            or shape is None
+            or reuse is True
+            or type(full) is not str
+            or full in frame.kind_of
+            or not callable(initializer)
+        ):
+            return _get(
+                frame, full, shape, dtype, initializer, regularizer, reuse,
+                trainable, collection, axes,
+            )  # fmt: skip
+        # The hot path: a new path read at apply (`_get`'s rules reduce to these).
+        names.validate(full)
+        return _read(
+            frame, full, shape, dtype, regularizer, trainable, collection, axes
+        )
 
     def real_getter(
         name, shape=None, dtype=None, initializer=None, regularizer=None,
@@ -196,7 +211,7 @@ def get_variable(
     more = {} if axes is None else {"axes": axes}
     return getter(
         real_getter, full, shape=shape, dtype=dtype, initializer=initializer,
-        regularizer=regularizer, reuse=scope.reuse, trainable=trainable,
+        regularizer=regularizer, reuse=reuse, trainable=trainable,
         collection=collection, **more,
     )  # fmt: skip
 
@@ -236,12 +251,24 @@ def _get(
             "get_variable(). Did you mean to set reuse=AUTO_REUSE in VarScope?",
             path,
         )
+    if not frame.initializing and shape is not None and callable(initializer):
+        return _read(frame, path, shape, dtype, regularizer, trainable, coll, axes)
     return _create(
         frame, path, shape, dtype, initializer, regularizer, trainable, coll, axes
     )
 
 
-def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll, axes):
+def _create(
+    frame: context.Frame,
+    path: str,
+    shape: Any,
+    dtype: Any,
+    initializer: Any,
+    regularizer: Any,
+    trainable: bool,
+    coll: str | None,
+    axes: Any,
+) -> Any:
     # The same rules at init and apply: a path may not sit above or below another.
     tree.check_no_conflict(path, frame.kind_of, frame.prefixes)
     if frame.initializing:
@@ -265,12 +292,12 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
                 return values.call_initializer(initializer, key, shape, dtype, path)
 
         if frame.lift is None:
-            value = make(rng.path_key(frame.rng, path) if keyed else None)
+            value = make(
+                rng.path_key(cast("jax.Array", frame.rng), path) if keyed else None
+            )
         else:
             value = frame.lift.create(frame, path, coll, make, keyed)
         frame.created[path] = (coll, value)
-    elif callable(initializer) and shape is not None:
-        value, coll = _read_fast(frame, path, shape, dtype, trainable, coll)
     else:
         # At apply nothing is created: the value comes from the tree, after the
         # same argument checks as at init.
@@ -292,26 +319,81 @@ def _create(frame, path, shape, dtype, initializer, regularizer, trainable, coll
     return value
 
 
-def _read_fast(frame, path, shape, dtype, trainable, coll):
-    """The apply-time read of a variable with a callable initializer and a shape."""
-    dtype = F32 if dtype is None else canon_dtype(dtype, path)
-    if coll is None:
-        coll = "params" if trainable and is_float(dtype) else "state"
-    value = lookup(frame, path, coll)
+def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
+    """At apply, reads a variable new in the run (callable initializer, a shape).
+
+    The hot path of every un-jitted step, one function of dict lookups: the
+    path rule (no variable above or below another), the read with its shape and
+    dtype check, and the run's records, as `_create` keeps them.
+    """
+    kind_of, prefixes = frame.kind_of, frame.prefixes
+    if path in prefixes:
+        tree.check_no_conflict(path, kind_of, prefixes)  # raises
+    cut = path.rfind("/")
+    if cut > 0 and path[:cut] not in prefixes:  # the first variable of its scope
+        parents = _new_parents(path, kind_of, prefixes)
+    else:  # a recorded prefix's own prefixes are recorded, and none is a variable
+        parents = None
+    if dtype is None:
+        dtype = F32
+        if coll is None:
+            coll = "params" if trainable else "state"
+    else:
+        dtype = canon_dtype(dtype, path)
+        if coll is None:
+            coll = "params" if trainable and is_float(dtype) else "state"
+    flat = frame.given_tree.get(coll)
+    value = None if flat is None else flat.get(path)
+    if value is None:
+        value = lookup(frame, path, coll)  # raises: missing, or None
     try:  # costs nothing unless it raises
-        if shape != value.shape:
-            shape = values.as_shape(shape, path)
-            if None in shape:  # raises: not fully defined
-                values.resolve_creation(path, shape, dtype, None)
-            values.check_meta(path, shape, dtype, None, value, "read")
-        if value.dtype != dtype:
-            values.check_meta(path, shape, dtype, None, value, "read")
+        vdtype = value.dtype
+        if shape != value.shape or (vdtype is not dtype and vdtype != dtype):
+            _check_read(path, shape, dtype, value)
     except AttributeError:
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             raise
         # a Python float, list or string in the tree
         raise values.leaf_error(path, coll, value) from None
-    return value, coll
+    if parents:
+        prefixes.update(parents)
+    kind_of[path] = GET
+    frame.values[path] = value
+    frame.collection_of[path] = coll
+    frame.used_names.mark(path)
+    if axes is not None:
+        frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
+    if regularizer is not None:
+        frame.regularizers.append((path, regularizer))
+    register(frame, value, path)
+    return value
+
+
+def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
+    """The proper prefixes of ``path`` not in ``prefixes``; raises if one is a path.
+
+    Raises:
+      PathConflictError: A prefix of ``path`` holds a variable.
+    """
+    parents = []
+    cut = path.rfind("/")
+    while cut > 0:
+        parent = path[:cut]
+        if parent in prefixes:
+            break
+        if parent in kind_of:
+            tree.check_no_conflict(path, kind_of, prefixes)  # raises
+        parents.append(parent)
+        cut = path.rfind("/", 0, cut)
+    return parents
+
+
+def _check_read(path, shape, dtype, value):
+    """`_read`'s check when the requested shape or dtype is not the value's."""
+    shape = values.as_shape(shape, path)
+    if None in shape:  # raises: not fully defined
+        values.resolve_creation(path, shape, dtype, None)
+    values.check_meta(path, shape, dtype, None, value, "read")
 
 
 # ----------------------------------------------------------- regularizers, queries
