@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -153,3 +154,46 @@ def bump_bn_statistics() -> None:
         js.assign(m, m + 1.0)
         c = js.get_variable("count", [], jnp.int32)
         js.assign_add(c, 1)
+
+
+# The Saver's own line when Ctrl-C lands in a save, before the example's own line.
+SAVE_NOTE = (
+    "jscope: interrupted; finishing the checkpoint save to {} first "
+    "(Ctrl-C again to abort it)"
+)
+
+
+def interrupt_when(
+    proc: subprocess.Popen, ready: Callable[[str], bool], prefix: str, unit: str
+) -> tuple[str, int, int, list[str]]:
+    """Sends SIGINT to an example once a stdout line passes ``ready``.
+
+    Checks that it exits with code 130, no traceback, and one line "interrupted
+    at <unit> N; rerun with --resume to continue from <unit> M", after at most the
+    Saver's note for ``prefix`` (a save finishing first). Returns the whole stdout,
+    N, M and the notes.
+    """
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if ready(line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    *notes, line = err.splitlines()
+    assert notes in ([], [SAVE_NOTE.format(prefix)]), err
+    match = re.fullmatch(
+        rf"interrupted at {unit} (\d+); rerun with --resume to continue from {unit} "
+        r"(\d+)",
+        line,
+    )
+    assert match, err
+    at, saved = map(int, match.groups())
+    return out, at, saved, notes

@@ -6,18 +6,16 @@ import math
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
+from helpers import interrupt_when
 
 import jscope as js
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 # What js.Saver writes when Ctrl-C comes during a save, which it then finishes.
-NOTE = "jscope: interrupted; finishing the checkpoint save to "
-NOTE_END = " first (Ctrl-C again to abort it)"
 DIGITS = EXAMPLES / "digits_cnn.py"
 
 EPOCH_LINE = re.compile(
@@ -239,30 +237,12 @@ def test_optimizer_state_round_trips_through_a_checkpoint(monkeypatch, tmp_path)
 
 def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tmp_path):
     proc = _start("--epochs", 1000, "--ckpt-dir", tmp_path)
-    try:
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:  # wait until the first epoch is saved
-            lines.append(line)
-            if EPOCH_LINE.match(line):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    out = "".join(lines) + out
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err, err
-    # One line; before it, the Saver's own note if Ctrl-C came during a save.
-    *notes, line = err.splitlines()
-    assert notes in ([], [NOTE + str(tmp_path / "digits_cnn") + NOTE_END]), err
-    match = re.fullmatch(
-        r"interrupted at epoch (\d+); rerun with --resume to continue from epoch "
-        r"(\d+)",
-        line,
+    out, at, saved, notes = interrupt_when(
+        proc,
+        lambda line: bool(EPOCH_LINE.match(line)),
+        str(tmp_path / "digits_cnn"),
+        "epoch",
     )
-    assert match, err
-    at, saved = map(int, match.groups())
     assert not notes or saved == at  # the save at the interrupted epoch finished
     assert 1 <= saved <= at <= saved + 1  # Ctrl-C in a save lets it finish
     assert str(js.latest_checkpoint(tmp_path)).endswith(f"digits_cnn-{saved}")

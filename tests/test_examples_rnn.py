@@ -8,20 +8,17 @@ import math
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import run_script
+from helpers import interrupt_when, run_script
 
 import jscope as js
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 # What js.Saver writes when Ctrl-C comes during a save, which it then finishes.
-NOTE = "jscope: interrupted; finishing the checkpoint save to "
-NOTE_END = " first (Ctrl-C again to abort it)"
 CHAR_RNN = EXAMPLES / "char_rnn.py"
 
 STEP_LINE = re.compile(r"^step +(\d+)/(\d+)  loss ([0-9.]+)", re.MULTILINE)
@@ -227,30 +224,9 @@ def test_ctrl_c_stops_with_one_line_and_resume_continues(monkeypatch, capsys, tm
         encoding="utf-8",
         env=env,
     )
-    try:
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:  # wait for the first checkpoint
-            lines.append(line)
-            if line.startswith("saved "):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    out = "".join(lines) + out
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err, err
-    # One line; before it, the Saver's own note if Ctrl-C came during a save.
-    *notes, line = err.splitlines()
-    assert notes in ([], [NOTE + str(tmp_path / "char_rnn") + NOTE_END]), err
-    match = re.fullmatch(
-        r"interrupted at step (\d+); rerun with --resume to continue from step "
-        r"(\d+)",
-        line,
+    out, at, saved, notes = interrupt_when(
+        proc, lambda line: line.startswith("saved "), str(tmp_path / "char_rnn"), "step"
     )
-    assert match, err
-    at, saved = map(int, match.groups())
     assert not notes or saved == at  # the save at the interrupted step finished
     assert 3 <= saved <= at and saved % 3 == 0
     assert str(js.latest_checkpoint(tmp_path)).endswith(f"char_rnn-{saved}")
