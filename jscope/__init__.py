@@ -5,6 +5,7 @@ explicit variable tree of plain nested dicts, run by `init` and `apply`.
 """
 
 import importlib
+import types
 from typing import TYPE_CHECKING, Any
 
 from jscope import errors as errors
@@ -71,6 +72,20 @@ if TYPE_CHECKING:
     from jscope._src.checkpoint.saver import Saver as Saver
 
 
+def _set_module(module: str, names: dict[str, Any]) -> None:
+    """Names each public function and class by its public module, not `_src`.
+
+    So that help(), reprs and tracebacks say `jscope.apply`, as the API reference
+    does; pickle finds each under that name (the lazy ones through `__getattr__`).
+    The errors keep `jscope.errors`, where all of them live.
+    """
+    for value in names.values():
+        if isinstance(value, type | types.FunctionType) and (
+            value.__module__.startswith("jscope._src.")
+        ):
+            value.__module__ = module
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
@@ -78,6 +93,7 @@ def __getattr__(name: str) -> Any:
     imported = importlib.import_module(module)
     value = imported if name == "tf1" else getattr(imported, name)
     globals()[name] = value
+    _set_module("jscope", {name: value})
     return value
 
 
@@ -143,3 +159,5 @@ __all__ = [
     "vmap",
     "while_loop",
 ]
+
+_set_module("jscope", {name: globals()[name] for name in __all__ if name in globals()})

@@ -157,3 +157,10 @@ __all__: list[str] = [
     "rnn",
     "separable_conv2d",
 ]
+
+# help(), reprs and the API reference name each function by this module, where
+# pickle finds it too.
+for _name in __all__:
+    if globals()[_name].__module__.startswith("jscope.layers._"):
+        globals()[_name].__module__ = __name__
+del _name

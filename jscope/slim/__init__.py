@@ -79,3 +79,10 @@ __all__ = [
     "variance_scaling_initializer",
     "xavier_initializer",
 ]
+
+# help(), reprs and the API reference name each function by this module, where
+# pickle finds it too.
+for _name in __all__:
+    if globals()[_name].__module__.startswith("jscope._src."):
+        globals()[_name].__module__ = __name__
+del _name

@@ -22,3 +22,10 @@ __all__ = [
     "restore",
     "save_checkpoint",
 ]
+
+# help(), reprs and the API reference name each function by this module, where
+# pickle finds it too.
+for _name in __all__:
+    if globals()[_name].__module__.startswith("jscope._src."):
+        globals()[_name].__module__ = __name__
+del _name
