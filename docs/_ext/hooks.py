@@ -1,7 +1,7 @@
 """MkDocs hooks: links from a page to a file of the repository outside docs/.
 
-A page may link a repository file, as ``[`examples/port_tf1.py`](../examples/port_tf1.py)``
-does: the file is not part of the site, so the link would be broken there. Each
+A page may link a repository file (``[the example](../examples/port_tf1.py)``):
+the file is not part of the site, so the link would be broken there. Each
 such link is checked (a missing file fails the strict build, like any broken
 link) and pointed at the file in the repository when ``repo_url`` is set in
 mkdocs.yml; without it, the link's text stays and the link goes.
@@ -16,7 +16,9 @@ from typing import Any
 
 log = logging.getLogger("mkdocs.hooks.repository_links")
 
-_LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>\.\./[^)\s#]+)(?P<anchor>#[^)\s]*)?\)")
+_LINK = re.compile(
+    r"\[(?P<text>[^\]]+)\]\((?P<target>\.\./[^)\s#]+)(?P<anchor>#[^)\s]*)?\)"
+)
 
 
 def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) -> str:
@@ -32,7 +34,9 @@ def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) ->
             return match[0]
         relative = target.relative_to(root).as_posix()
         if not target.exists():
-            log.warning("%s links %s, which does not exist", page.file.src_path, relative)
+            log.warning(
+                "%s links %s, which does not exist", page.file.src_path, relative
+            )
             return match[0]
         if repo_url:
             anchor = match["anchor"] or ""
