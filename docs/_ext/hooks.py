@@ -1,6 +1,13 @@
-"""MkDocs hooks: links from a page to a file of the repository outside docs/.
+"""MkDocs hooks: list items indented as on GitHub; links to repository files.
 
-A page may link a repository file (``[the example](../examples/port_tf1.py)``):
+**Lists.** The pages are written for CommonMark (GitHub), where what continues a
+list item (a paragraph, a code block, a table, a nested list) is indented to the
+item's text: two spaces after ``- ``. Python-Markdown, which MkDocs uses, wants
+four, and renders a two-space continuation outside the list. `commonmark_lists`
+re-indents each item's continuation to four spaces per level before the page is
+rendered; fenced code moves as a whole, its own indentation kept.
+
+**Links.** A page may link a repository file (``[x](../examples/port_tf1.py)``):
 the file is not part of the site, so the link would be broken there. Each
 such link is checked (a missing file fails the strict build, like any broken
 link) and pointed at the file in the repository when ``repo_url`` is set in
@@ -21,8 +28,44 @@ _LINK = re.compile(
 )
 
 
+_ITEM = re.compile(r"^(?P<indent> *)(?P<marker>[-*+]|\d+[.)]) +(?=\S)")
+_FENCE = re.compile(r"^ *(`{3,}|~{3,})")
+
+
+def commonmark_lists(markdown: str) -> str:
+    """Re-indents list continuations from the item's text column to 4 per level."""
+    out: list[str] = []
+    items: list[tuple[int, int]] = []  # (content column as written, as rendered)
+    fence: tuple[str, int] | None = None  # (closing fence, shift of its lines)
+    for line in markdown.split("\n"):
+        if fence is not None:
+            closing, shift = fence
+            out.append(" " * shift + line if line.strip() else line)
+            if line.strip() == closing:
+                fence = None
+            continue
+        if not line.strip():
+            out.append(line)
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        while items and indent < items[-1][0]:
+            items.pop()
+        new = indent - items[-1][0] + items[-1][1] if items else indent
+        shift = new - indent
+        opening = _FENCE.match(line)
+        if opening:
+            fence = (opening[1], shift)
+        else:
+            item = _ITEM.match(line)
+            if item:
+                items.append((item.end(), new + 4))
+        out.append(" " * new + line[indent:])
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) -> str:
-    """Rewrites the page's links to repository files outside the docs."""
+    """Fixes the page's lists, and its links to repository files outside the docs."""
+    markdown = commonmark_lists(markdown)
     docs = pathlib.Path(config["docs_dir"]).resolve()
     root = docs.parent
     here = (docs / page.file.src_path).parent
