@@ -158,9 +158,13 @@ __all__: list[str] = [
     "separable_conv2d",
 ]
 
+
 # help(), reprs and the API reference name each function by this module, where
 # pickle finds it too.
-for _name in __all__:
-    if globals()[_name].__module__.startswith("jscope.layers._"):
-        globals()[_name].__module__ = __name__
-del _name
+def _set_module() -> None:
+    for name in __all__:
+        if globals()[name].__module__.startswith("jscope.layers._"):
+            globals()[name].__module__ = __name__
+
+
+_set_module()

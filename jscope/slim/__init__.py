@@ -80,9 +80,13 @@ __all__ = [
     "xavier_initializer",
 ]
 
+
 # help(), reprs and the API reference name each function by this module, where
 # pickle finds it too.
-for _name in __all__:
-    if globals()[_name].__module__.startswith("jscope._src."):
-        globals()[_name].__module__ = __name__
-del _name
+def _set_module() -> None:
+    for name in __all__:
+        if globals()[name].__module__.startswith("jscope._src."):
+            globals()[name].__module__ = __name__
+
+
+_set_module()
