@@ -7,6 +7,9 @@ four, and renders a two-space continuation outside the list. `commonmark_lists`
 re-indents each item's continuation to four spaces per level before the page is
 rendered; fenced code moves as a whole, its own indentation kept.
 
+**TF1 originals.** A ```` ```python tf1 ```` block (TF1 code shown beside its
+port, compiled by the tests but never run) is shown as Python titled "TF1".
+
 **Links.** A page may link a repository file (``[x](../examples/port_tf1.py)``):
 the file is not part of the site, so the link would be broken there. Each
 such link is checked (a missing file fails the strict build, like any broken
@@ -30,6 +33,7 @@ _LINK = re.compile(
 
 _ITEM = re.compile(r"^(?P<indent> *)(?P<marker>[-*+]|\d+[.)]) +(?=\S)")
 _FENCE = re.compile(r"^ *(`{3,}|~{3,})")
+_TF1_FENCE = re.compile(r"^( *`{3,})python tf1[ \t]*$", re.MULTILINE)
 
 
 def commonmark_lists(markdown: str) -> str:
@@ -66,6 +70,7 @@ def commonmark_lists(markdown: str) -> str:
 def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) -> str:
     """Fixes the page's lists, and its links to repository files outside the docs."""
     markdown = commonmark_lists(markdown)
+    markdown = _TF1_FENCE.sub(r'\1python title="TF1"', markdown)
     docs = pathlib.Path(config["docs_dir"]).resolve()
     root = docs.parent
     here = (docs / page.file.src_path).parent
