@@ -364,7 +364,7 @@ def test_a_signature_synopsis_is_checked_against_the_code():
 
     namespace = {"js": js}
     check_signature(
-        "js.flatten(tree, prefix=\"\")",
+        'js.flatten(tree, prefix="")',
         namespace,
     )
     with pytest.raises(AssertionError, match="is not its signature"):
