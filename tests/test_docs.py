@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
 import pathlib
@@ -428,6 +429,51 @@ def test_parse_reads_fences_modes_and_indented_blocks():
         ("run", 8, "if True:\n    y = 1\n"),
         ("tf1", 15, "tf.a()\n"),
         ("run", 20, "z = 1\n"),
+    ]
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("hooks", DOCS / "_ext" / "hooks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_list_continuations_are_indented_for_python_markdown():
+    written = "\n".join(
+        [
+            "- **1.** text",
+            "  more text",
+            "",
+            "  ```python",
+            "  for x in y:",
+            "      pass",
+            "  ```",
+            "",
+            "  | a | b |",
+            "  - nested",
+            "    continued",
+            "",
+            "Outside.",
+            "    indented code",
+        ]
+    )
+    assert _hooks().commonmark_lists(written).split("\n") == [
+        "- **1.** text",
+        "    more text",
+        "",
+        "    ```python",
+        "    for x in y:",
+        "        pass",
+        "    ```",
+        "",
+        "    | a | b |",
+        "    - nested",
+        "        continued",
+        "",
+        "Outside.",
+        "    indented code",
     ]
 
 
