@@ -161,10 +161,10 @@ def multi_head_attention(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
-    kernel_axes: Axes | None = _KERNEL_AXES,
-    bias_axes: Axes | None = _BIAS_AXES,
-    output_kernel_axes: Axes | None = _OUTPUT_KERNEL_AXES,
-    output_bias_axes: Axes | None = _OUTPUT_BIAS_AXES,
+    kernel_axes: Axes | None = ("embed", "heads", "kv"),
+    bias_axes: Axes | None = ("heads", "kv"),
+    output_kernel_axes: Axes | None = ("heads", "kv", "embed"),
+    output_bias_axes: Axes | None = ("embed",),
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Multi-head scaled dot-product attention, as Keras's ``MultiHeadAttention``.
 

@@ -19,7 +19,7 @@ import jscope as js
 from jscope.errors import LayerArgumentError
 from jscope.layers import _checks, _conv_common
 from jscope.layers._checks import Axes, Padding
-from jscope.layers._conv_common import BIAS_AXES, KERNEL_AXES
+from jscope.layers._conv_common import KERNEL_AXES
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 # ---------------------------------------------------------------- convolutions
@@ -128,8 +128,8 @@ def conv2d(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = KERNEL_AXES[2],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, None, "conv_in", "conv_out"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A 2-D convolution over NHWC inputs, as ``tf.layers.conv2d``.
 
@@ -222,8 +222,8 @@ def conv1d(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = KERNEL_AXES[1],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, "conv_in", "conv_out"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A 1-D convolution over NWC inputs, as ``tf.layers.conv1d``.
 
@@ -271,8 +271,8 @@ def conv3d(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = KERNEL_AXES[3],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, None, None, "conv_in", "conv_out"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A 3-D convolution over NDHWC inputs, as ``tf.layers.conv3d``.
 

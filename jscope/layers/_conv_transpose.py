@@ -17,7 +17,7 @@ import jscope as js
 from jscope.errors import LayerArgumentError
 from jscope.layers import _checks, _conv_common
 from jscope.layers._checks import Axes, Padding
-from jscope.layers._conv_common import BIAS_AXES, TRANSPOSE_KERNEL_AXES
+from jscope.layers._conv_common import TRANSPOSE_KERNEL_AXES
 from jscope.typing import ArrayLike, DTypeLike, Initializer, Regularizer, Reuse
 
 # ---------------------------------------------------------- transposed convolutions
@@ -166,8 +166,8 @@ def conv2d_transpose(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = TRANSPOSE_KERNEL_AXES[2],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, None, "conv_out", "conv_in"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A transposed 2-D convolution over NHWC inputs, ``tf.layers.conv2d_transpose``.
 
@@ -271,8 +271,8 @@ def conv1d_transpose(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = TRANSPOSE_KERNEL_AXES[1],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, "conv_out", "conv_in"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A transposed 1-D convolution over NWC inputs (Keras's ``Conv1DTranspose``).
 
@@ -318,8 +318,8 @@ def conv3d_transpose(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = TRANSPOSE_KERNEL_AXES[3],
-    bias_axes: Axes | None = BIAS_AXES,
+    kernel_axes: Axes | None = (None, None, None, "conv_out", "conv_in"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A transposed 3-D convolution, as ``tf.layers.conv3d_transpose``.
 

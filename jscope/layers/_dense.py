@@ -37,8 +37,8 @@ def dense(
     activity_regularizer: Any = None,
     kernel_constraint: Any = None,
     bias_constraint: Any = None,
-    kernel_axes: Axes | None = _KERNEL_AXES,
-    bias_axes: Axes | None = _BIAS_AXES,
+    kernel_axes: Axes | None = ("embed", "mlp"),
+    bias_axes: Axes | None = ("mlp",),
 ) -> jax.Array:
     """A fully connected layer: ``activation(inputs @ kernel + bias)``.
 

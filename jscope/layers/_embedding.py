@@ -44,7 +44,7 @@ def embedding(
     dtype: DTypeLike | None = None,
     name: str | None = None,
     reuse: Reuse = None,
-    embedding_axes: Axes | None = _EMBEDDING_AXES,
+    embedding_axes: Axes | None = ("vocab", "embed"),
 ) -> jax.Array:
     """Looks ``ids`` up in a table ``embeddings`` of shape ``[vocab_size, embed_dim]``.
 
@@ -118,7 +118,7 @@ def embedding_attend(
     precision: lax.PrecisionLike = None,
     name: str | js.VariableScope = "embedding",
     reuse: Reuse = True,
-    embedding_axes: Axes | None = _EMBEDDING_AXES,
+    embedding_axes: Axes | None = ("vocab", "embed"),
 ) -> jax.Array:
     """Logits ``inputs @ embeddings.T`` over an `embedding`'s table (tied weights).
 

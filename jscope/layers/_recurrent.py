@@ -93,8 +93,8 @@ def lstm_cell(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
-    kernel_axes: Axes | None = _KERNEL_AXES,
-    bias_axes: Axes | None = _BIAS_AXES,
+    kernel_axes: Axes | None = ("embed", "mlp"),
+    bias_axes: Axes | None = ("mlp",),
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One step of TF1's ``tf.nn.rnn_cell.LSTMCell`` (no peepholes, no projection).
 
@@ -220,8 +220,8 @@ def gru_cell(
     precision: lax.PrecisionLike = None,
     name: str | None = None,
     reuse: Reuse = None,
-    kernel_axes: Axes | None = _KERNEL_AXES,
-    bias_axes: Axes | None = _BIAS_AXES,
+    kernel_axes: Axes | None = ("embed", "mlp"),
+    bias_axes: Axes | None = ("mlp",),
 ) -> tuple[jax.Array, jax.Array]:
     """One step of TF1's ``tf.nn.rnn_cell.GRUCell`` (Cho et al., 2014).
 

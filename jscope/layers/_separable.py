@@ -47,9 +47,9 @@ def separable_conv2d(
     name: str | None = None,
     reuse: Reuse = None,
     precision: lax.PrecisionLike = None,
-    depthwise_kernel_axes: Axes | None = _DEPTHWISE_AXES,
-    pointwise_kernel_axes: Axes | None = _POINTWISE_AXES,
-    bias_axes: Axes | None = BIAS_AXES,
+    depthwise_kernel_axes: Axes | None = (None, None, "conv_in", None),
+    pointwise_kernel_axes: Axes | None = (None, None, "conv_in", "conv_out"),
+    bias_axes: Axes | None = ("conv_out",),
 ) -> jax.Array:
     """A depthwise then pointwise 2-D convolution, ``tf.layers.separable_conv2d``.
 
