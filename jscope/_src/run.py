@@ -219,7 +219,15 @@ def _traced_init(fn, rebuild, rules, plan, *, constrain=False):
         rng, args, kwargs = rebuild(arrays)
         frame = _init_frame(rng)
         frame.rules = rules
-        with _trace_mesh(rules, arrays)(), frame.entered(on_exit=frame.close):
+        # The trace's mesh is the rules' (auto axes), also under jax.set_mesh or
+        # given arrays typed over explicit axes. Without either, no mesh: typing
+        # every value over auto axes would only cost trace time (~5 %).
+        mesh = (
+            jax.sharding.use_abstract_mesh(rules.mesh.abstract_mesh)
+            if not rules.is_abstract and meshes.typed_over_a_mesh(arrays)
+            else contextlib.nullcontext()
+        )
+        with mesh, frame.entered(on_exit=frame.close):
             out = fn(*args, **kwargs)
             axes_of, spec = frame.axes_of, rules.spec
             created = list(_ordered(frame))
@@ -234,18 +242,6 @@ def _traced_init(fn, rebuild, rules, plan, *, constrain=False):
         return out, leaves
 
     return traced
-
-
-def _trace_mesh(rules: ShardingRules, arrays: list) -> Callable[[], Any]:
-    """A context factory: the mesh a sharded init traces under.
-
-    The rules' (auto axes) under `jax.set_mesh` or given arrays typed over
-    explicit axes. Without either, none: typing every value over auto axes
-    would only cost trace time (~5 %).
-    """
-    if not rules.is_abstract and meshes.typed_over_a_mesh(arrays):
-        return lambda: jax.sharding.use_abstract_mesh(rules.mesh.abstract_mesh)
-    return contextlib.nullcontext
 
 
 def _build(plan: list, leaves: list) -> dict:
@@ -267,10 +263,9 @@ def sharded_init_fn(
     """The jitted sharded init of ``fn``, the arrays to call it with, its plan.
 
     Traces ``fn`` once, under `jax.jit`, which fills ``plan`` with the
-    ``(collection, path, spec)`` of each variable; then the traced program
-    (its jaxpr, replayed: ``fn`` does not run again) is the body of a
-    `jax.jit` whose ``out_shardings`` are the variables' `NamedSharding`s,
-    one program with no nested call. XLA's sharding
+    ``(collection, path, spec)`` of each variable; then wraps that traced
+    function (a cache hit, not a second trace) in a `jax.jit` whose
+    ``out_shardings`` are the variables' `NamedSharding`s. XLA's sharding
     propagation then computes each initializer in its shards only. (Inside a
     caller's trace, `js.init` constrains each variable in that trace instead:
     there the caller's jit is the one jit, so nothing is traced twice.)
@@ -300,17 +295,11 @@ def sharded_init_fn(
         def traced(arrays: list) -> tuple[None, list]:
             return None, traced_all(arrays)[1]
 
-    program = jax.jit(traced).trace(arrays)  # fills plan
+    inner = jax.jit(traced)
+    inner.trace(arrays)  # fills plan
     shardings = [rules.named(spec) for _, _, spec in plan]
-    closed, out_tree = program.jaxpr, jax.tree.structure(program.out_info)
-    mesh = _trace_mesh(rules.for_init(), arrays)
-
-    def replay(arrays: list) -> tuple[Any, list]:
-        with mesh():  # the traced program, its equations bound again: fn never runs
-            flat = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *arrays)
-        return out_tree.unflatten(flat)
-
-    return jax.jit(replay, out_shardings=(None, shardings)), arrays, plan
+    outer = jax.jit(lambda arrays: inner(arrays), out_shardings=(None, shardings))
+    return outer, arrays, plan
 
 
 def _init_sharded(fn, rng, args, kwargs, rules, with_output):
