@@ -18,10 +18,16 @@ larger size for the memory measurement. The script measures:
    random bits are part of any init's peak). It checks that the compiled
    outputs carry the rules' shardings and that the sharded init equals the
    unsharded one bit for bit.
-2. **init_trace**: the time to trace and lower that jitted init (a new function
-   every call, so no cache is hit; no XLA compile) with ``rules=`` against the
-   same init without rules, interleaved round by round; the ratio is the median
-   of the per-round ratios. Target ≤ 1.05.
+2. **init_trace**: the time to trace and lower what ``js.init(gpt, key, cfg, x,
+   rules=rules)`` compiles (``sharded_init_fn``, lowered by
+   ``lower_sharded_init``; no XLA compile) against the same init without rules,
+   jitted and lowered the same way (threefry unrolled); and ``js.init(...,
+   rules=rules)`` inside a caller's ``jax.jit`` (each variable constrained in
+   that trace) against the same without rules. A new function every call, so
+   no cache is hit; interleaved round by round; each ratio is the median of
+   the per-round ratios, of wall time and of the process's CPU time. Target
+   ≤ 1.05 (wall). For reference, the cost of lowering threefry unrolled (the
+   peak-memory fix, no rules) against JAX's CPU lowering.
 3. **train_step**: one Adam training step (the example's step, batch 16 of 64
    characters) on a mesh of 1 device against the 2×4 mesh of 8, interleaved;
    checked to give the same loss (float32 reduction order only). Report only:
@@ -32,6 +38,7 @@ Usage::
 
     python benchmarks/bench_sharding.py           # full run (a few minutes)
     python benchmarks/bench_sharding.py --quick   # smoke run (under a minute)
+    python benchmarks/bench_sharding.py --only init_trace --rounds 41
 
 The script sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before jax
 is imported. It exits non-zero when a correctness check fails; missed timing
@@ -68,7 +75,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jscope as js  # noqa: E402
-from jscope._src import meshes, run  # noqa: E402  (the program js.init compiles)
+from jscope._src import jax_compat, meshes, run  # noqa: E402  (js.init's program)
 
 # Trace and compile times are measured: never read an executable from disk.
 jax.config.update("jax_enable_compilation_cache", False)
@@ -97,8 +104,20 @@ def sharded_init(cfg: example.Config, rules: js.ShardingRules | None) -> Callabl
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict:
-    """Seconds of every call of each fn, round by round, the order rotating."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    """Wall seconds of every call of each fn, round by round, the order rotating."""
+    return interleaved_wall_cpu(fns, rounds)[0]
+
+
+def interleaved_wall_cpu(
+    fns: dict[str, Callable[[], object]], rounds: int
+) -> tuple[dict, dict]:
+    """As `interleaved`: the wall seconds, and the process's CPU seconds beside.
+
+    CPU time does not count waiting for a core, which on a loaded machine
+    inflates wall time.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up, untimed
         fn()
     names = list(fns)
@@ -107,12 +126,13 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict:
         gc.disable()
         try:
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                start = time.perf_counter()
+                c0, w0 = time.process_time(), time.perf_counter()
                 fns[name]()
-                samples[name].append(time.perf_counter() - start)
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(time.process_time() - c0)
         finally:
             gc.enable()
-    return samples
+    return wall, cpu
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
@@ -209,21 +229,53 @@ def bench_trace(report: Report, cfg: example.Config, rounds: int) -> None:
     rules = example.sharding_rules(mesh)
     key = jax.random.key(0)
     ids = jnp.zeros((BATCH, cfg.length), jnp.int32)
-    print(f"\n[2] init_trace: trace + lower the jitted init, {rounds} rounds")
+    print(f"\n[2] init_trace: trace + lower the init, {rounds} rounds")
+    # The lowering js.init(rules=) gives its program (threefry unrolled on CPU).
+    unrolled = jax_compat.unrolled_threefry_lowering()
 
-    def lower(r):
-        # A new function each call: jax.jit caches traces by function identity.
+    def program(r):
+        """What js.init(..., rules=r) traces and lowers before it compiles."""
+        if r is None:  # the same init without rules, jitted, lowered the same way
+            return lambda: (
+                jax.jit(sharded_init(cfg, None)).trace(key, ids).lower(**unrolled)
+            )
+        return lambda: meshes.lower_sharded_init(
+            *run.sharded_init_fn(
+                example.gpt, key, (cfg, ids), {}, r, with_output=False
+            )[:2]
+        )
+
+    def in_a_jit(r):
+        # js.init inside a caller's jax.jit; a new function each call: jax.jit
+        # caches traces by function identity.
         return lambda: jax.jit(sharded_init(cfg, r)).lower(key, ids)
 
-    samples = interleaved({"rules": lower(rules), "no rules": lower(None)}, rounds)
-    for name, s in samples.items():
-        report.value("init_trace", name, f"{statistics.median(s) * 1e3:.1f} ms")
-    report.ratio(
-        "init_trace",
-        "rules/no rules",
-        paired_ratio(samples["rules"], samples["no rules"]),
-        TARGET_TRACE,
-    )
+    fns = {
+        "rules": program(rules),
+        "no rules": program(None),
+        "rules, in a jit": in_a_jit(rules),
+        "no rules, in a jit": in_a_jit(None),
+    }
+    wall, cpu = interleaved_wall_cpu(fns, rounds)
+    for name in fns:
+        report.value(
+            "init_trace",
+            name,
+            f"{statistics.median(wall[name]) * 1e3:.1f} ms "
+            f"(CPU {statistics.median(cpu[name]) * 1e3:.1f} ms)",
+        )
+    for label, a, b, target in (
+        ("rules/no rules", "rules", "no rules", TARGET_TRACE),
+        ("rules/no rules, CPU time", "rules", "no rules", None),
+        ("rules/no rules in a jit", "rules, in a jit", "no rules, in a jit",
+         TARGET_TRACE),
+        ("rules/no rules in a jit, CPU time", "rules, in a jit", "no rules, in a jit",
+         None),
+        ("threefry unrolled/JAX's lowering", "no rules", "no rules, in a jit", None),
+    ):  # fmt: skip
+        samples = cpu if label.endswith("CPU time") else wall
+        report.ratio("init_trace", label, paired_ratio(samples[a], samples[b]), target)
+    print(f"  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 # ------------------------------------------------------------- 3. train step
@@ -291,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds")
+    parser.add_argument(
+        "--only",
+        choices=("memory", "init_trace", "train_step"),
+        help="run one benchmark",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 21)
     print(
@@ -302,12 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     try:
         check(jax.device_count() == 8, f"need 8 devices, found {jax.device_count()}")
-        for shape in ((2, 4),) if args.quick else ((2, 4), (1, 8)):
-            bench_memory(report, QUICK if args.quick else BIG, shape)
-        bench_trace(report, QUICK if args.quick else SMALL, rounds)
-        bench_step(
-            report, QUICK if args.quick else SMALL, rounds, 2 if args.quick else 5
-        )
+        chosen = {args.only} if args.only else {"memory", "init_trace", "train_step"}
+        if "memory" in chosen:
+            for shape in ((2, 4),) if args.quick else ((2, 4), (1, 8)):
+                bench_memory(report, QUICK if args.quick else BIG, shape)
+        if "init_trace" in chosen:
+            bench_trace(report, QUICK if args.quick else SMALL, rounds)
+        if "train_step" in chosen:
+            bench_step(
+                report, QUICK if args.quick else SMALL, rounds, 2 if args.quick else 5
+            )
     except CheckFailed as e:
         print(f"\nCHECK FAILED: {e}", file=sys.stderr)
         return 1

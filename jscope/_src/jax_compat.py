@@ -11,9 +11,6 @@ move them. Imports: JAX and NumPy only.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -106,35 +103,36 @@ def distributed_client() -> Any:
     return distributed.global_state.client
 
 
-@contextlib.contextmanager
-def unrolled_threefry() -> Iterator[None]:
-    """Lowers threefry on CPU as GPU and TPU do, unrolled, while inside.
+def unrolled_threefry_lowering() -> dict[str, Any]:
+    """Keywords for ``Traced.lower`` that lower threefry unrolled, on CPU too.
 
     JAX's CPU lowering of the threefry hash is a rolled loop (for compile
     time) whose carried buffers are program temporaries the size of each
-    random draw; unrolled, it fuses into the op that consumes the bits. The
-    bits are the same. `js.init(rules=...)` compiles under it so a sharded
-    init holds no more than its variables' shards. No-op where JAX's
-    internals differ.
+    random draw; unrolled, as on GPU and TPU, it fuses into the op that
+    consumes the bits. The bits are the same. `js.init(rules=...)` lowers its
+    program with these so a sharded init holds no more than its variables'
+    shards. The rule is an override of that one lowering (JAX's lowering
+    parameters, part of its lowering cache key), not a change to JAX's global
+    rule table: lowerings in other threads keep JAX's rules. Empty (JAX's
+    own lowering) where JAX's internals differ.
     """
-    try:
-        from jax._src.interpreters import mlir  # noqa: PLC0415
-        from jax._src.random import threefry2x32  # noqa: PLC0415
+    global _UNROLLED
+    if _UNROLLED is None:
+        try:
+            from jax._src.interpreters import mlir  # noqa: PLC0415
+            from jax._src.random import threefry2x32  # noqa: PLC0415
 
-        table = mlir._platform_specific_lowerings["cpu"]
-        prim = threefry2x32.threefry2x32_p
-        saved = table[prim]
-        unrolled = dataclasses.replace(
-            saved, rule=threefry2x32._threefry2x32_lowering_rule
-        )
-    except (ImportError, AttributeError, KeyError, TypeError):  # other jax
-        yield
-        return
-    table[prim] = unrolled
-    try:
-        yield
-    finally:
-        table[prim] = saved
+            rule = threefry2x32._threefry2x32_lowering_rule
+            params = mlir.LoweringParameters(
+                override_lowering_rules=((threefry2x32.threefry2x32_p, rule),)
+            )
+            _UNROLLED = {"_private_parameters": params}
+        except (ImportError, AttributeError, TypeError):  # other jax
+            _UNROLLED = {}
+    return _UNROLLED
+
+
+_UNROLLED: dict[str, Any] | None = None
 
 
 def eager() -> bool:

@@ -2,8 +2,8 @@
 
 `apply_over_auto` runs `js.apply` given rules over a mesh of explicit axes
 (jax's default) as `js.init` does, over the same mesh with Auto axes;
-`compile_sharded_init` compiles the sharded init so that a device's peak is
-its shards. Imports: `jax_compat`, `tree`, JAX.
+`lower_sharded_init` and `compile_sharded_init` lower and compile the sharded
+init so that a device's peak is its shards. Imports: `jax_compat`, `tree`, JAX.
 """
 
 from __future__ import annotations
@@ -19,17 +19,21 @@ from jscope._src import jax_compat, tree
 _INIT_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 
-def compile_sharded_init(jitted: Any, arrays: list) -> Any:
-    """``jitted.lower(arrays).compile()``, its random bits fused into their use.
+def lower_sharded_init(jitted: Any, arrays: list) -> Any:
+    """``jitted.trace(arrays).lower()``, threefry unrolled: what `js.init` compiles.
 
     On CPU, JAX lowers the threefry hash as a rolled loop whose carried
     buffers are temporaries the size of each draw (half the held bytes of a
-    sharded init); compiled as on GPU and TPU, unrolled, the bits go straight
-    into each variable's shard. The values are the same.
+    sharded init); lowered as on GPU and TPU, unrolled, the bits go straight
+    into each variable's shard. The values are the same. The unrolled rule
+    is a parameter of this lowering only (thread-safe: no global rule swapped).
     """
-    top = jax.jit(jitted, compiler_options=_INIT_COMPILER_OPTIONS)
-    with jax_compat.unrolled_threefry():
-        return top.lower(arrays).compile()
+    return jitted.trace(arrays).lower(**jax_compat.unrolled_threefry_lowering())
+
+
+def compile_sharded_init(jitted: Any, arrays: list) -> Any:
+    """`lower_sharded_init`, compiled without hoisting a scan's random counters."""
+    return lower_sharded_init(jitted, arrays).compile(_INIT_COMPILER_OPTIONS)
 
 
 def typed_over_a_mesh(arrays: list) -> bool:

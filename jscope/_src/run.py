@@ -136,7 +136,11 @@ def init(
     traced, the others are constants), each variable is constrained to its
     spec and XLA computes each device's shards only, so the whole model never
     exists on one device. The values are those of the same init without
-    rules, bit for bit (keys derive from paths, not devices).
+    rules, bit for bit (keys derive from paths, not devices). Inside a
+    caller's `jax.jit` the init is part of the caller's program, each variable
+    constrained to its spec, compiled with JAX's defaults: on CPU a device's
+    peak may then exceed its shards (threefry's temporaries, about 1.5×),
+    which the init's own jit avoids.
 
     Args:
       fn: The function, calling `js.get_variable` / `js.Variable` inside.
@@ -263,9 +267,10 @@ def sharded_init_fn(
     """The jitted sharded init of ``fn``, the arrays to call it with, its plan.
 
     Traces ``fn`` once, under `jax.jit`, which fills ``plan`` with the
-    ``(collection, path, spec)`` of each variable; then wraps that traced
-    function (a cache hit, not a second trace) in a `jax.jit` whose
-    ``out_shardings`` are the variables' `NamedSharding`s. XLA's sharding
+    ``(collection, path, spec)`` of each variable; then jits the same traced
+    function again (JAX's trace cache hands back its program: ``fn`` does not
+    run twice, and no jit is nested) with ``out_shardings`` the variables'
+    `NamedSharding`s. XLA's sharding
     propagation then computes each initializer in its shards only. (Inside a
     caller's trace, `js.init` constrains each variable in that trace instead:
     there the caller's jit is the one jit, so nothing is traced twice.)
@@ -295,11 +300,10 @@ def sharded_init_fn(
         def traced(arrays: list) -> tuple[None, list]:
             return None, traced_all(arrays)[1]
 
-    inner = jax.jit(traced)
-    inner.trace(arrays)  # fills plan
+    jax.jit(traced).trace(arrays)  # fills plan
     shardings = [rules.named(spec) for _, _, spec in plan]
-    outer = jax.jit(lambda arrays: inner(arrays), out_shardings=(None, shardings))
-    return outer, arrays, plan
+    # The same function: jax's trace cache gives its program back, fn not rerun.
+    return jax.jit(traced, out_shardings=(None, shardings)), arrays, plan
 
 
 def _init_sharded(fn, rng, args, kwargs, rules, with_output):

@@ -6,6 +6,8 @@ spec `js.partition_specs` plans; compiled, it must hold about 1/N of the model
 per device for a model axis of N.
 """
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,11 @@ from jax.sharding import PartitionSpec as P
 
 import jscope as js
 from jscope import errors
-from jscope._src.meshes import compile_sharded_init  # as js.init compiles it
+from jscope._src import jax_compat
+from jscope._src.meshes import (  # as js.init lowers and compiles it
+    compile_sharded_init,
+    lower_sharded_init,
+)
 from jscope._src.run import sharded_init_fn  # the jitted init js.init runs
 
 KEY = jax.random.key(0)
@@ -241,6 +247,77 @@ def test_array_and_non_array_arguments_and_the_output():
     # int, str and NumPy arguments reach fn as themselves, not as tracers
     assert set(seen) == {(int, "sin", np.ndarray)}
     assert v["params"]["w"].sharding.spec == P(None, "model")
+
+
+def test_the_sharded_init_traces_fn_once_into_one_program():
+    # The jit with out_shardings reuses the trace that found the specs (fn runs
+    # once), and its program is the unsharded init's, with no call nested around it.
+    rules = js.ShardingRules(auto_mesh(), axes={"embed": None, "mlp": "model"})
+    runs = []
+
+    def fn(x):
+        runs.append(x.shape)
+        return x @ js.get_variable("w", (x.shape[-1], 16), axes=("embed", "mlp"))
+
+    x = jnp.ones((2, 8))
+    js.init(fn, KEY, x, rules=rules)
+    assert runs == [(2, 8)]
+    jitted, arrays, _ = sharded_init_fn(fn, KEY, (x,), {}, rules, with_output=False)
+    sharded = lower_sharded_init(jitted, arrays).as_text()
+    plain = (
+        jax.jit(lambda k, x: js.init(fn, k, x))
+        .trace(KEY, x)
+        .lower(**jax_compat.unrolled_threefry_lowering())
+        .as_text()
+    )
+    assert sharded.count("func.func") == plain.count("func.func")
+
+
+def test_a_sharded_init_and_a_plain_jit_compile_in_two_threads():
+    # The sharded init lowers threefry unrolled by a parameter of its own
+    # lowering: a jit lowered meanwhile in another thread keeps JAX's CPU rule
+    # (a rolled loop), and both give their values.
+    rules = js.ShardingRules(auto_mesh(), axes={"embed": None, "mlp": "model"})
+    fn = lambda: js.get_variable("w", (64, 32), axes=("embed", "mlp"))  # noqa: E731
+    want_w = js.init(fn, KEY)["params"]["w"]
+    want_n = np.asarray(jax.random.bits(KEY, (256,)))
+    start = threading.Barrier(2)
+    got: dict[str, list] = {"w": [], "n": [], "text": [], "failed": []}
+
+    def sharded():
+        start.wait()
+        for _ in range(3):
+            got["w"].append(js.init(fn, KEY, rules=rules)["params"]["w"])
+
+    def plain():
+        start.wait()
+        for i in range(6):
+            draw = lambda k, i=i: jax.random.bits(k, (256,)) + i  # noqa: E731
+            lowered = jax.jit(draw).lower(KEY)
+            got["text"].append(lowered.as_text())
+            got["n"].append((i, lowered.compile()(KEY)))
+
+    def run(target):
+        try:
+            target()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            got["failed"].append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (sharded, plain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not got["failed"], got["failed"]
+    assert len(got["w"]) == 3 and len(got["n"]) == 6
+    for w in got["w"]:
+        assert_bits_equal(w, want_w, "w")
+        assert w.sharding.spec == P(None, "model")
+    for i, n in got["n"]:
+        np.testing.assert_array_equal(np.asarray(n), want_n + np.uint32(i))
+    assert all("stablehlo.while" in text for text in got["text"])
+    jitted, arrays, _ = sharded_init_fn(fn, KEY, (), {}, rules, with_output=False)
+    assert "stablehlo.while" not in lower_sharded_init(jitted, arrays).as_text()
 
 
 def test_init_inside_jit_and_under_set_mesh():

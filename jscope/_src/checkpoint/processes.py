@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,33 @@ from jscope._src import jax_compat
 CheckpointError = errors.CheckpointError
 
 TIMEOUT_S = 1800  # how long a process waits for process 0 (a large save's commit)
+TIMEOUT_ENV = "JSCOPE_BARRIER_TIMEOUT_S"  # overrides it, read at every wait
+
+
+def timeout_s() -> float:
+    """Seconds a process waits for the others at a save's or restore's steps.
+
+    ``JSCOPE_BARRIER_TIMEOUT_S`` from the environment when set, else
+    `TIMEOUT_S` (30 minutes: a large save's commit). Read at every wait.
+
+    Raises:
+      CheckpointError: The variable is not a finite number of seconds > 0.
+    """
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None or not text.strip():
+        return float(TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise CheckpointError(
+            f"{TIMEOUT_ENV}={text!r}: expected the seconds a process waits for the "
+            f"others at a checkpoint step, a number > 0 (default {TIMEOUT_S}). Set "
+            "it to e.g. 600, or unset it."
+        )
+    return seconds
+
 
 _SAVES = itertools.count()
 _READS = itertools.count()
@@ -70,6 +99,10 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _timeout_ms() -> int:
+    return max(1, round(timeout_s() * 1000))
+
+
 def _client() -> Any:
     client = jax_compat.distributed_client()
     if client is None:
@@ -83,7 +116,7 @@ def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
     """Process 0's ``value`` for the step ``name`` of save ``step``, everywhere.
 
     Process 0 passes the value and gets it back; the other processes pass
-    None and wait (at most `TIMEOUT_S`) until process 0 has published it.
+    None and wait (at most `timeout_s`) until process 0 has published it.
     """
     key = f"jscope/checkpoint/save-{step}/{name}"
     client = _client()
@@ -91,14 +124,14 @@ def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
         assert value is not None
         client.key_value_set(key, json.dumps(value))
         return value
-    return json.loads(client.blocking_key_value_get(key, TIMEOUT_S * 1000))
+    return json.loads(client.blocking_key_value_get(key, _timeout_ms()))
 
 
 def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int, str]]:
     """Every other process's error at step ``step`` of ``what``, after all got there.
 
     Each process publishes its outcome (``error`` or success) and waits (at most
-    `TIMEOUT_S`) for every other's: ``[(process, error text), ...]``.
+    `timeout_s`) for every other's: ``[(process, error text), ...]``.
     """
     client = _client()
     me = jax.process_index()
@@ -108,7 +141,7 @@ def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int,
     failed = []
     for other in range(count()):
         if other != me:
-            found = client.blocking_key_value_get(f"{prefix}/{other}", TIMEOUT_S * 1000)
+            found = client.blocking_key_value_get(f"{prefix}/{other}", _timeout_ms())
             if json.loads(found):
                 failed.append((other, json.loads(found)))
     return failed
