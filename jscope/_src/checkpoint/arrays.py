@@ -75,3 +75,25 @@ def prepare(
             bad[0].split(" ")[0],
         )
     return items, index
+
+
+def snapshot(items: Mapping[str, Any]) -> dict[str, Any]:
+    """Copies of ``{key: array}`` that the caller cannot change or delete.
+
+    For a non-blocking save, whose arrays are written after `Saver.save`
+    returns: a `jax.Array` may be deleted by then (donated to a jitted step),
+    a NumPy array changed in place. The jax arrays are copied on their devices
+    in one asynchronously dispatched `jax.device_put` (microseconds per array;
+    the copies are made while the caller goes on), the NumPy arrays at once on
+    the host.
+
+    Raises:
+      RuntimeError: An array has been deleted (donated).
+    """
+    jax_keys = [key for key, value in items.items() if isinstance(value, jax.Array)]
+    copies = jax.device_put([items[key] for key in jax_keys], may_alias=False)
+    copied = dict(zip(jax_keys, copies, strict=True))
+    return {
+        key: copied[key] if key in copied else np.array(value, copy=True)
+        for key, value in items.items()
+    }
