@@ -5,8 +5,8 @@ check the values, take the directory (its in-process mutex, then its writers'
 lock), remove what dead writers left, and hand the arrays to Orbax, which
 writes them under a temporary name unique to this save. The second, the
 *commit*, in the caller's thread for a blocking save and in a background thread
-otherwise (a non-blocking save copies the arrays, `arrays.snapshot`, and the
-commit hands the copies to Orbax, so that the caller is held only for the
+otherwise (a non-blocking save takes the arrays' values, `arrays.Snapshot`, and
+the commit hands them to Orbax, so that the caller is held only for the
 checks): compute the arrays' checksums while Orbax writes, wait for Orbax,
 write ``_CHECKSUMS``, fsync, move the checkpoint into place (an atomic exchange
 when it replaces one), write the checkpoint state, then delete what
@@ -284,7 +284,7 @@ class Saver:
         # deleted (donated) array. The sharded arrays' checksums are started on
         # their devices here (a collective across processes), fetched later.
         deferred = not blocking and not shared
-        items = arrays.snapshot(items) if deferred else items
+        taken = arrays.Snapshot(items) if deferred else None
         views = {} if deferred else integrity.host_views(items, kinds)
         sums = integrity.sum_checksums(
             {key: items[key] for key, k in kinds.items() if k == integrity.SUM}
@@ -327,7 +327,7 @@ class Saver:
             raise
         job = _Save(path, final, directory, tmp, index, views, write_state)
         job.kinds, job.sums, job.step = kinds, sums, step
-        job.items = items if deferred else None
+        job.taken = taken
         commit = functools.partial(self._commit, job, mutex)
         if blocking:
             commit()
@@ -423,10 +423,10 @@ class Saver:
                 self._record_and_rotate(job.path, job.final, job.directory)
 
         try:
-            if job.items is not None:  # a non-blocking save's copies: wait for them
-                job.views = integrity.host_views(job.items, job.kinds)
-                self._start_orbax(job.path, job.tmp, job.items, job.views)
-                job.items = None
+            if job.taken is not None:  # a non-blocking save's `arrays.Snapshot`
+                items, job.taken = job.taken.items(), None
+                job.views = integrity.host_views(items, job.kinds)
+                self._start_orbax(job.path, job.tmp, items, job.views)
             try:  # the checksums are computed while Orbax writes
                 pending = integrity.Pending(job.views if writer else {})
             finally:
@@ -574,7 +574,7 @@ class _Save:
         self.kinds: dict[str, str] = {}
         self.sums: dict[str, Any] = {}  # the started `SUM` checksums
         self.step: int | None = None  # the save's number, with several processes
-        self.items: dict[str, Any] | None = None  # copies Orbax is yet to take
+        self.taken: arrays.Snapshot | None = None  # what Orbax is yet to take
 
 
 def _release_all(owner: int, held: set[str]) -> None:
