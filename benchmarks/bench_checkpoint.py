@@ -6,9 +6,10 @@
 2. ``restore``: the same checkpoints restored into a tree of
    ``jax.ShapeDtypeStruct`` (``js.Saver().restore`` vs
    ``StandardCheckpointer.restore``), in MB/s.
-3. ``nonblocking``: how long ``saver.save(..., blocking=False)`` blocks the caller,
-   how much of that is jscope's own work (outside Orbax's ``save``), and, for
-   reference, how long Orbax's own asynchronous ``save`` blocks.
+3. ``nonblocking``: how long ``saver.save(..., blocking=False)`` blocks the caller
+   (it copies the arrays and hands the copies to Orbax in the background, so no
+   Orbax call is made in it), and, for reference, how long Orbax's own
+   asynchronous ``save`` blocks.
 4. ``fault``: a child process saves a 32 MiB tree in a loop (``max_to_keep=2``)
    and is killed with SIGKILL at a random moment, again and again in the same
    directory, in three modes: blocking saves of new steps, non-blocking saves,
@@ -128,10 +129,16 @@ def nbytes(tree: dict) -> int:
     return sum(x.nbytes for x in jax.tree.leaves(tree))
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    """Seconds that ``fn()`` takes (until its arrays are ready), and its result."""
+def timed(fn: Callable[[], object], pause: float = 0.0) -> tuple[float, object]:
+    """Seconds that ``fn()`` takes (until its arrays are ready), and its result.
+
+    ``pause``: seconds to sleep after the garbage collection, before the clock
+    starts (a collection burns this process's share of a loaded CPU just before
+    a call of a few milliseconds, which the scheduler then stretches).
+    """
     gc.collect()
     gc.disable()
+    time.sleep(pause)
     try:
         start = time.perf_counter()
         result = jax.block_until_ready(fn())
@@ -266,6 +273,15 @@ def integrity_off():
             setattr(integrity, name, fn)
 
 
+def du(path: str) -> int:
+    """The bytes of the files under ``path``."""
+    return sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(path)
+        for f in files
+    )
+
+
 def same(a: dict, b: dict) -> bool:
     fa, fb = js.flatten(a), js.flatten(b)
     return sorted(fa) == sorted(fb) and all(
@@ -290,9 +306,12 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
     samples: dict[str, list[float]] = {
         f"{who} {op}": [] for who in ("js", "ocp", "off") for op in ("save", "restore")
     }
-    blocks: dict[str, list[float]] = {"js": [], "ocp": []}
+    # How long a non-blocking save holds the caller; "js cpu": its thread's CPU
+    # time in it (what the load does not stretch).
+    blocks: dict[str, list[float]] = {"js": [], "ocp": [], "js cpu": []}
     # jscope's own share of each of its calls: the time spent outside Orbax.
-    own: dict[str, list[float]] = {"save": [], "restore": [], "nonblocking": []}
+    own: dict[str, list[float]] = {"save": [], "restore": []}
+    disk: dict[str, list[int]] = {"js": [], "ocp": []}  # bytes of each checkpoint
     # jscope's integrity work inside its save and restore, and the fsync of the
     # new checkpoint's files before it is moved into place.
     checks: dict[str, list[float]] = {
@@ -329,13 +348,17 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         for who, _ in order:
             path = os.path.join(d, f"{who}-async")
             os.sync()
-            if who == "js":
-                with orbax_timer() as inner:
-                    held = timed(lambda p=path: saver.save(tree, p, blocking=False))[0]
-                own["nonblocking"].append(held - inner[0])
+            if who == "js":  # no Orbax call in it: Orbax starts in the commit
+
+                def save(p=path):
+                    cpu = time.thread_time()
+                    saver.save(tree, p, blocking=False)
+                    blocks["js cpu"].append(time.thread_time() - cpu)
+
+                held = timed(save, pause=0.05)[0]
                 saver.wait_until_finished()
             else:
-                held = timed(lambda p=path: orbax.save(p, tree))[0]
+                held = timed(lambda p=path: orbax.save(p, tree), pause=0.05)[0]
                 orbax.wait_until_finished()
             blocks[who].append(held)
         for who, path in paired:
@@ -360,6 +383,8 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
                 checks["restore"].append(spent["integrity"])
                 checks["restore hashing"].append(spent["background"])
             check(same(restored, tree), f"{who} restore differs from the saved tree")
+        for who, path in order:
+            disk[who].append(du(path))
         check(
             same(saver.restore(os.path.join(d, "js-async"), abstract), tree),
             "a non-blocking save did not restore to the saved tree",
@@ -371,6 +396,7 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
             for s in checks.values():
                 s.clear()
 
+    goal = {"save": 1.5, "restore": 1.0}
     med = {k: statistics.median(v) for k, v in samples.items()}
     mbs = {k: size / 1e6 / v for k, v in med.items()}
     for op in ("save", "restore"):
@@ -380,7 +406,7 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
         # per-round ratios is less sensitive to load drifting over the run.
         js_s, ocp_s = samples[f"js {op}"], samples[f"ocp {op}"]
         paired = [o / j for j, o in zip(js_s, ocp_s, strict=True)]
-        report.ratio(op, "jscope/orbax throughput", statistics.median(paired), 0.9)
+        report.ratio(op, "jscope/orbax throughput", statistics.median(paired), goal[op])
         report.value(
             op,
             "ratio of the median throughputs",
@@ -416,12 +442,15 @@ def bench_throughput(report: Report, workdir: str, rounds: int, mib: int) -> Non
     report.value("save", "fsync of the new checkpoint", f"{fsync_ms:.2f} ms")
     js_ms = 1e3 * statistics.median(blocks["js"])
     ocp_ms = 1e3 * statistics.median(blocks["ocp"])
-    report.limit("nonblocking", "js.Saver save(blocking=False)", js_ms, 10.0)
+    shown = " ".join(f"{1e3 * b:.1f}" for b in blocks["js"])
+    print(f"  nonblocking: js.Saver held the caller, per round (ms): {shown}")
+    report.limit("nonblocking", "js.Saver save(blocking=False)", js_ms, 5.0)
+    cpu_ms = 1e3 * statistics.median(blocks["js cpu"])
+    report.value("nonblocking", "the caller's CPU time in it", f"{cpu_ms:.2f} ms")
     report.value("nonblocking", "orbax async save (reference)", f"{ocp_ms:.2f} ms")
-    own_ms = 1e3 * statistics.median(own["nonblocking"])
-    report.value(
-        "nonblocking", "jscope's own share (outside Orbax)", f"{own_ms:.2f} ms"
-    )
+    for who, label in (("js", "jscope (zstd where worth it)"), ("ocp", "orbax (zstd)")):
+        mb = statistics.median(disk[who]) / 1e6
+        report.value("save", f"size on disk, {label}", f"{mb:.0f} MB")
 
 
 # ------------------------------------------------------------- 4. fault test

@@ -75,3 +75,55 @@ def prepare(
             bad[0].split(" ")[0],
         )
     return items, index
+
+
+class Snapshot:
+    """The values of ``{key: array}`` now, for a save that writes them later.
+
+    A non-blocking save's arrays are written after `Saver.save` returns, when
+    the caller may have deleted a `jax.Array` (donated it to a jitted step) or
+    changed a NumPy array in place. So, at once:
+
+    - a `jax.Array` on one CPU device whose value is computed is *pinned*: its
+      host view (no copy) holds its buffer, which XLA then neither frees nor
+      donates (a donating call copies instead), and Orbax is handed a new
+      `jax.Array` over the same memory, which the caller cannot delete;
+    - any other `jax.Array` is copied on its devices, all in one
+      asynchronously dispatched `jax.device_put` (the copies are made while
+      the caller goes on);
+    - a NumPy array is copied on the host.
+
+    Raises:
+      RuntimeError: An array has been deleted (donated).
+    """
+
+    def __init__(self, items: Mapping[str, Any]):
+        self._pins: dict[str, tuple[np.ndarray, Any]] = {}
+        copied = []
+        for key, value in items.items():
+            if not isinstance(value, jax.Array):
+                continue
+            if _on_one_cpu(value) and value.is_ready():  # pyright: ignore[reportAttributeAccessIssue]
+                self._pins[key] = (np.asarray(value), value.sharding)
+            else:
+                copied.append(key)
+        copies = jax.device_put([items[key] for key in copied], may_alias=False)
+        taken = dict(zip(copied, copies, strict=True))
+        self._items = {
+            key: taken.get(key) if isinstance(value, jax.Array) else np.array(value)
+            for key, value in items.items()
+        }
+
+    def items(self) -> dict[str, Any]:
+        """``{key: array}`` to write, the values at the snapshot (in the commit)."""
+        return {
+            key: jax.device_put(*self._pins[key], may_alias=True)
+            if key in self._pins
+            else value
+            for key, value in self._items.items()
+        }
+
+
+def _on_one_cpu(value: jax.Array) -> bool:
+    devices = value.sharding.device_set
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"

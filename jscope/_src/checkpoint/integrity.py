@@ -81,6 +81,11 @@ def host_view(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def host_views(items: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
+    """Host views of the arrays whole here (`host_view`), for their checksums."""
+    return {key: host_view(value) for key, value in items.items() if kinds[key] == XXH3}
+
+
 def _gathered(value: Any) -> np.ndarray:
     """The whole values of a restored array on this host (see `check_arrays`)."""
     if not isinstance(value, jax.Array) or _whole_here(value):

@@ -5,7 +5,9 @@ check the values, take the directory (its in-process mutex, then its writers'
 lock), remove what dead writers left, and hand the arrays to Orbax, which
 writes them under a temporary name unique to this save. The second, the
 *commit*, in the caller's thread for a blocking save and in a background thread
-otherwise: compute the arrays' checksums while Orbax writes, wait for Orbax,
+otherwise (a non-blocking save takes the arrays' values, `arrays.Snapshot`, and
+the commit hands them to Orbax, so that the caller is held only for the
+checks): compute the arrays' checksums while Orbax writes, wait for Orbax,
 write ``_CHECKSUMS``, fsync, move the checkpoint into place (an atomic exchange
 when it replaces one), write the checkpoint state, then delete what
 ``max_to_keep`` drops. Until the state is written the previous checkpoints are
@@ -276,10 +278,14 @@ class Saver:
             )
         items, index = arrays.prepare(chosen, leaves)
         kinds = {key: integrity.kind(value) for key, value in items.items()}
-        # Both raise here for a deleted (donated) array. The sharded arrays'
-        # checksums are computed on their devices, started here in the caller's
-        # thread (a collective across processes), fetched by the commit.
-        views = _views(items, kinds)
+        shared = processes.count() > 1
+        # A non-blocking save of one process copies the arrays and leaves
+        # Orbax's start to the commit. The copies or the views raise here for a
+        # deleted (donated) array. The sharded arrays' checksums are started on
+        # their devices here (a collective across processes), fetched later.
+        deferred = not blocking and not shared
+        taken = arrays.Snapshot(items) if deferred else None
+        views = {} if deferred else integrity.host_views(items, kinds)
         sums = integrity.sum_checksums(
             {key: items[key] for key, k in kinds.items() if k == integrity.SUM}
         )
@@ -298,7 +304,6 @@ class Saver:
             )
         mutex = lock.mutex(directory)
         mutex.acquire()
-        shared = processes.count() > 1
         tmp = layout.temporary_path(final) if not shared else ""
         step = processes.next_save() if shared else None
         try:
@@ -312,7 +317,8 @@ class Saver:
                     self._begin_other(path, directory, write_state)
             else:
                 self._begin(path, tmp, directory, write_state)
-            self._start_orbax(path, tmp, items)
+            if not deferred:
+                self._start_orbax(path, tmp, items, views)
         except BaseException:
             if tmp and (not shared or processes.primary()):
                 for leftover in (tmp, tmp + layout.ORBAX_TMP):
@@ -321,6 +327,7 @@ class Saver:
             raise
         job = _Save(path, final, directory, tmp, index, views, write_state)
         job.kinds, job.sums, job.step = kinds, sums, step
+        job.taken = taken
         commit = functools.partial(self._commit, job, mutex)
         if blocking:
             commit()
@@ -344,10 +351,12 @@ class Saver:
         with layout.write_errors(path):
             # Orbax creates its temporary directory in a thread of its own and,
             # when that fails, leaves its signalling threads waiting forever
-            # (the process never exits): try the same mkdir here first.
-            probe = tmp + layout.ORBAX_TMP
-            os.mkdir(probe)
-            os.rmdir(probe)
+            # (the process never exits): try the same mkdir here first. With one
+            # process `_start_orbax` removes it (a slow rmdir, off the caller's
+            # path for a non-blocking save).
+            os.mkdir(tmp + layout.ORBAX_TMP)
+            if processes.count() > 1:
+                os.rmdir(tmp + layout.ORBAX_TMP)
 
     def _begin_primary(
         self, path: str, final: str, directory: str, write_state: bool
@@ -361,9 +370,13 @@ class Saver:
         if write_state and self._max_to_keep and directory not in self._adopted:
             self._adopt(path, directory)
 
-    def _start_orbax(self, path: str, tmp: str, items: Mapping[str, Any]) -> None:
+    def _start_orbax(self, path: str, tmp: str, items: Any, views: Any) -> None:
+        """Hands ``items`` to Orbax, each compressed if worth it (host ``views``)."""
+        compress = {k: orbax_io.worth_compressing(v) for k, v in views.items()}
         with layout.write_errors(path):
-            orbax_io.start_save(self._orbax(), tmp, items)
+            if processes.count() == 1:
+                os.rmdir(tmp + layout.ORBAX_TMP)  # `_begin`'s probe
+            orbax_io.start_save(self._orbax(), tmp, items, compress)
 
     def _adopt(self, path: str, directory: str) -> None:
         """Adds the checkpoints of ``directory``'s state to `last_checkpoints`."""
@@ -410,6 +423,10 @@ class Saver:
                 self._record_and_rotate(job.path, job.final, job.directory)
 
         try:
+            if job.taken is not None:  # a non-blocking save's `arrays.Snapshot`
+                items, job.taken = job.taken.items(), None
+                job.views = integrity.host_views(items, job.kinds)
+                self._start_orbax(job.path, job.tmp, items, job.views)
             try:  # the checksums are computed while Orbax writes
                 pending = integrity.Pending(job.views if writer else {})
             finally:
@@ -557,15 +574,7 @@ class _Save:
         self.kinds: dict[str, str] = {}
         self.sums: dict[str, Any] = {}  # the started `SUM` checksums
         self.step: int | None = None  # the save's number, with several processes
-
-
-def _views(items: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
-    """Host views of the arrays whole here (no copy on CPU), for the checksums."""
-    return {
-        key: integrity.host_view(value)
-        for key, value in items.items()
-        if kinds[key] == integrity.XXH3
-    }
+        self.taken: arrays.Snapshot | None = None  # what Orbax is yet to take
 
 
 def _release_all(owner: int, held: set[str]) -> None:
