@@ -312,6 +312,37 @@ def test_leaving_a_scope_entered_by_object_restores_counts_below_it():
     assert names == ["outer/dense", "outer/dense_1", "outer/dense_2", "outer/dense_1"]
 
 
+def test_leaving_a_scope_forgets_its_counts_after_an_object_scope_or_a_scan():
+    # Leaving a scope entered by name clears the counts below it in the store
+    # current at exit: after a scope entered by object inside it put back a copy
+    # of the store, or a lifted transform inside it gave its counts back.
+    def step(h, x):
+        with vs(None, "cell"):
+            w = js.get_variable("w", (), initializer=js.initializers.ones())
+        return h * w + x, h
+
+    def f():
+        names = []
+        with vs("o") as o:
+            pass
+        with vs("a"):
+            with vs(None, "dense"), vs(None, "dense"):
+                pass
+            with vs(o):
+                pass
+            js.scan(step)(jnp.zeros(()), jnp.ones(3))
+            with vs(None, "dense") as s:
+                names.append(s.name)
+        with vs("a"):
+            with vs(None, "dense") as s:
+                names.append(s.name)
+            with vs(None, "cell") as s:
+                names.append(s.name)
+        return names
+
+    assert run(f)[0] == ["a/dense_1", "a/dense", "a/cell"]
+
+
 def test_leaving_a_scope_entered_by_object_restores_every_scopes_counts():
     # TF1 snapshots the whole count store after entering a scope by object and
     # puts the snapshot back when leaving it: counts outside the scope (here

@@ -1827,3 +1827,34 @@ def test_two_threads_init_at_once():
             f"params/{name}/a",
             f"params/{name}/b",
         ]
+
+
+def test_a_name_read_at_apply_in_another_scope_or_run_reads_that_path():
+    # get_variable at apply caches nothing per name across scopes or runs: the
+    # same name in another scope, or in a later run on another tree, is read
+    # from that path of that tree.
+    def f():
+        out = []
+        for scope in ("a", "b", "a/c"):
+            with js.variable_scope(scope):
+                out.append(
+                    js.get_variable("w", (2,), initializer=js.initializers.ones())
+                )
+        return out
+
+    variables = js.init(f, KEY)
+    for scale in (2.0, 3.0):
+        tree = jax.tree.map(lambda v, s=scale: v * s, variables)
+        tree["params"]["a"]["w"] = tree["params"]["a"]["w"] + 1.0
+        got = js.apply(f, tree)
+        want = [tree["params"]["a"]["w"], tree["params"]["b"]["w"]]
+        want.append(tree["params"]["a"]["c"]["w"])
+        assert all(g is w for g, w in zip(got, want, strict=True))
+    bad = jax.tree.map(lambda v: v, variables)
+    del bad["params"]["b"]["w"]
+    with pytest.raises(errors.UninitializedVariableError, match="b/w"):
+        js.apply(f, bad)
+    bad = jax.tree.map(lambda v: v, variables)
+    bad["params"]["a"]["c"]["w"] = jnp.ones(3)
+    with pytest.raises(errors.ShapeMismatchError, match="a/c/w"):
+        js.apply(f, bad)

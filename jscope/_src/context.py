@@ -63,7 +63,11 @@ class Counts:
     def node(self, path: str) -> Counts:
         """Returns the node of ``path`` (``""`` is this node), creating it."""
         node = self
-        if path:
+        if path and "/" not in path:  # one component: no list to split into
+            node = self.children.get(path)
+            if node is None:
+                node = self.children[path] = Counts()
+        elif path:
             for part in path.split("/"):
                 child = node.children.get(part)
                 if child is None:

@@ -41,6 +41,37 @@ except ImportError:  # pragma: no cover - other jax versions
             return _jax_core.get_opaque_trace_state(None)
 
 
+class _TraceRef:
+    """``TRACE_REF.value`` is `trace_state()` where JAX's holder is not found."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> Any:
+        return trace_state()
+
+
+try:  # JAX's holder of the current trace: one attribute read (a hot path).
+    from jax._src.core import trace_state_strong_ref as TRACE_REF
+
+    if TRACE_REF.value is not trace_state():  # pragma: no cover - other jax
+        raise ImportError("trace_state_strong_ref is not the current trace")
+except (ImportError, AttributeError):  # pragma: no cover - other jax versions
+    TRACE_REF = _TraceRef()
+
+
+class _NoArray:
+    """A type no value has: where JAX's array type is not found, the generic path."""
+
+
+try:  # The concrete jax.Array type: its ``aval`` (shape, dtype) is a plain attribute.
+    from jax._src.array import ArrayImpl as _ArrayImpl
+
+    ARRAY_IMPL: type = _ArrayImpl
+except ImportError:  # pragma: no cover - other jax versions
+    ARRAY_IMPL = _NoArray
+
+
 try:  # The primitive under jax.random.fold_in, without its argument checks.
     from jax._src.random import prng as _prng
 

@@ -53,6 +53,32 @@ def _validate(name: str, what: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=65536)
+def valid_path(path: str) -> str:
+    """`validate` of a variable path known to be a str, cached by the path alone.
+
+    The `get_variable` hot path: one cache lookup keyed by the str itself.
+
+    Raises:
+      InvalidNameError: As `validate`.
+
+    Example:
+      >>> valid_path("layer/w")
+      'layer/w'
+    """
+    return _validate(path, "variable")
+
+
+@functools.lru_cache(maxsize=65536)
+def valid_scope(name: str) -> str:
+    """`validate` of a variable scope name known to be a str, cached by the name.
+
+    Raises:
+      InvalidNameError: As `validate`.
+    """
+    return _validate(name, "variable scope")
+
+
 def _suggest(name: str) -> str:
     parts = [re.sub(r"[^A-Za-z0-9_.\-]", "_", p) for p in name.split("/") if p]
     parts = [p.lstrip("-") or "_" for p in parts]
@@ -93,28 +119,30 @@ class Uniquifier:
       ['x', 'x_1', 'x_2', 'x_3']
     """
 
-    __slots__ = ("_counts",)
+    __slots__ = ("counts",)
 
     def __init__(self):
-        self._counts: dict[str, int] = {}
+        #: name -> how many times it was handed out or marked; `get_variable`
+        #: marks a new path here itself (`mark` without the call).
+        self.counts: dict[str, int] = {}
 
     def copy(self) -> Uniquifier:
         """An independent copy."""
         new = Uniquifier()
-        new._counts = dict(self._counts)
+        new.counts = dict(self.counts)
         return new
 
     def mark(self, name: str) -> None:
         """Records ``name`` as used without renaming it."""
-        self._counts[name] = self._counts.get(name, 0) + 1
+        self.counts[name] = self.counts.get(name, 0) + 1
 
     def in_use(self, name: str) -> bool:
         """Whether ``name`` has been handed out or marked."""
-        return name in self._counts
+        return name in self.counts
 
     def unique(self, name: str) -> str:
         """Returns ``name`` or its first free ``name_i`` and marks it used."""
-        counts = self._counts
+        counts = self.counts
         if name not in counts:
             counts[name] = 1
             return name

@@ -400,14 +400,14 @@ def _mutable_set(mutable: Any) -> frozenset[str] | Literal[True]:
 
 
 def _index(variables: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(variables, Mapping):
+    if type(variables) is not dict and not isinstance(variables, Mapping):
         raise TypeError(
             "js.apply expects a variable tree (a dict such as js.init returns), got "
             f"{type(variables).__name__}."
         )
     index = {}
     for coll, sub in variables.items():
-        if not isinstance(sub, Mapping):
+        if type(sub) is not dict and not isinstance(sub, Mapping):
             raise TypeError(
                 f"Collection {coll!r} of the variable tree must be a dict, got "
                 f"{type(sub).__name__}. Pass the whole tree from js.init, e.g. "

@@ -68,7 +68,10 @@ class VariableScope:
         custom_getter: Any = None,
         original_name_scope: str = "",
     ):
-        check_reuse(reuse)
+        if not (
+            reuse is None or reuse is False or reuse is True or reuse is AUTO_REUSE
+        ):
+            check_reuse(reuse)  # raises
         self._reuse = reuse if reuse else False
         self.name: str = name
         self.initializer: Any = initializer
@@ -183,6 +186,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
         "_new",
         "_by_object",
         "_saved_counts",
+        "_node",
+        "_counts",
     )
     __module__ = "jscope"
 
@@ -229,7 +234,10 @@ class variable_scope:  # noqa: N801 (TF1's name)
         if type(name_or_scope) is str or name_or_scope is None:
             given = default_name if name_or_scope is None else name_or_scope
             try:
-                names.validate(given, "variable scope")
+                if type(given) is str:
+                    names.valid_scope(given)
+                else:
+                    names.validate(given, "variable scope")
             except errors.InvalidNameError:
                 # Components are valid or not wherever the scope opens; show the
                 # full path below the current scope in the message.
@@ -289,7 +297,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 obj = _unique_default(frame, parent.name, default)
             prefix = parent.name
             name = f"{prefix}/{obj}" if prefix else obj
-            flag = reuse if reuse else parent.reuse
+            flag = reuse if reuse else parent._reuse
             init = parent.initializer if init is None else init
             reg = parent.regularizer if reg is None else reg
             dtype = parent.dtype if dtype is None else dtype
@@ -304,10 +312,13 @@ class variable_scope:  # noqa: N801 (TF1's name)
             else:
                 name_scope = frame.name_scope
                 original = name_scope + "/" if name_scope else ""
-        frame.scope_counts.node(name).count += 1
+        counts = frame.scope_counts
+        node = counts.node(name)
+        node.count += 1
         # TF1's `_pure_variable_scope`: entering by object snapshots the whole
         # count store, just after counting this opening.
-        self._saved_counts = frame.scope_counts.copy() if by_object else None
+        self._saved_counts = counts.copy() if by_object else None
+        self._node, self._counts = node, counts
         new = VariableScope(flag, name, init, reg, dtype, getter, original)
         self._new = new
         frame.scope = new
@@ -321,14 +332,20 @@ class variable_scope:  # noqa: N801 (TF1's name)
         self._saved_counts = None
         if saved is None:
             # Leaving a scope entered by name forgets the counts below it (TF1's
-            # `close_variable_subscopes`), found by path: a scope entered by
-            # object inside may have put back another copy of the store.
-            frame.scope_counts.node(self._new.name).children = {}
+            # `close_variable_subscopes`). Its node is the one counted at entry
+            # while the store is the same; a scope entered by object inside may
+            # have put back another copy of the store: then it is found by path.
+            counts = frame.scope_counts
+            node = self._node
+            if node is None or counts is not self._counts:
+                node = counts.node(self._new.name)
+            if node.children:
+                node.children = {}
         else:
             # Leaving one entered by object puts the whole store back as it was
             # just after entry: every scope's counts, not only those below it.
             frame.scope_counts = saved
-        self._frame = None
+        self._frame = self._node = self._counts = None
 
 
 def _unique_default(frame: context.Frame, parent: str, default: str) -> str:

@@ -37,15 +37,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             "js.flatten(variables), not a list of its leaves or a single array."
         )
     out: dict[str, Any] = {}
-    _flatten_into(tree, prefix, out)
+    _flatten_into(tree, prefix, out, {dict: True})
     return out
 
 
-def _flatten_into(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+def _flatten_into(
+    node: Mapping[str, Any], prefix: str, out: dict[str, Any], is_map: dict
+) -> None:
+    # is_map: type -> whether it is a Mapping, asked once per type per flatten
+    # (an ABC check per leaf costs more than the rest of the walk).
     for key, value in node.items():
         path = f"{prefix}/{key}" if prefix else key
-        if type(value) is dict or isinstance(value, Mapping):
-            _flatten_into(value, path, out)
+        mapping = is_map.get(type(value))
+        if mapping is None:
+            mapping = is_map[type(value)] = isinstance(value, Mapping)
+        if mapping:
+            _flatten_into(value, path, out, is_map)
         else:
             out[path] = value
 

@@ -12,10 +12,11 @@ Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
 `values`, `rng`, `access`, `sharding` (``axes=``).
 `scope.VariableScope.get_variable` imports this module lazily.
 
-Hot path: `get_variable` → `_read` at apply runs for every variable of every
-un-jitted step (benchmarks/bench_core.py measures it, per call too); keep it
-to dict lookups and attribute reads. `_get` → `_create` is the general path:
-init, reuse, custom getters, value initializers.
+Hot path: `get_variable` reading a path new in the run at apply runs for every
+variable of every un-jitted step (benchmarks/bench_core.py measures it, per
+call too); it does `_read`'s work inline, so keep both to dict lookups and
+attribute reads, and the same (`_read` serves custom getters). `_get` →
+`_create` is the general path: init, reuse, custom getters, value initializers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import jax.numpy as jnp
 from jscope import errors
 from jscope._src import access, context, jax_compat, names, rng, sharding, tree, values
 from jscope._src.access import lookup, register  # bound names: the hot path
-from jscope._src.context import GET, VAR
+from jscope._src.context import GET, VAR, peek
+from jscope._src.jax_compat import ARRAY_IMPL, TRACE_REF
+from jscope._src.names import valid_path
 from jscope._src.scope import wrap_getter
 from jscope._src.values import F32, canon_dtype, is_float
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
@@ -156,7 +159,7 @@ def get_variable(
       >>> js.init(f, jax.random.key(0))
       {'params': {'w': Array([1., 1.], dtype=float32)}}
     """
-    frame = context.peek()
+    frame = peek()
     if frame is None or not frame.is_run:
         frame = context.current_run("get_variable")  # raises NotInRunError
     scope = frame.scope
@@ -173,30 +176,71 @@ def get_variable(
     getter = scope.custom_getter
     if tf1_kwargs:
         getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
-    trace = jax_compat.trace_state()
+    trace = TRACE_REF.value  # every call: a jax.jit may open inside any scope
     if trace is not frame.trace_state and not jax_compat.same_trace(
         trace, frame.trace_state
     ):
         access.check_staged_read(frame, full)
-    reuse = scope.reuse
     if getter is None:
         if (
             frame.initializing
             or shape is None
-            or reuse is True
             or type(full) is not str
             or full in frame.kind_of
             or not callable(initializer)
+            or scope._reuse is True
         ):
             return _get(
-                frame, full, shape, dtype, initializer, regularizer, reuse,
+                frame, full, shape, dtype, initializer, regularizer, scope.reuse,
                 trainable, collection, axes,
             )  # fmt: skip
         # The hot path: a new path read at apply (`_get`'s rules reduce to these).
-        names.validate(full)
-        return _read(
-            frame, full, shape, dtype, regularizer, trainable, collection, axes
-        )
+        valid_path(full)
+        kind_of, prefixes = frame.kind_of, frame.prefixes
+        if full in prefixes:
+            tree.check_no_conflict(full, kind_of, prefixes)  # raises
+        cut = full.rfind("/")
+        if cut > 0 and full[:cut] not in prefixes:  # the first variable of its scope
+            parents = _new_parents(full, kind_of, prefixes)
+        else:  # a recorded prefix's own prefixes are recorded, and none is a variable
+            parents = None
+        coll = collection
+        if dtype is None:
+            dtype = F32
+            if coll is None:
+                coll = "params" if trainable else "state"
+        else:
+            dtype = canon_dtype(dtype, full)
+            if coll is None:
+                coll = "params" if trainable and is_float(dtype) else "state"
+        flat = frame.given_tree.get(coll)  # pyright: ignore[reportOptionalMemberAccess]
+        value = None if flat is None else flat.get(full)
+        if value is None:
+            value = lookup(frame, full, coll)  # raises: missing, or None
+        if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
+            meta = value.aval
+            vdtype = meta.dtype
+            if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
+                _check_read(full, shape, dtype, value)
+        else:
+            _check_leaf(full, shape, dtype, value, coll)
+        if parents:
+            prefixes.update(parents)
+        kind_of[full] = GET
+        frame.values[full] = value
+        frame.collection_of[full] = coll
+        counts = frame.used_names.counts  # `Uniquifier.mark`, inline
+        counts[full] = counts.get(full, 0) + 1
+        if axes is not None:
+            frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
+        if regularizer is not None:
+            frame.regularizers.append((full, regularizer))
+        by_id = frame.path_of_array  # `access.register`, inline
+        key = id(value)
+        seen = by_id.get(key)
+        by_id[key] = (value, full if seen is None or seen[1] == full else None)
+        return value
+    reuse = scope.reuse
 
     def real_getter(
         name, shape=None, dtype=None, initializer=None, regularizer=None,
@@ -346,26 +390,27 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
     value = None if flat is None else flat.get(path)
     if value is None:
         value = lookup(frame, path, coll)  # raises: missing, or None
-    try:  # costs nothing unless it raises
-        vdtype = value.dtype
-        if shape != value.shape or (vdtype is not dtype and vdtype != dtype):
+    if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
+        meta = value.aval
+        vdtype = meta.dtype
+        if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
             _check_read(path, shape, dtype, value)
-    except AttributeError:
-        if hasattr(value, "shape") and hasattr(value, "dtype"):
-            raise
-        # a Python float, list or string in the tree
-        raise values.leaf_error(path, coll, value) from None
+    else:
+        _check_leaf(path, shape, dtype, value, coll)
     if parents:
         prefixes.update(parents)
     kind_of[path] = GET
     frame.values[path] = value
     frame.collection_of[path] = coll
-    frame.used_names.mark(path)
+    counts = frame.used_names.counts  # `Uniquifier.mark`, inline
+    counts[path] = counts.get(path, 0) + 1
     if axes is not None:
         frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
         frame.regularizers.append((path, regularizer))
-    register(frame, value, path)
+    by_id = frame.path_of_array  # `access.register`, inline
+    seen = by_id.get(id(value))
+    by_id[id(value)] = (value, path if seen is None or seen[1] == path else None)
     return value
 
 
@@ -386,6 +431,23 @@ def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
         parents.append(parent)
         cut = path.rfind("/", 0, cut)
     return parents
+
+
+def _check_leaf(path, shape, dtype, value, coll):
+    """`_read`'s check of a leaf other than a jax.Array (NumPy array, float, ...).
+
+    Raises:
+      LeafTypeError: The leaf has no shape or dtype (a float, list or string).
+    """
+    try:  # costs nothing unless it raises
+        vdtype = value.dtype
+        if shape != value.shape or (vdtype is not dtype and vdtype != dtype):
+            _check_read(path, shape, dtype, value)
+    except AttributeError:
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            raise
+        # a Python float, list or string in the tree
+        raise values.leaf_error(path, coll, value) from None
 
 
 def _check_read(path, shape, dtype, value):
