@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, jax_compat, meshes, tree
+from jscope._src import coldinit, context, jax_compat, meshes, tree
 from jscope._src.scope import VariableScope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
@@ -172,6 +172,10 @@ def init(
     """
     if rules is not None:
         return _init_sharded(fn, rng, args, kwargs, rules, False)[1]
+    if coldinit.fast_path_open():  # shape-only pass, then the draws alone
+        built = coldinit.init(fn, rng, args, kwargs, _init_frame, _ordered)
+        if built is not None:
+            return built
     return init_with_output(fn, rng, *args, **kwargs)[1]
 
 
