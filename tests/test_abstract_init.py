@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ import pytest
 from helpers import assert_trees_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.core import Tracer
 
 import jscope as js
 from jscope import errors
@@ -45,7 +47,7 @@ def path_taken(monkeypatch):
     return taken
 
 
-def both(fn, *args, rng=KEY, **kwargs):
+def both(fn, *args, rng: Any = KEY, **kwargs):
     """``js.init``'s tree, checked equal (bits, key order) to the eager run's."""
     fast = js.init(fn, rng, *args, **kwargs)
     eager = js.init_with_output(fn, rng, *args, **kwargs)[1]
@@ -75,7 +77,7 @@ def variables_and_handles(x):
     w = js.get_variable("w", (4, 3), initializer=js.initializers.truncated_normal())
     v = js.Variable(lambda key: jax.random.normal(key, (3,)), name="v")
     c = js.Variable(np.arange(3, dtype=np.float32), name="c")  # a concrete value
-    s = js.get_variable("s", initializer=[1, 2, 3], trainable=False)
+    s = js.get_variable("s", initializer=np.array([1, 2, 3]), trainable=False)
     i = js.get_variable("i", (2,), dtype=jnp.int32)
     k = js.get_variable("k", (2, 2), initializer=js.initializers.constant([1.0, 2.0]))
     js.get_variable("o", (3,), collection="extra")
@@ -336,7 +338,7 @@ def test_python_side_effects_see_tracers_on_the_fast_path(path_taken):
 
     js.init(model, KEY, X)
     assert path_taken == ["fast"]
-    assert isinstance(seen[0], jax.core.Tracer)  # docs/design.md, "Cold init"
+    assert isinstance(seen[0], Tracer)  # docs/design.md, "Cold init"
 
 
 # --------------------------------------------------------------- compiles

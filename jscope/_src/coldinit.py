@@ -36,9 +36,10 @@ Hot path: none; one abstract pass and one eager call per variable per init.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import jax
+from jax.core import Tracer
 
 from jscope._src import context, jax_compat, tree
 from jscope._src.rng import path_key
@@ -62,7 +63,7 @@ class Recorder:
     __slots__ = ("rng", "recipes", "made", "unsupported")
 
     def __init__(self, rng: Any):
-        self.rng = rng  # the concrete params key of the run
+        self.rng: Any = rng  # the concrete params key of the run
         self.recipes: dict[str, tuple[str, Callable[[Any], Any], bool]] = {}
         self.made: dict[str, Any] = {}  # path -> the traced value handed out
         self.unsupported: str | None = None  # why the eager run must follow
@@ -76,9 +77,10 @@ class Recorder:
         keyed: bool,
     ) -> Any:
         """Records ``make`` and returns its traced value, as an eager run's."""
-        if make is None:  # pragma: no cover - only a Lift hands None
+        if make is None:  # only a Lift hands None (`Lift.take_nested`)
             self._refuse(f"variable {path} has no initializer")
-        key = path_key(frame.rng, path) if keyed else None
+            raise AssertionError  # not reached
+        key = path_key(cast("jax.Array", frame.rng), path) if keyed else None
         value = make(key)
         self.recipes[path] = (coll, make, keyed)
         self.made[path] = value
@@ -112,7 +114,7 @@ class Recorder:
 
 def fast_path_open() -> bool:
     """Whether an abstract pass may stand for the eager run here."""
-    return jax_compat.eager() and not jax.config.jax_disable_jit
+    return jax_compat.eager() and not jax.config.values["jax_disable_jit"]
 
 
 def init(
@@ -174,7 +176,7 @@ def _draw(recorder: Recorder, plan: list[tuple[str, str]]) -> dict[str, Any] | N
             value = make(path_key(key_of, path) if keyed else None)
         except Exception:  # e.g. a tracer of the closed trace: the eager run
             return None
-        if isinstance(value, jax.core.Tracer):  # passed through unchanged
+        if isinstance(value, Tracer):  # passed through unchanged
             return None
         leaves.append((f"{coll}/{path}", value))
     return tree.unflatten(leaves)
