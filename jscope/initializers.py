@@ -380,7 +380,7 @@ def _filled(fill: np.ndarray, shape: tuple) -> jax.Array:
     values with nothing to compile. In a trace it stays a broadcast.
     """
     if jax_compat.eager() and math.prod(shape) <= _LARGEST:
-        return jnp.asarray(np.broadcast_to(fill, shape))
+        return jax.device_put(np.full(shape, fill, fill.dtype))
     return lax.broadcast_in_dim(fill, shape, ())
 
 
