@@ -131,6 +131,11 @@ def init(
 ) -> VariableTree:
     """Runs ``fn`` once, creating every variable it asks for.
 
+    Outside a trace, ``fn`` may first run shape-only (`jax.eval_shape`), and
+    then only the initializers of its variables run: the same values, nothing
+    of the forward pass compiled. Where that pass cannot stand for an eager
+    run, ``fn`` runs eagerly after it (DESIGN §4.22).
+
     Given ``rules``, every variable is created directly in its shards on
     ``rules.mesh``: ``fn`` runs under one `jax.jit` (its array arguments are
     traced, the others are constants), each variable is constrained to its
