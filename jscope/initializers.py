@@ -43,6 +43,7 @@ from jax import lax
 from jax.core import Tracer
 
 from jscope import errors
+from jscope._src import jax_compat
 from jscope.typing import DTypeLike, Initializer, Shape
 
 __all__ = [
@@ -362,12 +363,25 @@ def constant(value: Any = 0, dtype: DTypeLike | None = None) -> Initializer:
 
 @keyless
 def _zeros(key, shape, dtype=_F32, out_sharding=None):
-    return lax.broadcast_in_dim(np.zeros((), dtype), tuple(shape), ())
+    return _filled(np.zeros((), dtype), tuple(shape))
 
 
 @keyless
 def _ones(key, shape, dtype=_F32, out_sharding=None):
-    return lax.broadcast_in_dim(np.ones((), dtype), tuple(shape), ())
+    return _filled(np.ones((), dtype), tuple(shape))
+
+
+def _filled(fill: np.ndarray, shape: tuple) -> jax.Array:
+    """``fill`` broadcast to ``shape``; eagerly, copied from the host.
+
+    An eager broadcast compiles once per shape (most of a cold init's compiles
+    for a model of many widths: every bias and norm scale); a host array up to
+    the largest draw bucket is copied to the default device instead, the same
+    values with nothing to compile. In a trace it stays a broadcast.
+    """
+    if jax_compat.eager() and math.prod(shape) <= _LARGEST:
+        return jax.device_put(np.full(shape, fill, fill.dtype))
+    return lax.broadcast_in_dim(fill, shape, ())
 
 
 @overload

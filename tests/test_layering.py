@@ -105,6 +105,7 @@ LAYERS = [
         "jscope._src.variables",
         "jscope._src.handle",
         "jscope._src.lift",
+        "jscope._src.coldinit",
         "jscope._src.checkpoint.arrays",
         "jscope._src.tf1.api",
     ],

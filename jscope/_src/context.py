@@ -100,8 +100,10 @@ class Crossing(Protocol):
     """How variables cross a lifted transform: what ``frame.lift`` offers.
 
     Inside the body of `js.scan`, `js.vmap`, ... the frame's ``lift`` is one of
-    these (`jscope._src.lift.Lift`); elsewhere it is None. `get_variable`,
-    `Variable` and `next_rng_key` call only the two methods below.
+    these (`jscope._src.lift.Lift`); at the root of `js.init`'s shape-only
+    pass, a `jscope._src.coldinit.Recorder`; elsewhere it is None.
+    `get_variable`, `Variable` and `next_rng_key` call only the two methods
+    below.
     """
 
     def create(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import context, jax_compat, meshes, tree
+from jscope._src import coldinit, context, jax_compat, meshes, tree
 from jscope._src.scope import VariableScope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
@@ -131,6 +131,11 @@ def init(
 ) -> VariableTree:
     """Runs ``fn`` once, creating every variable it asks for.
 
+    Outside a trace, ``fn`` may first run shape-only (`jax.eval_shape`), and
+    then only the initializers of its variables run: the same values, nothing
+    of the forward pass compiled. Where that pass cannot stand for an eager
+    run, ``fn`` runs eagerly after it (DESIGN §4.22).
+
     Given ``rules``, every variable is created directly in its shards on
     ``rules.mesh``: ``fn`` runs under one `jax.jit` (its array arguments are
     traced, the others are constants), each variable is constrained to its
@@ -176,6 +181,10 @@ def init(
     """
     if rules is not None:
         return _init_sharded(fn, rng, args, kwargs, rules, False)[1]
+    if coldinit.fast_path_open():  # shape-only pass, then the draws alone
+        built = coldinit.init(fn, rng, args, kwargs, _init_frame, _ordered)
+        if built is not None:
+            return built
     return init_with_output(fn, rng, *args, **kwargs)[1]
 
 
