@@ -36,7 +36,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,6 +182,14 @@ def accuracy(variables, x, y) -> int:
 # ---------------------------------------------------------------- fine-tune
 
 
+class Interrupted(Exception):
+    """Ctrl-C during fine-tuning ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
 def fine_tune(variables, x, y, steps: int, seed: int = 0):
     opt = optax.adam(1e-3)
     opt_state = jax.jit(opt.init)(variables["params"])  # one compile, not one per leaf
@@ -202,29 +212,46 @@ def fine_tune(variables, x, y, steps: int, seed: int = 0):
 
     rng = np.random.default_rng(seed + 1)
     every = max(1, steps // 5)
-    for step in range(1, steps + 1):
-        batch = rng.choice(len(x), 64, replace=False)
-        variables, opt_state, loss = train_step(
-            variables, opt_state, x[batch], y[batch]
-        )
-        if step % every == 0 or step == steps:
-            print(f"   step {step:3d}/{steps}  loss {float(loss):.4f}", flush=True)
+    step = 0
+    try:
+        with _cli.progress(steps, label="fine-tuning") as bar:
+            for step in range(1, steps + 1):
+                batch = rng.choice(len(x), 64, replace=False)
+                variables, opt_state, loss = train_step(
+                    variables, opt_state, x[batch], y[batch]
+                )
+                bar.update(step, loss=float(loss))
+                if step == 1 or step % every == 0 or step == steps:
+                    bar.write(f"   step {step:3d}/{steps}  loss {float(loss):.4f}")
+    except KeyboardInterrupt:
+        raise Interrupted(step) from None
     return variables
 
 
 # --------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
-    parser.add_argument("--quick", action="store_true", help="10 steps (seconds)")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps (default: 100; 10 with --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="10 fine-tuning steps, a few seconds"
+    )
     parser.add_argument(
         "--out",
         default=os.path.join(tempfile.gettempdir(), "jscope_port_tf1"),
         help="directory for the TF1 checkpoint written at the end",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     steps = args.steps if args.steps is not None else (10 if args.quick else 100)
 
     with open(os.path.join(DATA, "tf1_run.json"), encoding="utf-8") as f:
@@ -253,7 +280,10 @@ def main(argv=None) -> int:
     print(f"   outputs match TF1: {same}")
 
     print(f"3. Fine-tuning {steps} steps with optax.adam")
-    variables = fine_tune(variables, x_train, y_train, steps)
+    try:
+        variables = fine_tune(variables, x_train, y_train, steps)
+    except Interrupted as e:  # nothing is written before the end
+        return _cli.interrupted(f"step {e.step}", None)
     correct = accuracy(variables, x_test, y_test)
     print(f"   held-out accuracy after fine-tuning: {correct}/{len(y_test)}")
 
@@ -280,4 +310,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

@@ -61,17 +61,19 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import importlib
 import math
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Sequence
 
+import _cli
 import numpy as np
 
 # XLA fixes the number of simulated CPU devices when jax is imported: set it
@@ -253,63 +255,6 @@ def make_train_step(cfg, rules, opt, param_shardings, opt_shardings, batch_shard
     )
 
 
-class _PlainProgress:
-    def __init__(self, total: int):
-        self.total = total
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, done: int, loss: float) -> None:
-        del done, loss  # the loss lines say it all
-
-
-class _RichProgress:
-    def __init__(self, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"),
-            TimeElapsedColumn(),
-        )
-        self._task = self._progress.add_task("train", total=total, loss=math.nan)
-
-    def __enter__(self):
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
-
-    def update(self, done: int, loss: float) -> None:
-        self._progress.update(self._task, completed=done, loss=loss)
-
-
-def _has_rich() -> bool:
-    try:
-        importlib.import_module("rich.progress")
-    except ImportError:
-        return False
-    return True
-
-
-def progress_bar(total: int, show: bool):
-    """Rich's progress bar with the loss, on the first process, if rich is there."""
-    return _RichProgress(total) if show and _has_rich() else _PlainProgress(total)
-
-
 # ------------------------------------------------------------ the processes
 
 
@@ -344,6 +289,7 @@ def launch(n: int, argv: list[str], timeout: float) -> int:
             env=env,
             stdout=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # Ctrl-C is passed on by this process
         )
         for i in range(n)
     ]
@@ -368,6 +314,16 @@ def launch(n: int, argv: list[str], timeout: float) -> int:
                 print(f"the processes did not finish in {timeout:.0f} s")
                 return 1
             time.sleep(0.1)
+    except KeyboardInterrupt:
+        # The children run in their own sessions: a Ctrl-C reaches only this
+        # process, which passes it on once; the first child says where it stopped.
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=60)
+        return _cli.EXIT_INTERRUPTED
     finally:
         for child in children:  # a failed or late run leaves no process behind
             if child.poll() is None:
@@ -380,16 +336,47 @@ def launch(n: int, argv: list[str], timeout: float) -> int:
 # -------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mesh", default="2x4", help="data x model, e.g. 2x4")
-    parser.add_argument("--steps", type=int, default=None, help="training steps")
-    parser.add_argument("--batch", type=int, default=None, help="global batch")
-    parser.add_argument("--quick", action="store_true", help="a tiny model (seconds)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--processes", type=int, default=1, help="1, 2, 4 or 8")
-    parser.add_argument("--timeout", type=float, default=600, help="for --processes")
-    parser.add_argument("--checkpoint", default=None, help="save here, restore")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--mesh", default="2x4", help="data x model devices, e.g. 2x4 or 4x2"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (default: 200; 30 with --quick)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="global batch, in sequences (default: 16)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model, 30 steps, in seconds"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the init and the batches"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run as this many processes on this machine: 1, 2, 4 or 8",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="seconds the processes may take, with --processes",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="save the trained parameters here, then restore them "
+        "(default: none, nothing is saved)",
+    )
     # Set by `launch` for each child process.
     parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--coordinator", default=None, help=argparse.SUPPRESS)
@@ -417,6 +404,14 @@ def describe_mesh(mesh: jax.sharding.Mesh) -> str:
     )
 
 
+class Interrupted(Exception):
+    """Ctrl-C during training ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
 def train(args, cfg: Config, mesh, say) -> dict:
     text, source = load_text()
     data = np.frombuffer(text, np.uint8)
@@ -430,7 +425,7 @@ def train(args, cfg: Config, mesh, say) -> dict:
     example = jnp.zeros((batch, cfg.length), jnp.int32)
     summary = js.summary(gpt, key, cfg, example, rules=rules)
     if jax.process_index() == 0:  # rich's table on a terminal, plain text in logs
-        if sys.stdout.isatty() and _has_rich():
+        if sys.stdout.isatty() and _cli.rich_available():
             summary.print_rich()
         else:
             print(summary)
@@ -467,17 +462,23 @@ def train(args, cfg: Config, mesh, say) -> dict:
     say(f"process {jax.process_index()} loads rows {rows[0]}..{rows[-1]} of each batch")
     log_every = max(1, steps // 10)
     losses = []
-    with progress_bar(steps, show=jax.process_index() == 0) as bar:
-        for step in range(1, steps + 1):
-            ids, targets = (
-                jax.make_array_from_process_local_data(batch_sharding, a, global_shape)
-                for a in load_batch(data, rows, step, cfg.length, args.seed)
-            )
-            params, opt_state, loss = train_step(params, opt_state, ids, targets)
-            losses.append(float(loss))
-            bar.update(step, losses[-1])
-            if step % log_every == 0 or step == 1:
-                say(f"step {step:>5}/{steps}  loss {losses[-1]:.4f}")
+    step = 0
+    try:
+        with _cli.progress(steps, show=jax.process_index() == 0) as bar:
+            for step in range(1, steps + 1):
+                ids, targets = (
+                    jax.make_array_from_process_local_data(
+                        batch_sharding, a, global_shape
+                    )
+                    for a in load_batch(data, rows, step, cfg.length, args.seed)
+                )
+                params, opt_state, loss = train_step(params, opt_state, ids, targets)
+                losses.append(float(loss))
+                bar.update(step, loss=losses[-1])
+                if step % log_every == 0 or step == 1:
+                    say(f"step {step:>5}/{steps}  loss {losses[-1]:.4f}")
+    except KeyboardInterrupt:
+        raise Interrupted(step) from None
     k = max(1, steps // 10)
     say(
         f"mean loss: first {k} steps {np.mean(losses[:k]):.4f} -> last {k} steps "
@@ -508,7 +509,7 @@ def save_and_restore(params, directory: str, step: int, say) -> None:
     say(f"saved {path}; restored into the same shardings, equal: {same}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.processes > 1 and args.process_id is None:
@@ -529,7 +530,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mesh = make_mesh(args.mesh)
     say(describe_mesh(mesh))
-    train(args, QUICK if args.quick else Config(), mesh, say)
+    try:
+        train(args, QUICK if args.quick else Config(), mesh, say)
+    except Interrupted as e:
+        if jax.process_index() != 0:  # the first process says it for all
+            return _cli.EXIT_INTERRUPTED
+        # Nothing is saved before the end: a rerun starts again.
+        return _cli.interrupted(f"step {e.step}", None)
     say(f"total {time.perf_counter() - start:.1f} s")
     if args.process_id is not None:
         with contextlib.suppress(Exception):  # the coordinator may be gone already
@@ -538,4 +545,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run(main)

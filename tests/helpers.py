@@ -197,3 +197,35 @@ def interrupt_when(
     assert match, err
     at, saved = map(int, match.groups())
     return out, at, saved, notes
+
+
+def interrupt_before_any_save(
+    proc: subprocess.Popen, ready: Callable[[str], bool], unit: str
+) -> tuple[str, int]:
+    """Sends SIGINT to an example that saves nothing before its end.
+
+    Once a stdout line passes ``ready``; checks exit code 130, no traceback and
+    the one line "interrupted at <unit> N, before the first checkpoint; rerun to
+    start again". Returns the whole stdout and N.
+    """
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if ready(line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    match = re.fullmatch(
+        rf"interrupted at {unit} (\d+), before the first checkpoint; rerun to "
+        r"start again",
+        err.strip(),
+    )
+    assert match, err
+    return out, int(match.group(1))

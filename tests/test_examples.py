@@ -116,9 +116,14 @@ def test_seed_tour_table_without_rich(monkeypatch, capsys):
 
 # ---------------------------------------------------------------- --help
 
-# The examples whose options come from `_cli.parser`: every example, once
-# sharded_training.py and port_tf1.py build their parsers with it too.
-CLI_EXAMPLES = ["char_rnn.py", "digits_cnn.py", "seed_tour.py"]
+# Every example builds its options with `_cli.parser`.
+CLI_EXAMPLES = [
+    "char_rnn.py",
+    "digits_cnn.py",
+    "port_tf1.py",
+    "seed_tour.py",
+    "sharded_training.py",
+]
 
 
 def _help_entries(text):

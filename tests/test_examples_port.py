@@ -14,11 +14,13 @@ import math
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import run_script
+from helpers import interrupt_before_any_save, run_script
 
 import jscope as js
 
@@ -44,10 +46,12 @@ def quick(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("port_tf1", PORT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(EXAMPLES))  # the example imports _cli
+        spec = importlib.util.spec_from_file_location("port_tf1", PORT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -172,3 +176,20 @@ def test_run_record_matches_the_committed_script():
     assert constants["LR"] == RUN["learning_rate"]
     assert RUN["checkpoint"] == f"model.ckpt-{RUN['steps']}"
     assert RUN["tensorflow"].startswith("2.")  # tf.compat.v1, graph mode
+
+
+def test_ctrl_c_while_fine_tuning_stops_with_one_line(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen(
+        [sys.executable, str(PORT), "--steps", "100000", "--out", str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    first_step = re.compile(r"^   step +1/100000  loss ")  # the loop is running
+    out, at = interrupt_before_any_save(proc, first_step.match, "step")
+    assert "3. Fine-tuning 100000 steps" in out
+    assert 1 <= at < 100_000
+    assert not any(tmp_path.iterdir())  # nothing written

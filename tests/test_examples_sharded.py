@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import run_script
+from helpers import interrupt_before_any_save, run_script
 
 SCRIPT = (
     pathlib.Path(__file__).resolve().parents[1] / "examples" / "sharded_training.py"
@@ -136,3 +136,25 @@ def test_a_failing_process_stops_the_run():
     assert re.search(r"^process [01] failed \(exit code 1\)$", proc.stdout, re.M)
     assert "--mesh 3x3: need data x model with 8 devices" in proc.stderr
     assert time.monotonic() - start < 200
+
+
+def _start(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_stops_with_one_line(processes):
+    # With 2 processes the launcher passes the Ctrl-C on; the first child speaks.
+    proc = _start("--quick", "--steps", 100_000, "--processes", processes)
+    out, at = interrupt_before_any_save(
+        proc, lambda line: bool(STEP_LINE.match(line)), "step"
+    )
+    assert at >= 1
+    assert [s for s, _, _ in STEP_LINE.findall(out)][0] == "1"

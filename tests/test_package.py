@@ -1,13 +1,15 @@
-"""The package around the code: one version, lazy Orbax, the public names."""
+"""The package around the code: one version, lazy Orbax, the public names, floors."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
 
 import pytest
 from helpers import ROOT
+from packaging.requirements import Requirement
 
 import jscope as js
 
@@ -80,3 +82,69 @@ def test_the_version_has_one_source():
     module, name = attr.rsplit(".", 1)
     assert getattr(sys.modules[module], name) == js.__version__
     assert js.__version__.count(".") == 2
+
+
+# The lowest CI job installs with `-c` this file: the floors pyproject declares.
+CONSTRAINTS = ROOT / ".github" / "constraints-lowest.txt"
+PINNED = {
+    "jax",
+    "jaxlib",
+    "orbax-checkpoint",
+    "numpy",
+    "optax",
+    "flax",
+    "dm-haiku",
+    "equinox",
+}
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[-_.]+", "-", text).lower()
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[_name(req.name)] = spec.version
+    return pins
+
+
+def _floors() -> dict[str, set[str]]:
+    """``{name: {floor, ...}}`` over the dependencies and every extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        lines += extra
+    floors: dict[str, set[str]] = {}
+    for line in lines:
+        req = Requirement(line)
+        for spec in req.specifier:
+            if spec.operator == ">=":
+                floors.setdefault(_name(req.name), set()).add(spec.version)
+    return floors
+
+
+def test_constraints_pin_exactly_the_tested_floors():
+    assert set(_pins()) == PINNED
+
+
+def test_declared_floors_equal_the_lowest_jobs_pins():
+    pins, floors = _pins(), _floors()
+    for name, version in pins.items():
+        assert floors.get(name) == {version}, (
+            f"pyproject declares {name} >= {sorted(floors.get(name, []))}, "
+            f"{CONSTRAINTS.name} pins {name}=={version}: change both together"
+        )
+
+
+def test_the_lowest_job_installs_with_the_constraints_and_runs_the_suite():
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    job = workflow.split("\n  lowest:\n", 1)[1].split("\n  examples:", 1)[0]
+    assert 'pip install -e ".[test]" -c .github/constraints-lowest.txt' in job
+    assert "python .ci/check_pins.py .github/constraints-lowest.txt" in job
+    assert "python -m pytest -n 2 -q" in job

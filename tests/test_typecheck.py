@@ -1,8 +1,10 @@
 """The public API type-checks: pyright accepts a user's script and rejects misuse.
 
 `tests/typecheck/user_script.py` uses the public API as a user does and must
-give no error; in `tests/typecheck/bad_script.py` each wrong line ends in an
-``expected error`` comment, and pyright must report exactly those lines.
+give no error, and so must `tests/typecheck/strict_script.py` under pyright's
+strict mode (no value of unknown type); in `tests/typecheck/bad_script.py` each
+wrong line ends in an ``expected error`` comment, and pyright must report
+exactly those lines.
 pyright comes with the ``test`` extra (``pyright[nodejs]`` brings its own
 Node.js), so this test runs wherever the tests run.
 """
@@ -51,6 +53,22 @@ def bad_report():
 def test_user_script_has_no_type_errors():
     found = errors(pyright(SCRIPTS / "user_script.py"))
     assert found == [], "\n".join(f"user_script.py:{n}: {m}" for n, m in found)
+
+
+def test_strict_script_has_no_type_errors_under_strict_mode():
+    script = SCRIPTS / "strict_script.py"
+    assert script.read_text().startswith("# pyright: strict\n")
+    found = errors(pyright(script))
+    assert found == [], "\n".join(f"strict_script.py:{n}: {m}" for n, m in found)
+
+
+def test_strict_mode_reports_what_basic_mode_lets_pass(tmp_path):
+    """The comment turns strict mode on: an unannotated function is an error."""
+    body = "def f(x):\n    return x\n"
+    (tmp_path / "basic.py").write_text(body)
+    (tmp_path / "strict.py").write_text("# pyright: strict\n" + body)
+    assert errors(pyright(tmp_path / "basic.py")) == []
+    assert errors(pyright(tmp_path / "strict.py"))
 
 
 def test_bad_script_errors_are_exactly_the_marked_lines(bad_report):
