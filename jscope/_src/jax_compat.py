@@ -151,7 +151,11 @@ def unrolled_threefry_lowering() -> dict[str, Any]:
     if _UNROLLED is None:
         try:
             from jax._src.interpreters import mlir  # noqa: PLC0415
-            from jax._src.random import threefry2x32  # noqa: PLC0415
+
+            try:  # jax >= 0.10
+                from jax._src.random import threefry2x32  # noqa: PLC0415
+            except ImportError:  # jax 0.9: the rule lives in jax._src.prng
+                from jax._src import prng as threefry2x32  # noqa: PLC0415
 
             rule = threefry2x32._threefry2x32_lowering_rule
             params = mlir.LoweringParameters(
