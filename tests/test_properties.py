@@ -645,8 +645,19 @@ scope_programs = _programs(
 
 
 def _init(program: tuple, limit: int | None = None):
+    # js.init may run the program on tracers only (DESIGN §4.22), so the values
+    # the program saw come from init_with_output, which runs it eagerly; the two
+    # trees must agree bit for bit, in the same key order.
     runner = Runner(program, limit)
-    return js.init(runner, KEY), runner.seen
+    _, tree = js.init_with_output(runner, KEY)
+    fast = js.init(Runner(program, limit), KEY)
+    assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(tree)
+    assert list(js.flatten(fast)) == list(js.flatten(tree))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(tree), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    return tree, runner.seen
 
 
 def _outcome(program: tuple) -> tuple[str, object]:
