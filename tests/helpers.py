@@ -163,15 +163,12 @@ SAVE_NOTE = (
 )
 
 
-def interrupt_when(
-    proc: subprocess.Popen, ready: Callable[[str], bool], prefix: str, unit: str
-) -> tuple[str, int, int, list[str]]:
-    """Sends SIGINT to an example once a stdout line passes ``ready``.
+def _sigint_when(
+    proc: subprocess.Popen, ready: Callable[[str], bool]
+) -> tuple[str, str]:
+    """SIGINT once a stdout line passes ``ready``; exit code 130, no traceback.
 
-    Checks that it exits with code 130, no traceback, and one line "interrupted
-    at <unit> N; rerun with --resume to continue from <unit> M", after at most the
-    Saver's note for ``prefix`` (a save finishing first). Returns the whole stdout,
-    N, M and the notes.
+    Returns the whole stdout and the stderr.
     """
     try:
         lines = []
@@ -187,6 +184,20 @@ def interrupt_when(
     out = "".join(lines) + out
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err, err
+    return out, err
+
+
+def interrupt_when(
+    proc: subprocess.Popen, ready: Callable[[str], bool], prefix: str, unit: str
+) -> tuple[str, int, int, list[str]]:
+    """Sends SIGINT to an example once a stdout line passes ``ready``.
+
+    Checks that it exits with code 130, no traceback, and one line "interrupted
+    at <unit> N; rerun with --resume to continue from <unit> M", after at most the
+    Saver's note for ``prefix`` (a save finishing first). Returns the whole stdout,
+    N, M and the notes.
+    """
+    out, err = _sigint_when(proc, ready)
     *notes, line = err.splitlines()
     assert notes in ([], [SAVE_NOTE.format(prefix)]), err
     match = re.fullmatch(
@@ -208,20 +219,7 @@ def interrupt_before_any_save(
     the one line "interrupted at <unit> N, before the first checkpoint; rerun to
     start again". Returns the whole stdout and N.
     """
-    try:
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if ready(line):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    out = "".join(lines) + out
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err, err
+    out, err = _sigint_when(proc, ready)
     match = re.fullmatch(
         rf"interrupted at {unit} (\d+), before the first checkpoint; rerun to "
         r"start again",
