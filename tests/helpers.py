@@ -132,9 +132,18 @@ def run_script(script: str | os.PathLike, *args: Any, timeout: float = 300):
     Returns:
       The `subprocess.CompletedProcess`, with text ``stdout`` and ``stderr``.
     """
+    return _run_python([str(script), *map(str, args)], timeout)
+
+
+def run_source(source: str, *args: Any, timeout: float = 300):
+    """`run_script` for a program given as text (``python -c source *args``)."""
+    return _run_python(["-c", source, *map(str, args)], timeout)
+
+
+def _run_python(argv: list[str], timeout: float):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
+        [sys.executable, *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,

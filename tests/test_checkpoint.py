@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import assert_trees_equal
+from helpers import assert_trees_equal, run_source
 
 import jscope as js
 from jscope import errors
@@ -722,15 +722,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_restored_arrays_keep_the_targets_sharding(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_source(SHARDED, tmp_path, timeout=120)
     assert "SHARDING OK" in proc.stdout
 
 

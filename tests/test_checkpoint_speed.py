@@ -8,8 +8,6 @@ plain Orbax read both kinds back bit-exactly.
 
 import errno
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -19,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
-from helpers import assert_trees_equal
+from helpers import assert_trees_equal, run_source
 
 import jscope as js
 from jscope import errors
@@ -84,15 +82,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_donating_sharded_arrays_right_after_a_non_blocking_save(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_source(SHARDED, tmp_path, timeout=120)
     assert "DONATED OK" in proc.stdout
 
 
