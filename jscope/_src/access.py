@@ -10,7 +10,7 @@ as its target (`register`, `returned_path`).
 Imports: `jscope.errors`, `context`, `jax_compat`, `values`.
 
 Hot path: `lookup` and `register` run for every `get_variable` at apply; keep
-them to dict operations.
+them to dict and list operations.
 """
 
 from __future__ import annotations
@@ -84,13 +84,11 @@ def lookup_array(frame: context.Frame, path: str, coll: str) -> Any:
 
 
 def register(frame: context.Frame, value: Any, path: str) -> None:
-    """Records that ``value`` was returned for ``path`` (see `returned_path`)."""
-    key = id(value)
-    seen = frame.path_of_array.get(key)
-    if seen is not None and seen[1] != path:
-        frame.path_of_array[key] = (value, None)  # one array, two paths: ambiguous
-    else:
-        frame.path_of_array[key] = (value, path)
+    """Records that ``value`` was returned for ``path`` (see `returned_path`).
+
+    One append: the index by array is built only when `returned_path` asks.
+    """
+    frame.read_log.append((value, path))
 
 
 def returned_path(frame: context.Frame, target: Any) -> str | None:
@@ -100,7 +98,17 @@ def returned_path(frame: context.Frame, target: Any) -> str | None:
       AssignmentTargetError: The same array was returned for two paths, so the
         target is ambiguous.
     """
-    seen = frame.path_of_array.get(id(target))
+    by_id, log = frame.path_of_array, frame.read_log
+    if log:  # index what was returned since the last ask, in order
+        for value, path in log:
+            key = id(value)
+            seen = by_id.get(key)
+            if seen is not None and seen[1] != path:
+                by_id[key] = (value, None)  # one array, two paths: ambiguous
+            else:
+                by_id[key] = (value, path)
+        log.clear()
+    seen = by_id.get(id(target))
     if seen is None or seen[0] is not target:
         return None
     if seen[1] is None:

@@ -166,7 +166,9 @@ class Frame:
         "values",  # path -> current value (after assignments)
         "created",  # init: path -> (collection, initial value), creation order
         "assigned",  # apply: path -> assigned value (what apply returns)
-        "path_of_array",  # id(array) -> (array, path or None if ambiguous)
+        "read_log",  # (array, path) each read or assignment returned, in order
+        "path_of_array",  # id(array) -> (array, path or None if ambiguous),
+        # built from `read_log` only when `js.assign` asks (access.returned_path)
         "regularizers",  # (path, regularizer) in creation order
         "lift",  # a Crossing inside a lifted transform's body, else None
     )
@@ -207,6 +209,7 @@ class Frame:
         self.values: dict[str, Any] = {}
         self.created: dict[str, Any] = {}
         self.assigned: dict[str, Any] = {}
+        self.read_log: list[tuple[Any, str]] = []
         self.path_of_array: dict[int, tuple[Any, str | None]] = {}
         self.regularizers: list[tuple[str, Any]] = []
         self.lift: Crossing | None = None
@@ -265,6 +268,7 @@ class Frame:
         self.assigned = dict.fromkeys(self.assigned)
         self.values = {}
         self.given_tree = None
+        self.read_log = []
         self.path_of_array = {}
         self.created = {}
         self.rng = self.rngs = None
@@ -306,6 +310,7 @@ class Frame:
         self.values = {}
         self.created = {}
         self.assigned = {}
+        self.read_log = []
         self.path_of_array = {}
         self.regularizers = []
         self.templates = {}

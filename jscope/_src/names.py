@@ -54,19 +54,20 @@ def _validate(name: str, what: str) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def valid_path(path: str) -> str:
-    """`validate` of a variable path known to be a str, cached by the path alone.
+def valid_path_scope(path: str) -> str:
+    """`validate` of a variable path known to be a str; returns its scope part.
 
-    The `get_variable` hot path: one cache lookup keyed by the str itself.
+    The `get_variable` hot path: one cache lookup keyed by the str itself gives
+    both the check and the part before the last ``/`` ('' at the top level).
 
     Raises:
       InvalidNameError: As `validate`.
 
     Example:
-      >>> valid_path("layer/w")
-      'layer/w'
+      >>> valid_path_scope("block/layer/w"), valid_path_scope("w")
+      ('block/layer', '')
     """
-    return _validate(path, "variable")
+    return _validate(path, "variable").rpartition("/")[0]
 
 
 @functools.lru_cache(maxsize=65536)

@@ -32,7 +32,7 @@ from jscope._src import access, context, jax_compat, names, rng, sharding, tree,
 from jscope._src.access import lookup, register  # bound names: the hot path
 from jscope._src.context import GET, VAR, peek
 from jscope._src.jax_compat import ARRAY_IMPL, TRACE_REF
-from jscope._src.names import valid_path
+from jscope._src.names import valid_path_scope
 from jscope._src.scope import wrap_getter
 from jscope._src.values import F32, canon_dtype, is_float
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
@@ -195,12 +195,11 @@ def get_variable(
                 trainable, collection, axes,
             )  # fmt: skip
         # The hot path: a new path read at apply (`_get`'s rules reduce to these).
-        valid_path(full)
+        parent = valid_path_scope(full)
         kind_of, prefixes = frame.kind_of, frame.prefixes
         if full in prefixes:
             tree.check_no_conflict(full, kind_of, prefixes)  # raises
-        cut = full.rfind("/")
-        if cut > 0 and full[:cut] not in prefixes:  # the first variable of its scope
+        if parent and parent not in prefixes:  # the first variable of its scope
             parents = _new_parents(full, kind_of, prefixes)
         else:  # a recorded prefix's own prefixes are recorded, and none is a variable
             parents = None
@@ -235,10 +234,7 @@ def get_variable(
             frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
         if regularizer is not None:
             frame.regularizers.append((full, regularizer))
-        by_id = frame.path_of_array  # `access.register`, inline
-        key = id(value)
-        seen = by_id.get(key)
-        by_id[key] = (value, full if seen is None or seen[1] == full else None)
+        frame.read_log.append((value, full))  # `access.register`, inline
         return value
     reuse = scope.reuse
 
@@ -408,9 +404,7 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
         frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
         frame.regularizers.append((path, regularizer))
-    by_id = frame.path_of_array  # `access.register`, inline
-    seen = by_id.get(id(value))
-    by_id[id(value)] = (value, path if seen is None or seen[1] == path else None)
+    frame.read_log.append((value, path))  # `access.register`, inline
     return value
 
 
