@@ -1,7 +1,7 @@
 """Type aliases of jscope's public API, for annotations in user code and in jscope.
 
-Every alias is a plain `typing` construct over JAX's own types, so annotating with
-them needs nothing at run time:
+Every alias is a plain `typing` construct over JAX's and NumPy's types, so
+annotating with them needs nothing at run time:
 
   >>> import jscope.typing as jst
   >>> def my_dense(x, units: int, kernel_initializer: jst.Initializer | None = None):
@@ -13,9 +13,10 @@ This module imports nothing from jscope; `jscope/_src` imports from it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import jax
+import numpy as np
 
 __all__ = [
     "ArrayLike",
@@ -27,13 +28,30 @@ __all__ = [
     "Regularizer",
     "Reuse",
     "Shape",
+    "SupportsDType",
     "VariableTree",
 ]
 
-ArrayLike: TypeAlias = jax.typing.ArrayLike
+# JAX's own `jax.typing` aliases, written out with NumPy's generics parameterized:
+# with NumPy 2.0, whose `np.dtype` and `np.ndarray` have no default type
+# arguments, pyright's strict mode reports `jax.typing.DTypeLike` as partially
+# unknown in every signature that uses it.
+ArrayLike: TypeAlias = (
+    jax.Array | np.ndarray[Any, Any] | np.bool_ | np.number[Any] | bool | int | float
+    | complex
+)  # fmt: skip
 """A value jscope accepts where an array is meant: arrays, NumPy and Python scalars."""
 
-DTypeLike: TypeAlias = jax.typing.DTypeLike
+
+class SupportsDType(Protocol):
+    """Anything with a ``dtype`` attribute, such as an array: its dtype is meant."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]:  # noqa: D102 (the class says it)
+        ...
+
+
+DTypeLike: TypeAlias = str | type[Any] | np.dtype[Any] | SupportsDType
 """A dtype as JAX accepts one: ``jnp.float32``, ``"bfloat16"``, ``np.int32``."""
 
 Shape: TypeAlias = Sequence[int | None]
