@@ -31,12 +31,14 @@ class Bench:
       lines: Substrings its stdout must contain.
       check: ``check(stdout, out, tmp)`` with ``out`` stdout and stderr together
         and ``tmp`` the directory given as `TMP`: further assertions.
+      timeout: Seconds before the run counts as hung.
     """
 
     script: str
     args: tuple[str, ...] = ()
     lines: tuple[str, ...] = ()
     check: Callable[[str, str, pathlib.Path], None] | None = None
+    timeout: float = 300
 
 
 # --------------------------------------------------------------------- core
@@ -318,6 +320,9 @@ INIT = Bench(
     "bench_init.py",
     lines=tuple(f"RATIO cold init {m} jscope/fastest peer (" for m in INIT_MODELS),
     check=_init,
+    # Twelve cold processes, one at a time, each compiling its library's kernels:
+    # 145 s alone at the lowest pins, over 300 s beside the rest of the suite.
+    timeout=900,
 )
 
 BENCHES = {
@@ -340,7 +345,9 @@ def test_every_benchmark_script_is_in_the_table():
 @pytest.mark.parametrize("bench", list(BENCHES.values()), ids=list(BENCHES))
 def test_quick_run_reports_every_line(bench: Bench, tmp_path: pathlib.Path):
     args = [str(tmp_path) if a == TMP else a for a in bench.args]
-    proc = run_script(ROOT / "benchmarks" / bench.script, "--quick", *args)
+    proc = run_script(
+        ROOT / "benchmarks" / bench.script, "--quick", *args, timeout=bench.timeout
+    )
     out = proc.stdout + proc.stderr
     assert "CHECK FAILED" not in out
     missing = [line for line in bench.lines if line not in proc.stdout]
