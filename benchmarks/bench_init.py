@@ -38,6 +38,7 @@ Usage::
 
     python benchmarks/bench_init.py            # 3 rounds (tens of minutes, loaded)
     python benchmarks/bench_init.py --rounds 5
+    python benchmarks/bench_init.py --models transformer   # one model only
     python benchmarks/bench_init.py --quick    # small models, one round (seconds)
 
 Missed timing targets are reported as FAIL but do not change the exit code.
@@ -447,6 +448,8 @@ def check_sizes(results: dict) -> list[str]:
     """Problems: libraries whose variables differ in number or sizes."""
     problems = []
     for model in ("unet", "transformer"):
+        if (model, "jscope") not in results:  # not run (--models)
+            continue
         ref = results[model, "jscope"][0]["sizes"]
         for library in LIBRARIES[1:]:
             sizes = results[model, library][0]["sizes"]
@@ -465,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parallel", type=int, default=1, help="processes at once (default 1)"
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="the models to time (default: all three)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "LIBRARY"))
     args = parser.parse_args(argv)
     if args.child:
@@ -472,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rounds = 1 if args.quick else args.rounds
-    runs = [(m, lib) for m in MODELS for lib in LIBRARIES]
+    models = [m for m in MODELS if m in args.models]
+    runs = [(m, lib) for m in models for lib in LIBRARIES]
     results: dict = {run: [] for run in runs}
     loads = [os.getloadavg()[0]]
     rng = random.Random(0)
@@ -486,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{rounds}, load average {loads[-1]:.1f}", flush=True)
 
     problems = check_sizes(results)
-    for model in MODELS:
+    for model in models:
         count = len(results[model, "jscope"][0]["sizes"])
         print(f"\n{model}: {count} variables (jscope), {rounds} rounds, cold")
         print("| model | library | median s | CPU s | jscope/library | same, CPU |")
