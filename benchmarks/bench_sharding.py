@@ -23,7 +23,10 @@ larger size for the memory measurement. The script measures:
    ``lower_sharded_init``; no XLA compile) against the same init without rules,
    jitted and lowered the same way (threefry unrolled); and ``js.init(...,
    rules=rules)`` inside a caller's ``jax.jit`` (each variable constrained in
-   that trace) against the same without rules. A new function every call, so
+   that trace) against the same without rules, and against the same without
+   rules whose variables are then placed by hand (one
+   ``jax.lax.with_sharding_constraint`` of the tree to the rules' specs: the
+   program a user would write without jscope's rules). A new function every call, so
    no cache is hit; interleaved round by round; each ratio is the median of
    the per-round ratios, of wall time and of the process's CPU time. Target
    ≤ 1.05 (wall). For reference, the cost of lowering threefry unrolled (the
@@ -250,11 +253,28 @@ def bench_trace(report: Report, cfg: example.Config, rounds: int) -> None:
         # caches traces by function identity.
         return lambda: jax.jit(sharded_init(cfg, r)).lower(key, ids)
 
+    # The same variables placed by hand: js.init without rules inside the
+    # caller's jit, then one jax.lax.with_sharding_constraint of the whole tree
+    # to the specs the rules give (resolved once, outside the timing).
+    specs = js.partition_specs(example.gpt, key, cfg, ids, rules=rules)
+    by_hand = jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        specs,
+        is_leaf=lambda x: isinstance(x, P),
+    )
+
+    def constrained_by_hand():
+        init = sharded_init(cfg, None)
+        return jax.jit(
+            lambda k, x: jax.lax.with_sharding_constraint(init(k, x), by_hand)
+        ).lower(key, ids)
+
     fns = {
         "rules": program(rules),
         "no rules": program(None),
         "rules, in a jit": in_a_jit(rules),
         "no rules, in a jit": in_a_jit(None),
+        "constrained by hand, in a jit": constrained_by_hand,
     }
     wall, cpu = interleaved_wall_cpu(fns, rounds)
     for name in fns:
@@ -271,6 +291,10 @@ def bench_trace(report: Report, cfg: example.Config, rounds: int) -> None:
          TARGET_TRACE),
         ("rules/no rules in a jit, CPU time", "rules, in a jit", "no rules, in a jit",
          None),
+        ("rules/constrained by hand in a jit", "rules, in a jit",
+         "constrained by hand, in a jit", TARGET_TRACE),
+        ("rules/constrained by hand in a jit, CPU time", "rules, in a jit",
+         "constrained by hand, in a jit", None),
         ("threefry unrolled/JAX's lowering", "no rules", "no rules, in a jit", None),
     ):  # fmt: skip
         samples = cpu if label.endswith("CPU time") else wall
