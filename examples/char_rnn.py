@@ -29,7 +29,7 @@ from.
 
 Run it with:
 
-    python examples/char_rnn.py              # about a minute on 2 CPU cores
+    python examples/char_rnn.py              # about 20 s on 2 CPU cores
     python examples/char_rnn.py --resume --steps 800   # continue to step 800
     python examples/char_rnn.py --smoke      # a tiny model, 40 steps, seconds
 """
