@@ -46,6 +46,7 @@ import sys
 import types
 
 import pytest
+from helpers import run_source
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -572,14 +573,7 @@ def test_a_lazy_name_has_its_public_module_in_a_fresh_process():
         " js.verify_checkpoint.__module__, js.load_variable.__module__,"
         " js.tf1.restore.__module__, js.apply.__module__)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        cwd=ROOT,
-    ).stdout
+    out = run_source(code).stdout
     assert out.split() == ["jscope"] * 4 + ["jscope.tf1", "jscope"]
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tomllib
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_source
 from packaging.requirements import Requirement
 
 import jscope as js
@@ -16,33 +15,22 @@ import jscope as js
 LAZY = ["Saver", "list_variables", "load_variable", "verify_checkpoint", "tf1"]
 
 
-def _fresh(code: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        cwd=ROOT,
-    ).stdout
-
-
 def test_import_jscope_leaves_orbax_tensorstore_and_protobuf_unimported():
-    out = _fresh(
+    out = run_source(
         "import sys, jscope\n"
         "print(sorted({m.split('.')[0] for m in sys.modules\n"
         "    if m.startswith(('orbax', 'tensorstore', 'google.protobuf'))}))"
-    )
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_first_use_of_a_checkpoint_name_imports_orbax():
-    out = _fresh(
+    out = run_source(
         "import sys, jscope as js\n"
         "before = 'orbax.checkpoint' in sys.modules\n"
         "saver = js.Saver\n"
         "print(before, 'orbax.checkpoint' in sys.modules, saver.__name__)"
-    )
+    ).stdout
     assert out.split() == ["False", "True", "Saver"]
 
 
