@@ -211,39 +211,50 @@ class variable_scope:  # noqa: N801 (TF1's name)
             reuse is None or reuse is False or reuse is True or reuse is AUTO_REUSE
         ):
             check_reuse(reuse)  # raises
-        if name_or_scope is None and default_name is None:
-            raise errors.ArgumentTypeError(
-                "variable_scope needs name_or_scope or default_name; got neither. "
-                "Pass a name, e.g. variable_scope('layer'), or a default_name."
-            )
-        if name_or_scope is None and (reuse is True or reuse is AUTO_REUSE):
-            raise errors.ScopeArgumentError(
-                f"default_name ({default_name!r}) cannot be used without a "
-                f"name_or_scope when reuse={reuse!r}: a default name is always a new "
-                "scope, so there is nothing to reuse. Pass the scope's name instead."
-            )
-        if not (
-            name_or_scope is None or isinstance(name_or_scope, str | VariableScope)
-        ):
+        if type(name_or_scope) is str:  # the common case: checks by the cache
+            try:
+                names.valid_scope(name_or_scope)
+            except errors.InvalidNameError:
+                _invalid_scope_name(name_or_scope)  # raises
+        elif name_or_scope is None:
+            if default_name is None:
+                raise errors.ArgumentTypeError(
+                    "variable_scope needs name_or_scope or default_name; got "
+                    "neither. Pass a name, e.g. variable_scope('layer'), or a "
+                    "default_name."
+                )
+            if reuse is True or reuse is AUTO_REUSE:
+                raise errors.ScopeArgumentError(
+                    f"default_name ({default_name!r}) cannot be used without a "
+                    f"name_or_scope when reuse={reuse!r}: a default name is always "
+                    "a new scope, so there is nothing to reuse. Pass the scope's "
+                    "name instead."
+                )
+            try:
+                if type(default_name) is str:
+                    names.valid_scope(default_name)
+                else:
+                    names.validate(default_name, "variable scope")
+            except errors.InvalidNameError:
+                _invalid_scope_name(default_name)  # raises
+        elif not isinstance(name_or_scope, str | VariableScope):
             raise errors.ArgumentTypeError(
                 "name_or_scope must be a str, a VariableScope or None, got "
                 f"{type(name_or_scope).__name__}: {name_or_scope!r}. Pass the "
                 "scope's name, e.g. variable_scope('layer'), or a scope object "
                 "captured with `with variable_scope(...) as scope`."
             )
-        if type(name_or_scope) is str or name_or_scope is None:
-            given = default_name if name_or_scope is None else name_or_scope
+        elif not isinstance(name_or_scope, VariableScope):  # a str subclass
             try:
-                if type(given) is str:
-                    names.valid_scope(given)
-                else:
-                    names.validate(given, "variable scope")
+                names.validate(name_or_scope, "variable scope")
             except errors.InvalidNameError:
-                # Components are valid or not wherever the scope opens; show the
-                # full path below the current scope in the message.
-                prefix = current().scope.name
-                names.validate(names.join(prefix, given), "variable scope")
-        if not (caching_device is None and partitioner is None and constraint is None):
+                _invalid_scope_name(name_or_scope)  # raises
+        if not (
+            caching_device is None
+            and partitioner is None
+            and constraint is None
+            and (use_resource is None or use_resource is True)
+        ):
             for arg, value in (
                 ("caching_device", caching_device),
                 ("partitioner", partitioner),
@@ -251,8 +262,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
             ):
                 if value is not None:
                     _unsupported(arg, value)
-        if use_resource not in (None, True):
-            _unsupported("use_resource", use_resource)
+            if use_resource not in (None, True):
+                _unsupported("use_resource", use_resource)
         self._args = (
             name_or_scope,
             default_name,
@@ -298,22 +309,33 @@ class variable_scope:  # noqa: N801 (TF1's name)
             prefix = parent.name
             name = f"{prefix}/{obj}" if prefix else obj
             flag = reuse if reuse else parent._reuse
-            init = parent.initializer if init is None else init
-            reg = parent.regularizer if reg is None else reg
-            dtype = parent.dtype if dtype is None else dtype
+            if init is None:
+                init = parent.initializer
+            if reg is None:
+                reg = parent.regularizer
+            if dtype is None:
+                dtype = parent.dtype
             if parent.custom_getter is not None:
                 getter = wrap_getter(parent.custom_getter, getter)
             if aux:
                 outer = frame.name_scope
-                name_scope = frame.used_names.unique(
-                    f"{outer}/{ns_name}" if outer else ns_name
-                )
+                name_scope = f"{outer}/{ns_name}" if outer else ns_name
+                taken = frame.used_names.counts  # `Uniquifier.unique`, inline
+                if name_scope in taken:
+                    name_scope = frame.used_names.unique(name_scope)
+                else:
+                    taken[name_scope] = 1
                 original = name_scope + "/"
             else:
                 name_scope = frame.name_scope
                 original = name_scope + "/" if name_scope else ""
         counts = frame.scope_counts
-        node = counts.node(name)
+        if "/" in name:
+            node = counts.node(name)
+        else:  # `Counts.node` of a top-level scope, inline
+            node = counts.children.get(name)
+            if node is None:
+                node = counts.children[name] = context.Counts()
         node.count += 1
         # TF1's `_pure_variable_scope`: entering by object snapshots the whole
         # count store, just after counting this opening.
@@ -346,6 +368,16 @@ class variable_scope:  # noqa: N801 (TF1's name)
             # just after entry: every scope's counts, not only those below it.
             frame.scope_counts = saved
         self._frame = self._node = self._counts = None
+
+
+def _invalid_scope_name(name: Any) -> None:
+    """Raises the `InvalidNameError` of a scope name, with its full path.
+
+    Components are valid or not wherever the scope opens; the message shows
+    the full path below the current scope.
+    """
+    names.validate(names.join(current().scope.name, name), "variable scope")
+    names.validate(name, "variable scope")  # pragma: no cover - raised above
 
 
 def _unique_default(frame: context.Frame, parent: str, default: str) -> str:
