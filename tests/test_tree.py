@@ -4,6 +4,7 @@ import copy
 import pickle
 import re
 import string
+import types
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,18 @@ def test_flatten_whole_tree_and_one_collection():
     assert flat["params/n2/W"] is tree["params"]["n2"]["W"]
     assert list(js.flatten(tree["params"])) == ["n2/W", "n2/b", "n1/inner/w", "top"]
     assert list(js.flatten(tree["state"], "state")) == ["state/counter"]
+
+
+def test_flatten_walks_any_mapping_and_keeps_other_leaves():
+    # A read-only Mapping is a node like a dict; a list, a str and a number
+    # are leaves, whichever type the walk met first; empty nodes leave no key.
+    inner = types.MappingProxyType({"w": "text", "v": [1, 2]})
+    tree = {"a": [0], "b": inner, "c": {"d": inner, "e": {}}, 7: 1.5}
+    flat = js.flatten(tree, "pre")
+    assert list(flat) == [
+        "pre/a", "pre/b/w", "pre/b/v", "pre/c/d/w", "pre/c/d/v", "pre/7"
+    ]  # fmt: skip
+    assert flat["pre/b/v"] is inner["v"] and flat["pre/7"] == 1.5
 
 
 def test_flatten_of_empty_tree():

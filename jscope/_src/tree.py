@@ -37,24 +37,28 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             "js.flatten(variables), not a list of its leaves or a single array."
         )
     out: dict[str, Any] = {}
-    _flatten_into(tree, prefix, out, {dict: True})
+    _flatten_into(tree, f"{prefix}/" if prefix else "", out, {dict}, set())
     return out
 
 
 def _flatten_into(
-    node: Mapping[str, Any], prefix: str, out: dict[str, Any], is_map: dict
+    node: Mapping[str, Any], prefix: str, out: dict[str, Any], maps: set, leaves: set
 ) -> None:
-    # is_map: type -> whether it is a Mapping, asked once per type per flatten
-    # (an ABC check per leaf costs more than the rest of the walk).
+    # `js.apply` flattens the given tree on every call: keep the loop short.
+    # prefix: "" or ends with "/". maps, leaves: the types found to be or not to
+    # be a Mapping, asked once per type (an ABC check costs more than the walk).
     for key, value in node.items():
-        path = f"{prefix}/{key}" if prefix else key
-        mapping = is_map.get(type(value))
-        if mapping is None:
-            mapping = is_map[type(value)] = isinstance(value, Mapping)
-        if mapping:
-            _flatten_into(value, path, out, is_map)
+        kind = type(value)
+        if kind in leaves:
+            out[f"{prefix}{key}"] = value
+        elif kind in maps:
+            _flatten_into(value, f"{prefix}{key}/", out, maps, leaves)
+        elif isinstance(value, Mapping):
+            maps.add(kind)
+            _flatten_into(value, f"{prefix}{key}/", out, maps, leaves)
         else:
-            out[path] = value
+            leaves.add(kind)
+            out[f"{prefix}{key}"] = value
 
 
 def unflatten(flat: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> VariableTree:
