@@ -167,9 +167,10 @@ def get_variable(
         trainable = True
     if initializer is None:
         initializer = scope.initializer
+    made = callable(initializer)  # else a value (or None: the default)
     if regularizer is None:
         regularizer = scope.regularizer
-    if dtype is None and (initializer is None or callable(initializer)):
+    if dtype is None and (made or initializer is None):
         dtype = scope.dtype
     prefix = scope.name
     full = f"{prefix}/{name}" if prefix else name
@@ -181,13 +182,14 @@ def get_variable(
         trace, frame.trace_state
     ):
         access.check_staged_read(frame, full)
+    kind_of = frame.kind_of
     if getter is None:
         if (
             frame.initializing
             or shape is None
+            or not made
             or type(full) is not str
-            or full in frame.kind_of
-            or not callable(initializer)
+            or full in kind_of
             or scope._reuse is True
         ):
             return _get(
@@ -196,7 +198,7 @@ def get_variable(
             )  # fmt: skip
         # The hot path: a new path read at apply (`_get`'s rules reduce to these).
         parent = valid_path_scope(full)
-        kind_of, prefixes = frame.kind_of, frame.prefixes
+        prefixes = frame.prefixes
         if full in prefixes:
             tree.check_no_conflict(full, kind_of, prefixes)  # raises
         if parent and parent not in prefixes:  # the first variable of its scope
