@@ -39,7 +39,7 @@ Usage::
     python benchmarks/bench_init.py            # 3 rounds (tens of minutes, loaded)
     python benchmarks/bench_init.py --rounds 5
     python benchmarks/bench_init.py --models transformer   # one model only
-    python benchmarks/bench_init.py --quick    # small models, one round (seconds)
+    python benchmarks/bench_init.py --quick    # small models, one round (a minute)
 
 Missed timing targets are reported as FAIL but do not change the exit code.
 """
@@ -63,7 +63,8 @@ MODELS = ("unet", "transformer", "digits")
 TARGET = 0.2  # jscope / fastest peer, on unet and transformer
 
 # Full and quick sizes: U-Net levels (of 3 convs down, 4 up), transformer blocks.
-SIZES = {False: {"levels": 7, "blocks": 12}, True: {"levels": 1, "blocks": 1}}
+# Quick: no level (the bottleneck's two convs and the output conv), one block.
+SIZES = {False: {"levels": 7, "blocks": 12}, True: {"levels": 0, "blocks": 1}}
 IMAGE = 128
 WIDTH, HEADS, VOCAB, TOKENS = 128, 4, 512, 16
 

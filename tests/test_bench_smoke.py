@@ -321,7 +321,7 @@ INIT = Bench(
     lines=tuple(f"RATIO cold init {m} jscope/fastest peer (" for m in INIT_MODELS),
     check=_init,
     # Twelve cold processes, one at a time, each compiling its library's kernels:
-    # 145 s alone at the lowest pins, over 300 s beside the rest of the suite.
+    # about 75 s alone, longer beside the rest of the suite.
     timeout=900,
 )
 
