@@ -3,8 +3,8 @@
 Every contestant builds the same model: ``n`` dense layers, layer ``i`` holding
 ``W`` [d, d] (``jax.nn.initializers.lecun_normal()``) and ``b`` [d] (zeros) under
 the path ``layer{i}/W``, ``layer{i}/b``, with relu between layers. Contestants
-run side by side in one process, interleaved round by round (A B C D, A B C D,
-...); each reports the median over rounds.
+run side by side in one process, interleaved round by round, the order rotating
+each round (A B C D, B C D A, ...); each reports the median over rounds.
 
 1. ``init_trace``: ``jax.eval_shape`` of init (shape only, traced afresh each call),
    in microseconds per variable.
@@ -209,6 +209,16 @@ def time_calls(
         gc.enable()
 
 
+def rotated(fns: dict[str, Callable[[], object]], r: int) -> list:
+    """Round ``r``'s order: A B C D, then B C D A, ... so that no contestant
+    always runs in the same place (which one follows which moves a timing by a
+    few per cent: the same function measured 1.01x wall, 1.04x CPU in the first
+    place against the last)."""
+    items = list(fns.items())
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
 def interleaved_wall_cpu(
     fns: dict[str, Callable[[], object]], rounds: int, reps: int
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -219,12 +229,32 @@ def interleaved_wall_cpu(
       process's threads: CPU time does not count waiting for a core, which on a
       loaded machine inflates wall time).
     """
+    wall, cpu = interleaved_samples(fns, rounds, reps)
+    return (
+        {name: statistics.median(s) for name, s in wall.items()},
+        {name: statistics.median(s) for name, s in cpu.items()},
+    )
+
+
+def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of ``a``'s time over ``b``'s in the same round.
+
+    Less moved than the ratio of the two medians when the machine's speed
+    drifts between rounds.
+    """
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], object]], rounds: int, reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process CPU seconds per call of each fn, one sample per round."""
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up, untimed
         fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name, fn in rotated(fns, r):
             gc.collect()
             gc.disable()
             try:
@@ -236,10 +266,7 @@ def interleaved_wall_cpu(
                 gc.enable()
             wall[name].append((w1 - w0) / reps)
             cpu[name].append((c1 - c0) / reps)
-    return (
-        {name: statistics.median(s) for name, s in wall.items()},
-        {name: statistics.median(s) for name, s in cpu.items()},
-    )
+    return wall, cpu
 
 
 def interleaved(
@@ -248,12 +275,12 @@ def interleaved(
     reps: int,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, timed round by round (A B C, A B C)."""
+    """Median seconds per call of each fn, timed round by round (A B C, B C A)."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up, untimed
         fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name, fn in rotated(fns, r):
             samples[name].append(time_calls(fn, reps, clock))
     return {name: statistics.median(s) for name, s in samples.items()}
 
@@ -406,21 +433,50 @@ def bench_apply_eager(
             f"apply_eager: {name}'s output differs from the plain jax.numpy MLP",
         )
 
-    med, cpu = interleaved_wall_cpu(fns, rounds, reps)
-    for name, t in med.items():
+    # The A/A control: hand-written JAX a second time, as a contestant of its
+    # own. Its ratio to the first shows how far two runs of the same code land
+    # apart in this process, the band the other ratios must be read in.
+    fns[AGAIN] = fns["hand-written"]
+    wall, cpu = interleaved_samples(fns, rounds, reps)
+    for name in fns:
         report.value(
-            "apply_eager", name, f"{t * 1e6:.1f} us/call (CPU {cpu[name] * 1e6:.1f})"
+            "apply_eager",
+            name,
+            f"{statistics.median(wall[name]) * 1e6:.1f} us/call "
+            f"(CPU {statistics.median(cpu[name]) * 1e6:.1f})",
         )
-    base = med["hand-written"]
-    report.ratio("apply_eager", "jscope/hand-written", med["jscope"] / base, 1.1)
+    base = "hand-written"
+    report.ratio(
+        "apply_eager", "jscope/hand-written", paired(wall, "jscope", base), 1.1
+    )
     report.ratio(
         "apply_eager",
         "jscope/hand-written (CPU time)",
-        cpu["jscope"] / cpu["hand-written"],
+        paired(cpu, "jscope", base),
         1.1,
     )
-    report.ratio("apply_eager", "haiku/hand-written", med["haiku"] / base, None)
-    report.ratio("apply_eager", "flax core/hand-written", med["flax core"] / base, None)
+    report.ratio(
+        "apply_eager",
+        "jscope/hand-written (ratio of the medians)",
+        statistics.median(wall["jscope"]) / statistics.median(wall[base]),
+        None,
+    )
+    report.ratio(
+        "apply_eager", f"{AGAIN}/hand-written (A/A)", paired(wall, AGAIN, base), None
+    )
+    report.ratio(
+        "apply_eager",
+        f"{AGAIN}/hand-written (A/A, CPU time)",
+        paired(cpu, AGAIN, base),
+        None,
+    )
+    report.ratio("apply_eager", "haiku/hand-written", paired(wall, "haiku", base), None)
+    report.ratio(
+        "apply_eager", "flax core/hand-written", paired(wall, "flax core", base), None
+    )
+
+
+AGAIN = "hand-written again"
 
 
 def _plain_mlp(params, x, n):
