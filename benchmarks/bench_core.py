@@ -9,7 +9,9 @@ each round (A B C D, B C D A, ...); each reports the median over rounds.
 1. ``init_trace``: ``jax.eval_shape`` of init (shape only, traced afresh each call),
    in microseconds per variable.
 2. ``apply_eager``: un-jitted apply of a 10-layer MLP on real CPU arrays, in
-   wall time and in the process's CPU time (less disturbed by other load).
+   wall time and in the process's CPU time (less disturbed by other load), as
+   medians of per-round ratios, beside an A/A control (hand-written JAX timed
+   again as a contestant of its own).
 3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
    to the same HLO (flops and instruction count), then are timed.
 4. ``get_variable``: the per-call overhead of `js.get_variable` at apply on a
@@ -219,23 +221,6 @@ def rotated(fns: dict[str, Callable[[], object]], r: int) -> list:
     return items[k:] + items[:k]
 
 
-def interleaved_wall_cpu(
-    fns: dict[str, Callable[[], object]], rounds: int, reps: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """As `interleaved`, with the process's CPU time of the same blocks beside.
-
-    Returns:
-      Median wall seconds per call, and median CPU seconds per call (all of the
-      process's threads: CPU time does not count waiting for a core, which on a
-      loaded machine inflates wall time).
-    """
-    wall, cpu = interleaved_samples(fns, rounds, reps)
-    return (
-        {name: statistics.median(s) for name, s in wall.items()},
-        {name: statistics.median(s) for name, s in cpu.items()},
-    )
-
-
 def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
     """The median over rounds of ``a``'s time over ``b``'s in the same round.
 
@@ -248,7 +233,11 @@ def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
 def interleaved_samples(
     fns: dict[str, Callable[[], object]], rounds: int, reps: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process CPU seconds per call of each fn, one sample per round."""
+    """Wall and process CPU seconds per call of each fn, one sample per round.
+
+    CPU time counts all of the process's threads and not the waits for a core,
+    which on a loaded machine inflate wall time.
+    """
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up, untimed
@@ -413,6 +402,9 @@ def _apply_fns(models: Contestants, params: dict, x: jax.Array) -> dict:
     }
 
 
+AGAIN = "hand-written again"  # the A/A control's name in `bench_apply_eager`
+
+
 def bench_apply_eager(
     report: Report, rounds: int, reps: int, n: int, d: int, batch: int
 ) -> None:
@@ -474,9 +466,6 @@ def bench_apply_eager(
     report.ratio(
         "apply_eager", "flax core/hand-written", paired(wall, "flax core", base), None
     )
-
-
-AGAIN = "hand-written again"
 
 
 def _plain_mlp(params, x, n):
