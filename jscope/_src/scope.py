@@ -230,13 +230,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                     "a new scope, so there is nothing to reuse. Pass the scope's "
                     "name instead."
                 )
-            try:
-                if type(default_name) is str:
-                    names.valid_scope(default_name)
-                else:
-                    names.validate(default_name, "variable scope")
-            except errors.InvalidNameError:
-                _invalid_scope_name(default_name)  # raises
+            _check_scope_name(default_name)
         elif not isinstance(name_or_scope, str | VariableScope):
             raise errors.ArgumentTypeError(
                 "name_or_scope must be a str, a VariableScope or None, got "
@@ -245,10 +239,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 "captured with `with variable_scope(...) as scope`."
             )
         elif not isinstance(name_or_scope, VariableScope):  # a str subclass
-            try:
-                names.validate(name_or_scope, "variable scope")
-            except errors.InvalidNameError:
-                _invalid_scope_name(name_or_scope)  # raises
+            _check_scope_name(name_or_scope)
         if not (
             caching_device is None
             and partitioner is None
@@ -368,6 +359,22 @@ class variable_scope:  # noqa: N801 (TF1's name)
             # just after entry: every scope's counts, not only those below it.
             frame.scope_counts = saved
         self._frame = self._node = self._counts = None
+
+
+def _check_scope_name(name: Any) -> None:
+    """Checks a scope name (`variable_scope.__init__` inlines the str case).
+
+    Raises:
+      InvalidNameError: As `_invalid_scope_name`.
+      ArgumentTypeError: ``name`` is not a str.
+    """
+    try:
+        if type(name) is str:
+            names.valid_scope(name)
+        else:
+            names.validate(name, "variable scope")
+    except errors.InvalidNameError:
+        _invalid_scope_name(name)  # raises
 
 
 def _invalid_scope_name(name: Any) -> None:
