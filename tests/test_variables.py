@@ -1481,6 +1481,47 @@ def test_apply_stored_shape_or_dtype_differs(stored):
     assert isinstance(info.value, expected)
 
 
+def test_apply_reads_default_initializer_variables_as_init_made_them():
+    # Reads without an initializer take the read path of explicit ones: the
+    # collection follows trainable and dtype as at init, the array comes back
+    # itself, and a tree leaf of another shape or dtype is still refused.
+    def fn():
+        with js.variable_scope("blk"):
+            got = [
+                js.get_variable("w", (2, 3)),
+                js.get_variable("frozen", 3, trainable=False),
+                js.get_variable("none", [3], trainable=None),
+                js.get_variable("count", (), dtype=jnp.int32),
+            ]
+        with js.variable_scope("half", dtype=jnp.float16):
+            got.append(js.get_variable("h", (2,)))
+        return got
+
+    variables = js.init(fn, KEY)
+    assert jax.tree.map(jnp.shape, variables) == {
+        "params": {"blk": {"w": (2, 3), "none": (3,)}, "half": {"h": (2,)}},
+        "state": {"blk": {"frozen": (3,), "count": ()}},
+    }
+    got = js.apply(fn, variables)
+    stored = [
+        variables["params"]["blk"]["w"],
+        variables["state"]["blk"]["frozen"],
+        variables["params"]["blk"]["none"],
+        variables["state"]["blk"]["count"],
+        variables["params"]["half"]["h"],
+    ]
+    assert all(a is b for a, b in zip(got, stored, strict=True))
+    swapped = {
+        "params": {**variables["params"], "half": {"h": jnp.zeros((2,))}},
+        "state": variables["state"],
+    }
+    with pytest.raises(errors.DtypeMismatchError, match="half/h"):
+        js.apply(fn, swapped)
+    moved = {"params": variables["params"], "state": {"blk": {}}}
+    with pytest.raises(errors.UninitializedVariableError, match="blk/frozen"):
+        js.apply(fn, moved)
+
+
 def test_apply_is_independent_of_tree_order():
     def fn():
         return js.get_variable("a", [2]) + js.get_variable("b", [2])

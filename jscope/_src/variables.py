@@ -15,8 +15,9 @@ Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
 Hot path: `get_variable` reading a path new in the run at apply runs for every
 variable of every un-jitted step (benchmarks/bench_core.py measures it, per
 call too); it does `_read`'s work inline, so keep both to dict lookups and
-attribute reads, and the same (`_read` serves custom getters). `_get` →
-`_create` is the general path: init, reuse, custom getters, value initializers.
+attribute reads, and the same (`_read` serves custom getters). `_general` →
+`_get` → `_create` is the general path: init, reuse, custom getters, value
+initializers, TF1 keyword arguments.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from jscope._src import access, context, jax_compat, names, rng, sharding, tree,
 from jscope._src.access import lookup, register  # bound names: the hot path
 from jscope._src.context import GET, VAR, peek
 from jscope._src.jax_compat import ARRAY_IMPL, TRACE_REF
-from jscope._src.names import valid_path_scope
+from jscope._src.names import SCOPE_OF, valid_path_scope
 from jscope._src.scope import wrap_getter
 from jscope._src.values import F32, canon_dtype, is_float
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
@@ -163,8 +164,6 @@ def get_variable(
     if frame is None or not frame.is_run:
         frame = context.current_run("get_variable")  # raises NotInRunError
     scope = frame.scope
-    if trainable is None:
-        trainable = True
     if initializer is None:
         initializer = scope.initializer
     made = callable(initializer)  # else a value (or None: the default)
@@ -174,70 +173,93 @@ def get_variable(
         dtype = scope.dtype
     prefix = scope.name
     full = f"{prefix}/{name}" if prefix else name
-    getter = scope.custom_getter
-    if tf1_kwargs:
-        getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
     trace = TRACE_REF.value  # every call: a jax.jit may open inside any scope
     if trace is not frame.trace_state and not jax_compat.same_trace(
         trace, frame.trace_state
     ):
         access.check_staged_read(frame, full)
     kind_of = frame.kind_of
+    if (
+        frame.initializing
+        or shape is None
+        or (not made and (initializer is not None or dtype is not None))
+        or tf1_kwargs
+        or scope.custom_getter is not None
+        or type(full) is not str
+        or full in kind_of
+        or scope._reuse is True
+    ):
+        return _general(
+            frame, scope, full, shape, dtype, initializer, regularizer, trainable,
+            collection, axes, tf1_kwargs,
+        )  # fmt: skip
+    # The hot path: a new path read at apply, with a callable initializer or the
+    # default one for float32 (`_get`'s rules reduce to these).
+    parent = SCOPE_OF.get(full)
+    if parent is None:
+        parent = valid_path_scope(full)  # raises: an invalid name
+    prefixes = frame.prefixes
+    if full in prefixes:
+        tree.check_no_conflict(full, kind_of, prefixes)  # raises
+    if not parent or parent in prefixes:  # a recorded prefix's own are recorded
+        parents = None
+    elif "/" not in parent and parent not in kind_of:  # a new top-level scope
+        parents = (parent,)
+    else:  # the first variable of a nested scope
+        parents = _new_parents(full, kind_of, prefixes)
+    coll = collection
+    if dtype is None:
+        dtype = F32
+        if coll is None:
+            coll = "params" if trainable or trainable is None else "state"
+    else:
+        dtype = canon_dtype(dtype, full)
+        if coll is None:
+            trained = trainable or trainable is None
+            coll = "params" if trained and is_float(dtype) else "state"
+    try:
+        value = frame.given_tree[coll][full]  # pyright: ignore[reportOptionalSubscript]
+    except (KeyError, TypeError):
+        value = None
+    if value is None:
+        value = lookup(frame, full, coll)  # raises: missing, or None
+    if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
+        meta = value.aval
+        vdtype = meta.dtype
+        if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
+            _check_read(full, shape, dtype, value)
+    else:
+        _check_leaf(full, shape, dtype, value, coll)
+    if parents:
+        prefixes.update(parents)
+    kind_of[full] = GET
+    frame.values[full] = value
+    frame.collection_of[full] = coll
+    counts = frame.used_names.counts  # `Uniquifier.mark`, inline
+    counts[full] = counts[full] + 1 if full in counts else 1
+    if axes is not None:
+        frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
+    if regularizer is not None:
+        frame.regularizers.append((full, regularizer))
+    frame.read_log.append((value, full))  # `access.register`, inline
+    return value
+
+
+def _general(
+    frame, scope, full, shape, dtype, initializer, regularizer, trainable,
+    collection, axes, tf1_kwargs,
+):  # fmt: skip
+    """`get_variable` off the hot path: init, reuse, custom getters, TF1 kwargs."""
+    if trainable is None:
+        trainable = True
+    getter = scope.custom_getter
+    if tf1_kwargs:
+        getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
     if getter is None:
-        if (
-            frame.initializing
-            or shape is None
-            or not made
-            or type(full) is not str
-            or full in kind_of
-            or scope._reuse is True
-        ):
-            return _get(
-                frame, full, shape, dtype, initializer, regularizer, scope.reuse,
-                trainable, collection, axes,
-            )  # fmt: skip
-        # The hot path: a new path read at apply (`_get`'s rules reduce to these).
-        parent = valid_path_scope(full)
-        prefixes = frame.prefixes
-        if full in prefixes:
-            tree.check_no_conflict(full, kind_of, prefixes)  # raises
-        if parent and parent not in prefixes:  # the first variable of its scope
-            parents = _new_parents(full, kind_of, prefixes)
-        else:  # a recorded prefix's own prefixes are recorded, and none is a variable
-            parents = None
-        coll = collection
-        if dtype is None:
-            dtype = F32
-            if coll is None:
-                coll = "params" if trainable else "state"
-        else:
-            dtype = canon_dtype(dtype, full)
-            if coll is None:
-                coll = "params" if trainable and is_float(dtype) else "state"
-        flat = frame.given_tree.get(coll)  # pyright: ignore[reportOptionalMemberAccess]
-        value = None if flat is None else flat.get(full)
-        if value is None:
-            value = lookup(frame, full, coll)  # raises: missing, or None
-        if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
-            meta = value.aval
-            vdtype = meta.dtype
-            if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
-                _check_read(full, shape, dtype, value)
-        else:
-            _check_leaf(full, shape, dtype, value, coll)
-        if parents:
-            prefixes.update(parents)
-        kind_of[full] = GET
-        frame.values[full] = value
-        frame.collection_of[full] = coll
-        counts = frame.used_names.counts  # `Uniquifier.mark`, inline
-        counts[full] = counts.get(full, 0) + 1
-        if axes is not None:
-            frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
-        if regularizer is not None:
-            frame.regularizers.append((full, regularizer))
-        frame.read_log.append((value, full))  # `access.register`, inline
-        return value
+        return _get(
+            frame, full, shape, dtype, initializer, regularizer, scope.reuse,
+            trainable, collection, axes,
+        )  # fmt: skip
     reuse = scope.reuse
 
     def real_getter(
