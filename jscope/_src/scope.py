@@ -11,6 +11,8 @@ from jscope.typing import AutoReuse
 
 AUTO_REUSE = AutoReuse()
 
+_new = object.__new__  # an instance of a slotted class without its __init__
+
 _UNSUPPORTED_SCOPE_ARGS = {
     "caching_device": "jscope places arrays with jax.device_put / shardings",
     "partitioner": "jscope shards variables with js.ShardingRules (paths or axes=)",
@@ -184,7 +186,6 @@ class variable_scope:  # noqa: N801 (TF1's name)
         "_frame",
         "_saved",
         "_new",
-        "_by_object",
         "_saved_counts",
         "_node",
         "_counts",
@@ -255,6 +256,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                     _unsupported(arg, value)
             if use_resource not in (None, True):
                 _unsupported("use_resource", use_resource)
+        self._saved_counts = None
         self._args = (
             name_or_scope,
             default_name,
@@ -272,69 +274,90 @@ class variable_scope:  # noqa: N801 (TF1's name)
         if frame is None:
             frame = current()
         parent = frame.scope
+        outer = frame.name_scope
         self._frame = frame
-        self._saved = (parent, frame.name_scope)
-        by_object = isinstance(obj, VariableScope)
-        self._by_object = by_object
-        if by_object:
-            name = obj.name
-            flag = reuse if reuse else obj.reuse
-            init = obj.initializer if init is None else init
-            reg = obj.regularizer if reg is None else reg
-            dtype = obj.dtype if dtype is None else dtype
-            getter = wrap_getter(obj.custom_getter, getter)
-            # TF1: a new name scope named after the scope's last component,
-            # uniquified where it is entered; the object keeps its original one.
-            last = name.rsplit("/", 1)[-1]
-            if aux and last:
-                name_scope = frame.used_names.unique(names.join(frame.name_scope, last))
+        self._saved = (parent, outer)
+        if isinstance(obj, VariableScope):
+            return self._enter_by_object(frame, obj)
+        # TF1 names the name scope of a default-named scope after the default
+        # name, uniquified on its own.
+        ns_name = obj
+        if obj is None:
+            ns_name = default
+            obj = _unique_default(frame, parent.name, default)
+        prefix = parent.name
+        name = f"{prefix}/{obj}" if prefix else obj
+        if init is None:
+            init = parent.initializer
+        if reg is None:
+            reg = parent.regularizer
+        if dtype is None:
+            dtype = parent.dtype
+        if parent.custom_getter is not None:
+            getter = wrap_getter(parent.custom_getter, getter)
+        if aux:
+            name_scope = f"{outer}/{ns_name}" if outer else ns_name
+            taken = frame.used_names.counts  # `Uniquifier.unique`, inline
+            if name_scope in taken:
+                name_scope = frame.used_names.unique(name_scope)
             else:
-                name_scope = frame.name_scope
-            original = obj.original_name_scope
+                taken[name_scope] = 1
+            original = name_scope + "/"
         else:
-            # TF1 names the name scope of a default-named scope after the
-            # default name, uniquified on its own.
-            ns_name = default if obj is None else obj
-            if obj is None:
-                obj = _unique_default(frame, parent.name, default)
-            prefix = parent.name
-            name = f"{prefix}/{obj}" if prefix else obj
-            flag = reuse if reuse else parent._reuse
-            if init is None:
-                init = parent.initializer
-            if reg is None:
-                reg = parent.regularizer
-            if dtype is None:
-                dtype = parent.dtype
-            if parent.custom_getter is not None:
-                getter = wrap_getter(parent.custom_getter, getter)
-            if aux:
-                outer = frame.name_scope
-                name_scope = f"{outer}/{ns_name}" if outer else ns_name
-                taken = frame.used_names.counts  # `Uniquifier.unique`, inline
-                if name_scope in taken:
-                    name_scope = frame.used_names.unique(name_scope)
-                else:
-                    taken[name_scope] = 1
-                original = name_scope + "/"
-            else:
-                name_scope = frame.name_scope
-                original = name_scope + "/" if name_scope else ""
+            name_scope = outer
+            original = outer + "/" if outer else ""
         counts = frame.scope_counts
         if "/" in name:
             node = counts.node(name)
+            node.count += 1
         else:  # `Counts.node` of a top-level scope, inline
             node = counts.children.get(name)
-            if node is None:
-                node = counts.children[name] = context.Counts()
+            if node is None:  # `Counts()` without a Python call
+                node = counts.children[name] = _new(context.Counts)
+                node.children = {}
+                node.count = 1
+            else:
+                node.count += 1
+        self._node, self._counts = node, counts
+        # A new VariableScope without a Python call: the flag is checked already.
+        new = self._new = frame.scope = _new(VariableScope)
+        new._reuse = reuse if reuse else parent._reuse
+        new.name = name
+        new.initializer = init
+        new.regularizer = reg
+        new.dtype = dtype
+        new.custom_getter = getter
+        new.original_name_scope = original
+        frame.name_scope = name_scope
+        return new
+
+    def _enter_by_object(self, frame: context.Frame, obj: VariableScope) -> Any:
+        (_, _, init, reg, getter, reuse, dtype, aux) = self._args
+        name = obj.name
+        # TF1: a new name scope named after the scope's last component,
+        # uniquified where it is entered; the object keeps its original one.
+        last = name.rsplit("/", 1)[-1]
+        if aux and last:
+            name_scope = frame.used_names.unique(names.join(frame.name_scope, last))
+        else:
+            name_scope = frame.name_scope
+        counts = frame.scope_counts
+        node = counts.node(name)
         node.count += 1
         # TF1's `_pure_variable_scope`: entering by object snapshots the whole
         # count store, just after counting this opening.
-        self._saved_counts = counts.copy() if by_object else None
+        self._saved_counts = counts.copy()
         self._node, self._counts = node, counts
-        new = VariableScope(flag, name, init, reg, dtype, getter, original)
-        self._new = new
-        frame.scope = new
+        new = VariableScope(
+            reuse if reuse else obj.reuse,
+            name,
+            obj.initializer if init is None else init,
+            obj.regularizer if reg is None else reg,
+            obj.dtype if dtype is None else dtype,
+            wrap_getter(obj.custom_getter, getter),
+            obj.original_name_scope,
+        )
+        self._new = frame.scope = new
         frame.name_scope = name_scope
         return new
 
@@ -342,23 +365,22 @@ class variable_scope:  # noqa: N801 (TF1's name)
         frame = self._frame
         frame.scope, frame.name_scope = self._saved
         saved = self._saved_counts
-        self._saved_counts = None
         if saved is None:
             # Leaving a scope entered by name forgets the counts below it (TF1's
             # `close_variable_subscopes`). Its node is the one counted at entry
             # while the store is the same; a scope entered by object inside may
             # have put back another copy of the store: then it is found by path.
-            counts = frame.scope_counts
             node = self._node
-            if node is None or counts is not self._counts:
-                node = counts.node(self._new.name)
+            if frame.scope_counts is not self._counts:
+                node = frame.scope_counts.node(self._new.name)
             if node.children:
                 node.children = {}
         else:
             # Leaving one entered by object puts the whole store back as it was
             # just after entry: every scope's counts, not only those below it.
+            self._saved_counts = None
             frame.scope_counts = saved
-        self._frame = self._node = self._counts = None
+        self._frame = None  # keeps no run's values alive after the block
 
 
 def _check_scope_name(name: Any) -> None:
