@@ -52,7 +52,11 @@ VAR = Kind.VAR
 
 
 class Counts:
-    """TF1's per-scope open counts, kept as a tree keyed by path component."""
+    """TF1's per-scope open counts, kept as a tree keyed by path component.
+
+    `scope.variable_scope.__enter__` makes top-level nodes without calling
+    `__init__`: a new slot must be set there too.
+    """
 
     __slots__ = ("count", "children")
 

@@ -49,6 +49,9 @@ class VariableScope:
       custom_getter: The getter wrapping `get_variable` inside, or None.
     """
 
+    # `variable_scope.__enter__` makes instances without calling `__init__`:
+    # a new slot must be set there too.
+
     __slots__ = (
         "_reuse",
         "name",
