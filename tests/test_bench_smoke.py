@@ -60,7 +60,7 @@ CORE = Bench(
         "RATIO apply_eager jscope/hand-written = ",
         "RATIO jit_step jscope/hand-written = ",
         "RATIO get_variable reads jscope/hand-written = ",
-        "RATIO apply_eager jscope/hand-written (CPU time) = ",
+        "RATIO apply_eager jscope/hand-written (thread CPU time) = ",
         "RATIO apply_eager hand-written again/hand-written (A/A) = ",
         "BOUND get_variable_call jscope (CPU time) = ",
     ),
