@@ -215,6 +215,47 @@ OPS = st.lists(
 )
 
 
+PATH_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["unique", "mark", "path", "other kind"]),
+        st.sampled_from(["x", "x_1", "x_2", "x_1_1", "y", "y_1"]),
+    ),
+    max_size=25,
+)
+
+
+@given(PATH_OPS)
+def test_uniquifier_counts_paths_of_its_kind_as_marks(ops):
+    """A name in ``paths`` with the ``once`` kind is in use as if marked once.
+
+    The same operations run on a uniquifier that reads a path dict and on one
+    that is marked instead: both must hand out the same names.
+    """
+    once, other = object(), object()
+    paths: dict = {}
+    u = names.Uniquifier(paths, once)
+    marked = names.Uniquifier()
+    for op, name in ops:
+        if op in ("path", "other kind"):
+            if name in paths:
+                continue  # a run records each path once
+            if op == "path":
+                paths[name] = once  # what get_variable does
+                marked.mark(name)
+            else:
+                paths[name] = other  # not this kind: not in use by itself
+            continue
+        if op == "mark":
+            u.mark(name)
+            marked.mark(name)
+            continue
+        assert u.unique(name) == marked.unique(name)
+    for name in ["x", "x_1", "x_2", "x_1_1", "y", "y_1"]:
+        assert u.in_use(name) == marked.in_use(name), name
+    copy = u.copy(dict(paths))
+    assert copy.unique("x") == u.unique("x")
+
+
 @given(OPS)
 def test_uniquifier_matches_tf1_model(ops):
     """Each name is new; a taken name gets the first free ``name_i``, i >= 1."""

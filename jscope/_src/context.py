@@ -154,6 +154,7 @@ class Frame:
         "scope",  # the VariableScope open now (root: name "")
         "name_scope",  # the name scope open now, without trailing "/"
         "used_names",  # names.Uniquifier: name scopes and variable paths taken
+        #                (get_variable paths through kind_of, which it reads)
         "scope_counts",  # Counts: how often each variable scope was opened
         "kind_of",  # path -> Kind, for every variable of the run so far
         "collection_of",  # path -> the collection holding it
@@ -198,9 +199,10 @@ class Frame:
         self.rules = rules
         self.scope = scope
         self.name_scope = ""
-        self.used_names = names.Uniquifier()
-        self.scope_counts = Counts()
         self.kind_of: dict[str, Kind] = {}
+        # get_variable records a path in kind_of alone: the uniquifier reads it
+        self.used_names = names.Uniquifier(self.kind_of, GET)
+        self.scope_counts = Counts()
         self.collection_of: dict[str, str] = {}
         self.axes_of: dict[str, tuple] = {}
         self.prefixes: set[str] = set()
@@ -250,9 +252,9 @@ class Frame:
             rules=self.rules,
         )
         child.name_scope = self.name_scope
-        child.used_names = self.used_names.copy()
-        child.scope_counts = self.scope_counts.copy()
         child.kind_of = dict(self.kind_of)
+        child.used_names = self.used_names.copy(child.kind_of)
+        child.scope_counts = self.scope_counts.copy()
         child.collection_of = dict(self.collection_of)
         child.axes_of = dict(self.axes_of)
         child.prefixes = set(self.prefixes)
@@ -291,7 +293,7 @@ class Frame:
         """
         new = self.new_paths(child)
         self.scope_counts.assign_from(child.scope_counts)
-        self.used_names = child.used_names
+        self.used_names = child.used_names.copy(self.kind_of)
         self.prefixes = child.prefixes
         self.rng_counts = child.rng_counts
         self.templates = child.templates

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from typing import Any
 
 from jscope import errors
 
@@ -126,24 +127,36 @@ class Uniquifier:
     The first request for ``x`` gets ``x``; later ones get ``x_1``, ``x_2``, ...
     skipping any name already in use.
 
+    A name ``paths`` maps to ``once`` is in use once more than ``counts`` says:
+    a run passes its path -> kind dict and the kind of `get_variable`, so a
+    variable read records its path in one dict instead of two.
+
     Example:
       >>> u = Uniquifier()
       >>> [u.unique("x"), u.unique("x"), u.unique("x_2"), u.unique("x")]
       ['x', 'x_1', 'x_2', 'x_3']
     """
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "paths", "once")
 
-    def __init__(self):
-        #: name -> how many times it was handed out or marked; `get_variable`
-        #: marks a new path here itself (`mark` without the call).
+    def __init__(self, paths: dict[str, Any] | None = None, once: Any = None):
+        #: name -> how many times it was handed out or marked, besides `paths`.
         self.counts: dict[str, int] = {}
+        self.paths: dict[str, Any] = {} if paths is None else paths
+        self.once = once
 
-    def copy(self) -> Uniquifier:
-        """An independent copy."""
-        new = Uniquifier()
+    def copy(self, paths: dict[str, Any] | None = None) -> Uniquifier:
+        """An independent copy, reading ``paths`` (default: the same dict)."""
+        new = Uniquifier(self.paths if paths is None else paths, self.once)
         new.counts = dict(self.counts)
         return new
+
+    def _count(self, name: str) -> int:
+        once = self.once
+        count = self.counts.get(name, 0)
+        if once is not None and self.paths.get(name) is once:
+            count += 1
+        return count
 
     def mark(self, name: str) -> None:
         """Records ``name`` as used without renaming it."""
@@ -151,18 +164,19 @@ class Uniquifier:
 
     def in_use(self, name: str) -> bool:
         """Whether ``name`` has been handed out or marked."""
-        return name in self.counts
+        return name in self.counts or self._count(name) > 0
 
     def unique(self, name: str) -> str:
         """Returns ``name`` or its first free ``name_i`` and marks it used."""
         counts = self.counts
-        if name not in counts:
+        i = self._count(name)
+        if not i:
             counts[name] = 1
             return name
-        i = counts[name]
-        while f"{name}_{i}" in counts:
+        taken = i
+        while self.in_use(f"{name}_{i}"):
             i += 1
-        counts[name] = i + 1
+        counts[name] = counts.get(name, 0) + i + 1 - taken
         new = f"{name}_{i}"
         counts[new] = 1
         return new

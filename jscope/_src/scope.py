@@ -301,7 +301,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         if aux:
             name_scope = f"{outer}/{ns_name}" if outer else ns_name
             taken = frame.used_names.counts  # `Uniquifier.unique`, inline
-            if name_scope in taken:
+            if name_scope in taken or name_scope in frame.kind_of:
                 name_scope = frame.used_names.unique(name_scope)
             else:
                 taken[name_scope] = 1

@@ -235,8 +235,6 @@ def get_variable(
     kind_of[full] = GET
     frame.values[full] = value
     frame.collection_of[full] = coll
-    counts = frame.used_names.counts  # `Uniquifier.mark`, inline
-    counts[full] = counts[full] + 1 if full in counts else 1
     if axes is not None:
         frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
     if regularizer is not None:
@@ -374,7 +372,6 @@ def _create(
     frame.kind_of[path] = GET
     frame.values[path] = value
     frame.collection_of[path] = coll
-    frame.used_names.mark(path)
     if axes is not None:
         frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
@@ -422,8 +419,6 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
     kind_of[path] = GET
     frame.values[path] = value
     frame.collection_of[path] = coll
-    counts = frame.used_names.counts  # `Uniquifier.mark`, inline
-    counts[path] = counts.get(path, 0) + 1
     if axes is not None:
         frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
