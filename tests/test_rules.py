@@ -91,6 +91,36 @@ def test_an_array_returned_for_one_path_is_a_clear_target():
     np.testing.assert_array_equal(new["params"]["b"], [1.0, 1.0])
 
 
+def test_at_apply_only_arrays_read_in_the_run_are_targets():
+    # A read at apply records nothing; the target is found in the given tree
+    # among the paths get_variable read, in the collection it read them from.
+    shared = jnp.zeros(2)
+    tree = {
+        "params": {"a": shared, "b": shared, "c": jnp.ones(2)},
+        "state": {"a": jnp.full((2,), 5.0), "h": jnp.zeros(())},
+    }
+
+    def fn(target):
+        a = js.get_variable("a", (2,))
+        handle = js.Variable(0.0, name="h", collection="state")
+        handle.value  # a js.Variable's array: its handle is the target
+        old = a
+        js.assign("a", a + 1)  # reassigned: the array read stays its target
+        js.assign(target(old), old + 2)
+
+    _, new = js.apply(fn, tree, lambda old: old, mutable=True)
+    np.testing.assert_array_equal(new["params"]["a"], [2.0, 2.0])
+    assert new["params"]["b"] is shared  # b is not read: a alone is the target
+    not_read = [
+        lambda old: tree["params"]["c"],  # a leaf of the tree no read returned
+        lambda old: tree["state"]["a"],  # a's path, another collection
+        lambda old: tree["state"]["h"],  # the array a js.Variable read
+    ]
+    for target in not_read:
+        with pytest.raises(errors.AssignmentTargetError, match="not a variable"):
+            js.apply(fn, tree, target, mutable=True)
+
+
 # ------------------------------------------------- VariableScope.get_variable
 
 

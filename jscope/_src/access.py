@@ -9,8 +9,10 @@ as its target (`register`, `returned_path`).
 
 Imports: `jscope.errors`, `context`, `jax_compat`, `values`.
 
-Hot path: `lookup` and `register` run for every `get_variable` at apply; keep
-them to dict and list operations.
+Hot path: `lookup` runs for a `get_variable` at apply whose path the given
+tree lacks; a read at apply registers nothing (`returned_path` finds its array
+in the given tree), so keep `register`, run at init and by assignments, to one
+list append.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def register(frame: context.Frame, value: Any, path: str) -> None:
 def returned_path(frame: context.Frame, target: Any) -> str | None:
     """The path ``target`` was returned for in this run, or None if it was not.
 
+    Arrays created at init and assigned values are looked up in what `register`
+    recorded; an array `get_variable` read from the given tree is found there
+    by `_given_path` (a read at apply records nothing of it).
+
     Raises:
       AssignmentTargetError: The same array was returned for two paths, so the
         target is ambiguous.
@@ -109,15 +115,48 @@ def returned_path(frame: context.Frame, target: Any) -> str | None:
                 by_id[key] = (value, path)
         log.clear()
     seen = by_id.get(id(target))
-    if seen is None or seen[0] is not target:
-        return None
-    if seen[1] is None:
-        paths = [p for p, v in frame.values.items() if v is target]
-        raise errors.AssignmentTargetError(
-            "This array was returned for more than one variable "
-            f"({', '.join(paths) or 'since reassigned'}), so the target is "
-            "ambiguous. Pass the variable's name or js.Variable handle to js.assign "
-            "instead.",
-            paths[0] if paths else None,
-        )
-    return seen[1]
+    path = seen[1] if seen is not None and seen[0] is target else None
+    if seen is not None and seen[0] is target and path is None:
+        _ambiguous(frame, target)
+    given = _given_path(frame, target) if frame.given_tree is not None else None
+    if given is not None and path is not None and given != path:
+        _ambiguous(frame, target)
+    return path if path is not None else given
+
+
+def _given_path(frame: context.Frame, target: Any) -> str | None:
+    """The path `get_variable` read ``target`` from in the given tree, or None.
+
+    The index from leaf to paths is built once per run, on the first ask.
+
+    Raises:
+      AssignmentTargetError: ``target`` is the leaf of two paths read in the run.
+    """
+    index = frame.given_by_id
+    if index is None:
+        index = frame.given_by_id = {}
+        for coll, flat in frame.given_tree.items():  # pyright: ignore[reportOptionalMemberAccess]
+            for path, leaf in flat.items():
+                index.setdefault(id(leaf), []).append((leaf, coll, path))
+    kind_of, collection_of = frame.kind_of, frame.collection_of
+    read = {
+        path
+        for leaf, coll, path in index.get(id(target), ())
+        if leaf is target
+        and kind_of.get(path) is context.GET
+        and collection_of.get(path) == coll
+    }
+    if len(read) > 1:
+        _ambiguous(frame, target)
+    return read.pop() if read else None
+
+
+def _ambiguous(frame: context.Frame, target: Any) -> None:
+    paths = [p for p, v in frame.values.items() if v is target]
+    raise errors.AssignmentTargetError(
+        "This array was returned for more than one variable "
+        f"({', '.join(paths) or 'since reassigned'}), so the target is "
+        "ambiguous. Pass the variable's name or js.Variable handle to js.assign "
+        "instead.",
+        paths[0] if paths else None,
+    )

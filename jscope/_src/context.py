@@ -174,6 +174,8 @@ class Frame:
         "read_log",  # (array, path) each read or assignment returned, in order
         "path_of_array",  # id(array) -> (array, path or None if ambiguous),
         # built from `read_log` only when `js.assign` asks (access.returned_path)
+        "given_by_id",  # apply: id(leaf) -> [(leaf, collection, path)] of the
+        # given tree, or None until `js.assign` first asks (access._given_path)
         "regularizers",  # (path, regularizer) in creation order
         "lift",  # a Crossing inside a lifted transform's body, else None
     )
@@ -217,6 +219,7 @@ class Frame:
         self.assigned: dict[str, Any] = {}
         self.read_log: list[tuple[Any, str]] = []
         self.path_of_array: dict[int, tuple[Any, str | None]] = {}
+        self.given_by_id: dict[int, list[tuple[Any, str, str]]] | None = None
         self.regularizers: list[tuple[str, Any]] = []
         self.lift: Crossing | None = None
 
@@ -276,6 +279,7 @@ class Frame:
         self.given_tree = None
         self.read_log = []
         self.path_of_array = {}
+        self.given_by_id = None
         self.created = {}
         self.rng = self.rngs = None
         self.lift = None
@@ -318,6 +322,7 @@ class Frame:
         self.assigned = {}
         self.read_log = []
         self.path_of_array = {}
+        self.given_by_id = None
         self.regularizers = []
         self.templates = {}
         self.rng = None

@@ -239,8 +239,7 @@ def get_variable(
         frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
     if regularizer is not None:
         frame.regularizers.append((full, regularizer))
-    frame.read_log.append((value, full))  # `access.register`, inline
-    return value
+    return value  # `js.assign` finds it in the given tree (access.returned_path)
 
 
 def _general(
@@ -423,8 +422,7 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
         frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
     if regularizer is not None:
         frame.regularizers.append((path, regularizer))
-    frame.read_log.append((value, path))  # `access.register`, inline
-    return value
+    return value  # `js.assign` finds it in the given tree (access.returned_path)
 
 
 def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
