@@ -103,7 +103,7 @@ def test_at_apply_only_arrays_read_in_the_run_are_targets():
     def fn(target):
         a = js.get_variable("a", (2,))
         handle = js.Variable(0.0, name="h", collection="state")
-        handle.value  # a js.Variable's array: its handle is the target
+        assert handle.value.shape == ()  # its handle, not its array, is a target
         old = a
         js.assign("a", a + 1)  # reassigned: the array read stays its target
         js.assign(target(old), old + 2)
