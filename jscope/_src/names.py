@@ -83,14 +83,23 @@ def valid_path_scope(path: str) -> str:
     return scope
 
 
-@functools.lru_cache(maxsize=65536)
+#: Variable scope names `valid_scope` has checked: `variable_scope` asks this
+#: set first, a plain membership test.
+VALID_SCOPES: set[str] = set()
+
+
 def valid_scope(name: str) -> str:
-    """`validate` of a variable scope name known to be a str, cached by the name.
+    """`validate` of a variable scope name known to be a str, kept in `VALID_SCOPES`.
 
     Raises:
       InvalidNameError: As `validate`.
     """
-    return _validate(name, "variable scope")
+    if name not in VALID_SCOPES:
+        _validate(name, "variable scope")
+        if len(VALID_SCOPES) >= _SCOPE_OF_MAX:
+            VALID_SCOPES.clear()
+        VALID_SCOPES.add(name)
+    return name
 
 
 def _suggest(name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from jscope import errors
 from jscope._src import context, names
+from jscope._src.names import VALID_SCOPES
 from jscope.typing import AutoReuse
 
 AUTO_REUSE = AutoReuse()
@@ -216,10 +217,11 @@ class variable_scope:  # noqa: N801 (TF1's name)
         ):
             check_reuse(reuse)  # raises
         if type(name_or_scope) is str:  # the common case: checks by the cache
-            try:
-                names.valid_scope(name_or_scope)
-            except errors.InvalidNameError:
-                _invalid_scope_name(name_or_scope)  # raises
+            if name_or_scope not in VALID_SCOPES:
+                try:
+                    names.valid_scope(name_or_scope)
+                except errors.InvalidNameError:
+                    _invalid_scope_name(name_or_scope)  # raises
         elif name_or_scope is None:
             if default_name is None:
                 raise errors.ArgumentTypeError(
