@@ -60,7 +60,7 @@ Shape: TypeAlias = Sequence[int | None]
 Initializer: TypeAlias = Callable[..., jax.Array]
 """``(key, shape, dtype[, out_sharding]) -> jax.Array``, as `jax.nn.initializers`."""
 
-InitializerLike: TypeAlias = "Initializer | ArrayLike"
+InitializerLike: TypeAlias = Initializer | ArrayLike
 """An initializer, or a concrete value that gives the variable its shape and dtype."""
 
 Regularizer: TypeAlias = Callable[[jax.Array], jax.Array]

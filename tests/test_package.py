@@ -56,6 +56,32 @@ def test_every_public_name_resolves():
     assert not missing
 
 
+def test_every_public_annotation_resolves():
+    # typing.get_type_hints on each public function, class and method: tools
+    # that read annotations at run time (dataclass-like wrappers, FastAPI-style
+    # validators, sphinx) must not meet a NameError or a str alias.
+    import inspect
+    import typing
+
+    import jscope.initializers
+    import jscope.layers
+    import jscope.slim
+
+    failed = {}
+    for module in (js, jscope.layers, jscope.slim, js.tf1, jscope.initializers):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            members = inspect.getmembers(obj, inspect.isfunction)
+            for target in [obj] + [m for _, m in members if inspect.isclass(obj)]:
+                try:
+                    typing.get_type_hints(target)
+                except Exception as e:  # noqa: BLE001 (every failure is reported)
+                    failed[f"{module.__name__}.{target.__qualname__}"] = repr(e)
+    assert not failed
+
+
 def test_an_unknown_attribute_is_an_attribute_error_naming_it():
     with pytest.raises(AttributeError, match="no attribute 'Sever'"):
         js.Sever  # noqa: B018

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 from jscope import errors
 
-LogicalAxes: TypeAlias = "tuple[str | None, ...]"
+LogicalAxes: TypeAlias = tuple[str | None, ...]
 """A variable's logical axes: one name (or None, no name) per dimension."""
 
 

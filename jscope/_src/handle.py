@@ -28,14 +28,11 @@ from jscope._src import access, context, names, rng, sharding, tree, values
 from jscope._src.context import VAR
 from jscope.typing import ArrayLike, DTypeLike
 
-InitialValue: TypeAlias = "ArrayLike | Callable[[jax.Array], ArrayLike]"
+InitialValue: TypeAlias = ArrayLike | Callable[[jax.Array], ArrayLike]
 """A `Variable`'s initial value: a value, or ``(key) -> array`` called at init."""
 
-Operand: TypeAlias = "ArrayLike | Variable"
-"""What a `Variable`'s operators accept on their other side."""
-
-AssignTarget: TypeAlias = "Variable | str | jax.Array"
-"""What `assign` accepts as target: a handle, a name, or a returned array."""
+# `Operand` and `AssignTarget` name `Variable`: they follow the class, as
+# objects, so that ``typing.get_type_hints`` resolves every annotation.
 
 
 def _raw(x: Operand) -> ArrayLike:
@@ -198,7 +195,8 @@ class Variable:
         v = self.value
         return f"<js.Variable {self._path!r} shape={tuple(v.shape)} dtype={v.dtype}>"
 
-    __hash__: Callable[[object], int] = object.__hash__  # by identity, as tf.Variable
+    def __hash__(self) -> int:  # by identity, as tf.Variable
+        return object.__hash__(self)
 
     def __bool__(self) -> bool:
         return bool(self.value)
@@ -306,6 +304,13 @@ class Variable:
 
     def __ne__(self, other: Operand) -> jax.Array:  # type: ignore[override]
         return self.value != _raw(other)
+
+
+Operand: TypeAlias = ArrayLike | Variable
+"""What a `Variable`'s operators accept on their other side."""
+
+AssignTarget: TypeAlias = Variable | str | jax.Array
+"""What `assign` accepts as target: a handle, a name, or a returned array."""
 
 
 def _create(

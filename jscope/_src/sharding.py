@@ -35,10 +35,10 @@ from jscope._src.axes import check_reuse_axes as check_reuse_axes
 # ---------------------------------------------------------------- ShardingRules
 
 
-MeshAxes: TypeAlias = "str | tuple[str, ...] | None"
+MeshAxes: TypeAlias = str | tuple[str, ...] | None
 """What one dimension maps to: a mesh axis, several (their product), or None."""
 
-SpecLike: TypeAlias = "PartitionSpec | Sequence[MeshAxes]"
+SpecLike: TypeAlias = PartitionSpec | Sequence[MeshAxes]
 """A spec: a `PartitionSpec`, or a tuple with one entry per dimension."""
 
 

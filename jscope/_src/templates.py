@@ -1,6 +1,9 @@
-"""`js.transform` and `js.make_template`: functions bound to init/apply or a scope."""
+"""`js.transform` and `js.make_template`: functions bound to init/apply or a scope.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: `Transformed`'s field types stay
+objects, so ``typing.get_type_hints`` resolves them although the class shows
+itself as ``jscope.Transformed``.
+"""
 
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
