@@ -115,9 +115,11 @@ def returned_path(frame: context.Frame, target: Any) -> str | None:
                 by_id[key] = (value, path)
         log.clear()
     seen = by_id.get(id(target))
-    path = seen[1] if seen is not None and seen[0] is target else None
-    if seen is not None and seen[0] is target and path is None:
-        _ambiguous(frame, target)
+    path = None
+    if seen is not None and seen[0] is target:
+        path = seen[1]
+        if path is None:  # one array, two paths
+            _ambiguous(frame, target)
     given = _given_path(frame, target) if frame.given_tree is not None else None
     if given is not None and path is not None and given != path:
         _ambiguous(frame, target)

@@ -173,7 +173,9 @@ class Uniquifier:
 
     def in_use(self, name: str) -> bool:
         """Whether ``name`` has been handed out or marked."""
-        return name in self.counts or self._count(name) > 0
+        return name in self.counts or (
+            self.once is not None and self.paths.get(name) is self.once
+        )
 
     def unique(self, name: str) -> str:
         """Returns ``name`` or its first free ``name_i`` and marks it used."""
