@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_source
 
 import jscope as js
 from jscope import errors
@@ -172,6 +173,30 @@ def test_no_warning_for_32_bit_or_python_floats(make):
 
 
 # ------------------------------------------------- README: make_template, assign
+
+
+_X64_TOGGLED = """
+import warnings
+import jax, jax.numpy as jnp, numpy as np
+import jscope as js
+warnings.simplefilter("ignore")  # float64 narrowed while x64 is off: warned
+f = lambda: js.get_variable("w", (2,), jnp.float64, js.initializers.ones())
+got = [js.init(f, jax.random.key(0))["params"]["w"].dtype]
+jax.config.update("jax_enable_x64", True)
+v = js.init(f, jax.random.key(0))
+got += [v["params"]["w"].dtype, js.apply(f, v).dtype]
+jax.config.update("jax_enable_x64", False)
+got.append(js.init(f, jax.random.key(0))["params"]["w"].dtype)
+print(" ".join(map(str, got)))
+"""
+
+
+def test_float64_follows_x64_switched_on_and_off_in_the_process():
+    # The dtype canonicalization cache is keyed by the x64 flag: a float64
+    # variable made after x64 is switched on is float64, not the float32 the
+    # first call cached. A process of its own: the flag is global.
+    out = run_source(_X64_TOGGLED).stdout.split()
+    assert out == ["float32", "float64", "float64", "float32"]
 
 
 def test_make_template_shares_variables_between_calls():

@@ -1,6 +1,7 @@
 """Every use of JAX internals in jscope, each with its fallback.
 
-jscope needs four things that JAX's public API does not offer: the identity
+jscope needs five things that JAX's public API does not offer: the x64 flag
+at one attribute read (dtype canonicalization is cached under it), the identity
 of the current trace (to tell a run's own trace from a plain JAX transform
 opened inside it), whether a trace stages a jaxpr (whose function JAX caches),
 the fold-in primitive without its argument checks (the init-trace hot path),
@@ -58,6 +59,25 @@ try:  # JAX's holder of the current trace: one attribute read (a hot path).
         raise ImportError("trace_state_strong_ref is not the current trace")
 except (ImportError, AttributeError):  # pragma: no cover - other jax versions
     TRACE_REF = _TraceRef()
+
+
+class _X64Flag:
+    """``X64.value``: ``jax.config.jax_enable_x64``, where JAX's holder is not found."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> bool:
+        return bool(jax.config.jax_enable_x64)
+
+
+try:  # JAX's x64 flag: ``value`` is this thread's setting, context managers too.
+    from jax._src.config import enable_x64 as X64
+
+    if not isinstance(X64.value, bool):  # pragma: no cover - other jax
+        raise ImportError("enable_x64.value is not the flag")
+except (ImportError, AttributeError):  # pragma: no cover - other jax versions
+    X64 = _X64Flag()
 
 
 class _NoArray:

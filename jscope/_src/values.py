@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors, initializers
+from jscope._src.jax_compat import X64
 from jscope.typing import DTypeLike, Initializer, InitializerLike, Shape
 
 F32 = np.dtype(np.float32)
@@ -45,7 +46,8 @@ def _holdable(dtype: np.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _canon(dtype: Any) -> np.dtype:
+def _canon(dtype: Any, x64: bool) -> np.dtype:
+    # x64 (JAX's flag) is part of the key: it decides what float64 becomes.
     canon = np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
     if not _holdable(canon):
         raise TypeError(canon)  # reported with its path by `canon_dtype`
@@ -59,7 +61,7 @@ def canon_dtype(dtype: DTypeLike, path: str | None = None) -> np.dtype:
       InvalidDtypeError: ``dtype`` is not a dtype, or not a numeric one.
     """
     try:
-        return _canon(dtype)
+        return _canon(dtype, X64.value)
     except TypeError:  # unhashable dtype-like, or not a dtype a jax.Array holds
         pass
     try:
