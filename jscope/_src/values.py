@@ -8,10 +8,10 @@ NumPy dtype JAX can hold and an initializer or concrete value
 dtype as TF1 did (`value_meta`), and compares a requested shape/dtype with a
 stored value (`check_meta`).
 
-Imports: `jscope.errors`, `jscope.initializers`, JAX and NumPy only.
+Imports: `jscope.errors`, `jscope.initializers`, `jax_compat`, JAX and NumPy.
 
 Hot paths: `canon_dtype` and `is_float` run for every `get_variable` and are
-cached by dtype; everything else runs once per variable at init, or at apply
+cached by dtype (`canon_dtype` also by JAX's x64 flag, `jax_compat.X64`); everything else runs once per variable at init, or at apply
 only when a check fails or a value initializer is given.
 """
 
