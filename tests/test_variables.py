@@ -1522,6 +1522,39 @@ def test_apply_reads_default_initializer_variables_as_init_made_them():
         js.apply(fn, moved)
 
 
+@pytest.mark.parametrize(
+    ("shape", "error"),
+    [
+        ([2, 3], None),
+        ([np.int64(2), 3], None),
+        ([True + 1, 3], None),
+        ([2.0, 3], errors.ShapeTypeError),
+        (["2", 3], errors.ShapeTypeError),
+        ([3, 2], errors.ShapeMismatchError),
+        ([2, 3, 1], errors.ShapeMismatchError),
+        ([2, None], errors.InvalidShapeError),
+        ([2, -3], errors.InvalidShapeError),
+    ],
+)
+def test_apply_checks_list_shapes_as_init_does(shape, error):
+    # TF1 code writes shapes as lists; at apply a list of the stored ints is
+    # read without the full check, and anything else gets the check init makes.
+    def fn(shape):
+        with js.variable_scope("blk"):
+            return js.get_variable("w", shape, initializer=js.initializers.ones())
+
+    tree = {"params": {"blk": {"w": jnp.zeros((2, 3))}}}
+    if error is None:
+        assert js.apply(fn, tree, shape) is tree["params"]["blk"]["w"]
+        assert js.init(fn, KEY, shape)["params"]["blk"]["w"].shape == (2, 3)
+        return
+    with pytest.raises(error, match="blk/w"):
+        js.apply(fn, tree, shape)
+    if error is not errors.ShapeMismatchError:  # init makes what it is asked
+        with pytest.raises(error, match="blk/w"):
+            js.init(fn, KEY, shape)
+
+
 def test_apply_is_independent_of_tree_order():
     def fn():
         return js.get_variable("a", [2]) + js.get_variable("b", [2])

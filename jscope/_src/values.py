@@ -11,8 +11,9 @@ stored value (`check_meta`).
 Imports: `jscope.errors`, `jscope.initializers`, `jax_compat`, JAX and NumPy.
 
 Hot paths: `canon_dtype` and `is_float` run for every `get_variable` and are
-cached by dtype (`canon_dtype` also by JAX's x64 flag, `jax_compat.X64`); everything else runs once per variable at init, or at apply
-only when a check fails or a value initializer is given.
+cached by dtype (`canon_dtype` also by JAX's x64 flag, `jax_compat.X64`);
+everything else runs once per variable at init, or at apply only when a check
+fails or a value initializer is given.
 """
 
 from __future__ import annotations

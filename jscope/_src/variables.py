@@ -226,7 +226,10 @@ def get_variable(
     if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
         meta = value.aval
         vdtype = meta.dtype
-        if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
+        found = meta.shape
+        if (shape != found and not _same_int_list(shape, found)) or (
+            vdtype is not dtype and vdtype != dtype
+        ):
             _check_read(full, shape, dtype, value)
     else:
         _check_leaf(full, shape, dtype, value, coll)
@@ -409,7 +412,10 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
     if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
         meta = value.aval
         vdtype = meta.dtype
-        if shape != meta.shape or (vdtype is not dtype and vdtype != dtype):
+        found = meta.shape
+        if (shape != found and not _same_int_list(shape, found)) or (
+            vdtype is not dtype and vdtype != dtype
+        ):
             _check_read(path, shape, dtype, value)
     else:
         _check_leaf(path, shape, dtype, value, coll)
@@ -442,6 +448,21 @@ def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
         parents.append(parent)
         cut = path.rfind("/", 0, cut)
     return parents
+
+
+def _same_int_list(shape, found):
+    """Whether ``shape`` is a list of plain ints equal to the tuple ``found``.
+
+    TF1 code writes shapes as lists (``[784, 10]``), which are never ``==`` a
+    tuple; this spares them `_check_read`. Any other element (a float, a NumPy
+    int) takes the full check, as at init.
+    """
+    if type(shape) is not list or tuple(shape) != found:
+        return False
+    for dim in shape:  # noqa: SIM110 (no generator per read); 2.0 == 2, so types too
+        if type(dim) is not int:
+            return False
+    return True
 
 
 def _check_leaf(path, shape, dtype, value, coll):
