@@ -39,6 +39,7 @@ from jscope._src.values import F32, canon_dtype, is_float
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
 
 _TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
+JNP_F32 = jnp.float32  # hashed by a Python method: compared by identity
 
 
 # ----------------------------------------------------------------- get_variable
@@ -208,7 +209,7 @@ def get_variable(
     else:  # the first variable of a nested scope
         parents = _new_parents(full, kind_of, prefixes)
     coll = collection
-    if dtype is None:
+    if dtype is None or dtype is F32 or dtype is JNP_F32:  # float32, x64 or not
         dtype = F32
         if coll is None:
             coll = "params" if trainable or trainable is None else "state"
