@@ -1555,6 +1555,54 @@ def test_apply_checks_list_shapes_as_init_does(shape, error):
             js.init(fn, KEY, shape)
 
 
+REUSE_CALLS = {
+    "tuple": lambda: js.get_variable("w", (2, 3)),
+    "list": lambda: js.get_variable("w", [2, 3]),
+    "jnp.float32": lambda: js.get_variable("w", [2, 3], jnp.float32),
+    "str dtype": lambda: js.get_variable("w", (2, 3), "float32"),
+    "None dim": lambda: js.get_variable("w", (2, None)),
+    "no shape": lambda: js.get_variable("w"),
+    "other shape": lambda: js.get_variable("w", (3, 2)),
+    "float dim": lambda: js.get_variable("w", [2, 3.0]),
+    "other dtype": lambda: js.get_variable("w", (2, 3), jnp.int32),
+    "int, no dtype": lambda: js.get_variable("n", ()),
+    "int": lambda: js.get_variable("n", (), jnp.int32),
+    "axes": lambda: js.get_variable("w", (2, 3), axes=("a", "b")),
+    "same axes": lambda: js.get_variable("v", (2, 3), axes=("a", "b")),
+    "other axes": lambda: js.get_variable("v", (2, 3), axes=("a", "c")),
+    "missing": lambda: js.get_variable("missing", (2,)),
+    "a js.Variable": lambda: js.get_variable("h", ()),
+}
+
+
+@pytest.mark.parametrize("call", REUSE_CALLS.values(), ids=REUSE_CALLS)
+@pytest.mark.parametrize("flag", [True, js.AUTO_REUSE, False])
+def test_apply_reuse_reads_as_init(call, flag):
+    # A reuse at apply gives what the same call gives at init: the variable's
+    # value (the tree's array itself), or the same error.
+    def make():
+        with js.variable_scope("s"):
+            js.get_variable("w", (2, 3))
+            js.get_variable("n", (), jnp.int32)
+            js.get_variable("v", (2, 3), axes=("a", "b"))
+            js.Variable(1.0, name="h")
+
+    def fn():
+        make()
+        with js.variable_scope("s", reuse=flag):
+            return call()
+
+    try:
+        want, tree = js.init_with_output(fn, KEY)
+    except errors.JscopeError as e:
+        with pytest.raises(type(e)):
+            js.apply(fn, js.init(make, KEY))
+        return
+    got = js.apply(fn, tree)
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert any(got is leaf for leaf in jax.tree.leaves(tree))
+
+
 def test_apply_is_independent_of_tree_order():
     def fn():
         return js.get_variable("a", [2]) + js.get_variable("b", [2])

@@ -187,13 +187,17 @@ def get_variable(
         or tf1_kwargs
         or scope.custom_getter is not None
         or type(full) is not str
-        or full in kind_of
-        or scope._reuse is True
+        or (
+            ((seen := full in kind_of) or scope._reuse is True)
+            and not _shared_read(frame, scope, full, shape, dtype, axes)
+        )
     ):
         return _general(
             frame, scope, full, shape, dtype, initializer, regularizer, trainable,
             collection, axes, tf1_kwargs,
         )  # fmt: skip
+    if seen:  # shared: `_shared_read` found it a plain reuse
+        return frame.values[full]
     # The hot path: a new path read at apply, with a callable initializer or the
     # default one for float32 (`_get`'s rules reduce to these).
     parent = SCOPE_OF.get(full)
@@ -449,6 +453,26 @@ def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
         parents.append(parent)
         cut = path.rfind("/", 0, cut)
     return parents
+
+
+def _shared_read(frame, scope, full, shape, dtype, axes):
+    """Whether a reuse at apply is plain: `_get` would return the value unchecked.
+
+    That is a `get_variable` path of the run under ``reuse=True`` or
+    `js.AUTO_REUSE`, without ``axes``, asking float32 (None, `F32` or
+    ``jnp.float32``: `values.check_meta`'s default) and the shape it has.
+    Everything else, errors included, is `_get`'s.
+    """
+    if scope._reuse is False or axes is not None or frame.kind_of.get(full) is not GET:
+        return False
+    if not (dtype is None or dtype is F32 or dtype is JNP_F32):
+        return False
+    value = frame.values[full]
+    if type(value) is not ARRAY_IMPL:
+        return False
+    meta = value.aval
+    found = meta.shape
+    return meta.dtype == F32 and (shape == found or _same_int_list(shape, found))
 
 
 def _same_int_list(shape, found):
