@@ -387,33 +387,42 @@ def _create(
     return value
 
 
-def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
+def _read(frame, full, shape, dtype, regularizer, trainable, coll, axes):
     """At apply, reads a variable new in the run (callable initializer, a shape).
 
-    The hot path of every un-jitted step, one function of dict lookups: the
-    path rule (no variable above or below another), the read with its shape and
-    dtype check, and the run's records, as `_create` keeps them.
+    `get_variable`'s hot path, line for line (it runs inline there, saving a
+    call per read); here for a custom getter's `real_getter`, through `_get`.
+    The path rule (no variable above or below another), the read with its
+    shape and dtype check, and the run's records, as `_create` keeps them.
     """
-    kind_of, prefixes = frame.kind_of, frame.prefixes
-    if path in prefixes:
-        tree.check_no_conflict(path, kind_of, prefixes)  # raises
-    cut = path.rfind("/")
-    if cut > 0 and path[:cut] not in prefixes:  # the first variable of its scope
-        parents = _new_parents(path, kind_of, prefixes)
-    else:  # a recorded prefix's own prefixes are recorded, and none is a variable
+    kind_of = frame.kind_of
+    parent = SCOPE_OF.get(full)
+    if parent is None:
+        parent = valid_path_scope(full)  # raises: an invalid name
+    prefixes = frame.prefixes
+    if full in prefixes:
+        tree.check_no_conflict(full, kind_of, prefixes)  # raises
+    if not parent or parent in prefixes:  # a recorded prefix's own are recorded
         parents = None
-    if dtype is None:
+    elif "/" not in parent and parent not in kind_of:  # a new top-level scope
+        parents = (parent,)
+    else:  # the first variable of a nested scope
+        parents = _new_parents(full, kind_of, prefixes)
+    if dtype is None or dtype is F32 or dtype is JNP_F32:  # float32, x64 or not
         dtype = F32
         if coll is None:
-            coll = "params" if trainable else "state"
+            coll = "params" if trainable or trainable is None else "state"
     else:
-        dtype = canon_dtype(dtype, path)
+        dtype = canon_dtype(dtype, full)
         if coll is None:
-            coll = "params" if trainable and is_float(dtype) else "state"
-    flat = frame.given_tree.get(coll)
-    value = None if flat is None else flat.get(path)
+            trained = trainable or trainable is None
+            coll = "params" if trained and is_float(dtype) else "state"
+    try:
+        value = frame.given_tree[coll][full]  # pyright: ignore[reportOptionalSubscript]
+    except (KeyError, TypeError):
+        value = None
     if value is None:
-        value = lookup(frame, path, coll)  # raises: missing, or None
+        value = lookup(frame, full, coll)  # raises: missing, or None
     if type(value) is ARRAY_IMPL:  # its shape and dtype without two calls
         meta = value.aval
         vdtype = meta.dtype
@@ -421,18 +430,18 @@ def _read(frame, path, shape, dtype, regularizer, trainable, coll, axes):
         if (shape != found and not _same_int_list(shape, found)) or (
             vdtype is not dtype and vdtype != dtype
         ):
-            _check_read(path, shape, dtype, value)
+            _check_read(full, shape, dtype, value)
     else:
-        _check_leaf(path, shape, dtype, value, coll)
+        _check_leaf(full, shape, dtype, value, coll)
     if parents:
         prefixes.update(parents)
-    kind_of[path] = GET
-    frame.values[path] = value
-    frame.collection_of[path] = coll
+    kind_of[full] = GET
+    frame.values[full] = value
+    frame.collection_of[full] = coll
     if axes is not None:
-        frame.axes_of[path] = sharding.check_axes(axes, value.shape, path)
+        frame.axes_of[full] = sharding.check_axes(axes, value.shape, full)
     if regularizer is not None:
-        frame.regularizers.append((path, regularizer))
+        frame.regularizers.append((full, regularizer))
     return value  # `js.assign` finds it in the given tree (access.returned_path)
 
 
