@@ -7,7 +7,7 @@ processes that the tests kill, lock out or start again::
     python tests/checkpoint_fault_tools.py run DIR FIRST COUNT KEEP
     python tests/checkpoint_fault_tools.py threads DIR
     python tests/checkpoint_fault_tools.py failed_save DIR CHECKPOINT SIZE_LIMIT
-    python tests/checkpoint_fault_tools.py big_save DIR
+    python tests/checkpoint_fault_tools.py big_save DIR write|install
 
 Every value a child saves is a function of ``(step, writer)`` (`tree_at`), so the
 parent can check any checkpoint bit by bit against what was saved.
@@ -377,13 +377,32 @@ def _failed_save(directory: str, checkpoint: str, size: int) -> None:
     print(json.dumps(out), flush=True)
 
 
-def _big_save(directory: str) -> None:
-    """Starts one large non-blocking save and waits; the parent kills it."""
-    import jscope as js
+def _big_save(directory: str, where: str) -> None:
+    """Starts one large non-blocking save, held at ``where``; the parent kills it.
 
-    values = tree_at(0, size=1 << 22)  # 64 MiB: the write takes a while
+    ``where``: ``"write"`` holds the save's thread before it waits for Orbax's
+    writes (Orbax goes on writing into the temporary directory), ``"install"``
+    after the checksums are written and before the move into place. The child
+    prints ``holding`` once the save is held there.
+    """
+    import jscope as js
+    from jscope._src.checkpoint import layout, orbax_io
+
+    module, name = {
+        "write": (orbax_io, "finish_save"),
+        "install": (layout, "fsync_tree"),
+    }[where]
+    original = getattr(module, name)
+
+    def hold(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            print("holding", flush=True)
+            time.sleep(CHILD_TIMEOUT_S)
+        return original(*args, **kwargs)
+
+    setattr(module, name, hold)
+    values = tree_at(0, size=1 << 22)  # 64 MiB
     js.Saver().save(values, os.path.join(directory, "model"), 1, blocking=False)
-    print("started", flush=True)
     time.sleep(CHILD_TIMEOUT_S)
 
 
@@ -398,7 +417,7 @@ def main(argv: list[str]) -> None:
     elif command == "failed_save":
         _failed_save(args[0], args[1], int(args[2]))
     elif command == "big_save":
-        _big_save(args[0])
+        _big_save(args[0], args[1])
     else:
         raise SystemExit(f"unknown command {command!r}")
 

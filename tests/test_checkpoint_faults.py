@@ -146,24 +146,23 @@ def test_sigkill_at_random_points_keeps_the_last_good_checkpoint(tmp_path, mode)
         start = step + 1
 
 
-def test_stale_temporary_directories_are_removed_by_the_next_save(tmp_path):
-    """A writer killed in the middle of a save leaves a temporary directory."""
+@pytest.mark.parametrize("where", ["write", "install"])
+def test_stale_temporary_directories_are_removed_by_the_next_save(tmp_path, where):
+    """A writer killed in the middle of a save leaves a temporary directory.
+
+    The child holds its save at a fixed point (while Orbax writes, or just
+    before the move into place) so that the kill always lands inside it.
+    """
     directory = str(tmp_path / "ckpt")
     os.makedirs(directory)
-    stale = []
-    for _ in range(3):  # the kill must land while the directory exists
-        with Child(["big_save", directory], str(tmp_path / "err")) as child:
-            deadline = time.monotonic() + 30
-            while not stale and time.monotonic() < deadline:
-                stale = other_dirs(directory)
-                if not stale and child.proc.poll() is not None:
-                    break
-                time.sleep(0.001)
-            child.kill()
-        stale = other_dirs(directory)
-        if stale:
-            break
-    assert stale, "no temporary directory seen during a 64 MiB save"
+    with Child(["big_save", directory, where], str(tmp_path / "err")) as child:
+        line = child.readline()
+        assert line == "holding", child.stderr()
+        child.kill()
+    stale = other_dirs(directory)
+    assert stale, f"no temporary directory left by a save killed at {where}"
+    assert checkpoint_dirs(directory) == [], os.listdir(directory)
+    assert js.latest_checkpoint(directory) is None
     path = js.Saver().save(tree_at(3, size=64), os.path.join(directory, "model"), 3)
     assert other_dirs(directory) == [], os.listdir(directory)
     restore_exact(path, tree_at(3, size=64))
