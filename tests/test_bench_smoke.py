@@ -302,7 +302,7 @@ INIT_LIBRARIES = ("jscope", "flax linen", "haiku", "equinox")
 
 
 def _init(stdout: str, out: str, tmp: pathlib.Path) -> None:
-    # Every model and library was timed in a process of its own.
+    # Every model and library was timed (the quick run: a process per library).
     for model in INIT_MODELS:
         for library in INIT_LIBRARIES:
             row = rf"^\| {model} \| {re.escape(library)} \| ([0-9.]+) \| [0-9.]+ \|"
@@ -321,8 +321,9 @@ INIT = Bench(
     "bench_init.py",
     lines=tuple(f"RATIO cold init {m} jscope/fastest peer (" for m in INIT_MODELS),
     check=_init,
-    # Twelve cold processes, one at a time, each compiling its library's kernels:
-    # about 75 s alone, longer beside the rest of the suite.
+    # Four cold processes (one per library, all three models), one at a time,
+    # each compiling its library's kernels: about 55 s alone, longer beside the
+    # rest of the suite.
     timeout=900,
 )
 
