@@ -386,6 +386,38 @@ def single_restore(work: str) -> None:
     print("OK single-restore", flush=True)
 
 
+def stall(work: str, port: int, process_id: int) -> None:
+    """Process 0 never saves; process 1 saves and must give up after the timeout.
+
+    ``JSCOPE_BARRIER_TIMEOUT_S`` is set by the parent. Process 1 prints the
+    error it got and how long it waited; process 0 waits to be killed.
+    """
+    import time  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    jax = setup(4, port, process_id)
+    import jscope as js  # noqa: PLC0415
+
+    if process_id == 0:
+        print("OK stall 0 waiting", flush=True)
+        time.sleep(600)
+        return
+    tree = {"params": {"w": np.arange(8, dtype=np.float32)}}
+    start = time.monotonic()
+    try:
+        js.Saver().save(tree, os.path.join(work, "stalled", "model"))
+    except Exception as e:  # reported to the parent
+        waited = time.monotonic() - start
+        print(f"RAISED {type(e).__module__}.{type(e).__name__} after {waited:.1f} s")
+        print(f"CHECKPOINT_ERROR {isinstance(e, js.errors.CheckpointError)}")
+        print(f"MESSAGE {e}", flush=True)
+        jax.distributed.shutdown = lambda: None  # process 0 never answers
+        os._exit(0)
+    print("SAVED without process 0", flush=True)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     role, work = argv[0], argv[1]
     if role == "single-save":
@@ -394,6 +426,8 @@ def main(argv: list[str]) -> None:
         multi(work, int(argv[2]), int(argv[3]))
     elif role == "single-restore":
         single_restore(work)
+    elif role == "stall":
+        stall(work, int(argv[2]), int(argv[3]))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

@@ -31,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env() -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -39,6 +39,7 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])]
     )
+    env.update(extra)
     return env
 
 
@@ -123,3 +124,42 @@ def test_two_processes_save_and_restore_against_one_process(tmp_path):
 
     (back,) = run_all([["single-restore", str(work)]], tmp_path)
     assert "OK single-restore" in back, back
+
+
+def test_a_process_that_never_comes_is_a_checkpoint_error_after_the_timeout(tmp_path):
+    """Process 0 never saves; process 1's save gives up after JSCOPE_BARRIER_TIMEOUT_S.
+
+    The wait is the coordination service's; what comes out of it must be a
+    `CheckpointError` that says who waited for whom, where, and how to fix it,
+    not the service's DEADLINE_EXCEEDED.
+    """
+    port = str(free_port())
+    env = child_env(JSCOPE_BARRIER_TIMEOUT_S="3")
+    procs = []
+    try:
+        for i in (0, 1):  # process 0 only waits to be killed: its output is dropped
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), "stall", str(tmp_path), port, str(i)],
+                    stdout=subprocess.PIPE if i else subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=HERE.parent,
+                    text=True,
+                )
+            )
+        out, _ = procs[1].communicate(timeout=TIMEOUT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[1].returncode == 0, out[-4000:]
+    raised = "RAISED jscope.errors.CheckpointError after "
+    assert raised in out, out[-4000:]
+    waited = float(out.split(raised)[1].split()[0])
+    assert 3.0 <= waited < 60.0, out[-4000:]
+    message = out.split("MESSAGE ", 1)[1]
+    assert message.startswith("Process 1 waited 3 s for process 0 to begin "), message
+    assert repr(str(tmp_path / "stalled" / "model")) in message, message
+    assert "JSCOPE_BARRIER_TIMEOUT_S" in message and "DEADLINE" not in message

@@ -99,8 +99,9 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _timeout_ms() -> int:
-    return max(1, round(timeout_s() * 1000))
+def _timeout_ms(seconds: float | None = None) -> int:
+    """`timeout_s` (or ``seconds``) in whole milliseconds, at least 1."""
+    return max(1, round((timeout_s() if seconds is None else seconds) * 1000))
 
 
 def _client() -> Any:
@@ -112,11 +113,40 @@ def _client() -> Any:
     return client
 
 
-def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
+def _wait(client: Any, key: str, waiting_for: str, path: str) -> str:
+    """The value of ``key`` once published (at most `timeout_s`).
+
+    Raises:
+      CheckpointError: It was not published in time: a process never got to
+        that step (it saves or restores in another order, or is stuck), or is
+        slower than the timeout allows.
+    """
+    seconds = timeout_s()
+    try:
+        return client.blocking_key_value_get(key, _timeout_ms(seconds))
+    except Exception as e:  # jax's runtime error, whose class moves between versions
+        if "DEADLINE_EXCEEDED" not in str(e):
+            raise
+        raise CheckpointError(
+            f"Process {jax.process_index()} waited {seconds:g} s for {waiting_for} "
+            f"at {path!r} and gave up. Every process must save and restore the same "
+            "checkpoints in the same order; if that one is only slow (a large "
+            f"save's commit), set {TIMEOUT_ENV} to more seconds (default "
+            f"{TIMEOUT_S}).",
+            path,
+        ) from e
+
+
+def share(
+    step: int, name: str, value: dict[str, Any] | None, path: str = ""
+) -> dict[str, Any]:
     """Process 0's ``value`` for the step ``name`` of save ``step``, everywhere.
 
     Process 0 passes the value and gets it back; the other processes pass
     None and wait (at most `timeout_s`) until process 0 has published it.
+
+    Raises:
+      CheckpointError: Process 0 did not publish it in time (`_wait`).
     """
     key = f"jscope/checkpoint/save-{step}/{name}"
     client = _client()
@@ -124,14 +154,20 @@ def share(step: int, name: str, value: dict[str, Any] | None) -> dict[str, Any]:
         assert value is not None
         client.key_value_set(key, json.dumps(value))
         return value
-    return json.loads(client.blocking_key_value_get(key, _timeout_ms()))
+    waiting_for = f"process 0 to {name} multi-process save number {step}"
+    return json.loads(_wait(client, key, waiting_for, path))
 
 
-def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int, str]]:
+def gather(
+    what: str, step: int, error: BaseException | None, path: str = ""
+) -> list[tuple[int, str]]:
     """Every other process's error at step ``step`` of ``what``, after all got there.
 
     Each process publishes its outcome (``error`` or success) and waits (at most
     `timeout_s`) for every other's: ``[(process, error text), ...]``.
+
+    Raises:
+      CheckpointError: Another process did not get there in time (`_wait`).
     """
     client = _client()
     me = jax.process_index()
@@ -141,7 +177,8 @@ def gather(what: str, step: int, error: BaseException | None) -> list[tuple[int,
     failed = []
     for other in range(count()):
         if other != me:
-            found = client.blocking_key_value_get(f"{prefix}/{other}", _timeout_ms())
+            waiting_for = f"process {other} to finish {what} number {step}"
+            found = _wait(client, f"{prefix}/{other}", waiting_for, path)
             if json.loads(found):
                 failed.append((other, json.loads(found)))
     return failed
@@ -157,11 +194,11 @@ def begin(step: int, path: str, start: Callable[[], str]) -> str:
         try:
             tmp = start()
         except BaseException as e:
-            share(step, "begin", {"error": describe(e)})
+            share(step, "begin", {"error": describe(e)}, path)
             raise
-        share(step, "begin", {"tmp": tmp})
+        share(step, "begin", {"tmp": tmp}, path)
         return tmp
-    begun = share(step, "begin", None)
+    begun = share(step, "begin", None, path)
     if "error" in begun:
         raise CheckpointError(
             f"Cannot save a checkpoint at {path!r}: process 0, which writes the "
@@ -181,11 +218,11 @@ def commit(step: int, path: str, install: Callable[[], None]) -> None:
         try:
             install()
         except BaseException as e:
-            share(step, "commit", {"error": describe(e)})
+            share(step, "commit", {"error": describe(e)}, path)
             raise
-        share(step, "commit", {})
+        share(step, "commit", {}, path)
         return
-    committed = share(step, "commit", None)
+    committed = share(step, "commit", None, path)
     if "error" in committed:
         raise CheckpointError(
             f"Cannot save a checkpoint at {path!r}: process 0 failed to commit "

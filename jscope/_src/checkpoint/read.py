@@ -328,7 +328,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
 
 def _agreed(ckpt: str, failure: BaseException | None) -> BaseException | None:
     """This process's read error, else another process's, else None."""
-    others = processes.gather("restore", processes.next_read(), failure)
+    others = processes.gather("restore", processes.next_read(), failure, ckpt)
     if failure is not None or not others:
         return failure
     process, text = others[0]
