@@ -104,7 +104,10 @@ OVERWRITER = textwrap.dedent(
 def _wait_for_first_save(child, directory):
     """Waits until ``child`` reports a save and its checkpoint is recorded."""
     assert child.stdout.readline().startswith("saved")
+    deadline = time.monotonic() + 60
     while js.latest_checkpoint(directory) is None:
+        assert child.poll() is None, f"the child exited with {child.returncode}"
+        assert time.monotonic() < deadline, "no checkpoint recorded after 60 s"
         time.sleep(0.01)
 
 
