@@ -12,7 +12,9 @@ each round (A B C D, B C D A, ...); each reports the median over rounds.
    wall time and in the calling thread's CPU time (the Python side: dispatch
    and bookkeeping, not XLA's worker threads), as medians of per-round ratios
    over many short rounds, beside an A/A control (hand-written JAX timed again
-   as a contestant of its own).
+   as a contestant of its own). A full run measures in five fresh processes,
+   one after another, and reports the median over them of every figure and
+   the range of the main ratio (``--processes``); ``--quick`` in this one.
 3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
    to the same HLO (flops and instruction count), then are timed.
 4. ``get_variable``: the per-call overhead of `js.get_variable` at apply on a
@@ -25,7 +27,7 @@ each round (A B C D, B C D A, ...); each reports the median over rounds.
 
 Usage::
 
-    python benchmarks/bench_core.py           # full run (a few minutes)
+    python benchmarks/bench_core.py           # full run (about a quarter of an hour)
     python benchmarks/bench_core.py --quick   # smoke run (seconds)
 
 The script exits non-zero when a correctness check fails (contestants disagree on
@@ -37,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 import zlib
@@ -408,13 +412,26 @@ def _apply_fns(models: Contestants, params: dict, x: jax.Array) -> dict:
 AGAIN = "hand-written again"  # the A/A control's name in `bench_apply_eager`
 
 
-def bench_apply_eager(
-    report: Report, rounds: int, reps: int, n: int, d: int, batch: int
-) -> None:
-    print(
-        f"\n[2] apply_eager: un-jitted apply, {n} layers, d={d}, batch {batch}, "
-        f"{reps} calls per round"
-    )
+# (label, numerator, denominator, clock, target) of every `apply_eager` ratio:
+# medians over rounds of the paired ratio, except the ratio of the medians.
+HAND = "hand-written"
+APPLY_RATIOS = (
+    ("jscope/hand-written", "jscope", HAND, "wall", 1.1),
+    ("jscope/hand-written (thread CPU time)", "jscope", HAND, "cpu", 1.1),
+    ("jscope/hand-written (ratio of the medians)", "jscope", HAND, "", None),
+    (f"{AGAIN}/hand-written (A/A)", AGAIN, HAND, "wall", None),
+    (f"{AGAIN}/hand-written (A/A, thread CPU time)", AGAIN, HAND, "cpu", None),
+    ("haiku/hand-written", "haiku", HAND, "wall", None),
+    ("flax core/hand-written", "flax core", HAND, "wall", None),
+)
+
+
+def measure_apply_eager(rounds: int, reps: int, n: int, d: int, batch: int) -> dict:
+    """One process's `apply_eager`: ``{"us": {name: [wall, cpu]}, "ratios": {...}}``.
+
+    Raises:
+      CheckFailed: A contestant's output differs from the plain jax.numpy MLP.
+    """
     models = Contestants(n)
     x = jax.random.normal(jax.random.key(1), (batch, d), F32)
     params = hand_init(jax.random.key(0), x, n)
@@ -433,42 +450,77 @@ def bench_apply_eager(
     # apart in this process, the band the other ratios must be read in.
     fns[AGAIN] = fns["hand-written"]
     wall, cpu = interleaved_samples(fns, rounds, reps)
-    for name in fns:
+    us = {
+        name: [statistics.median(wall[name]) * 1e6, statistics.median(cpu[name]) * 1e6]
+        for name in fns
+    }
+    ratios = {}
+    for label, a, b, clock, _ in APPLY_RATIOS:
+        if clock == "wall":
+            ratios[label] = paired(wall, a, b)
+        elif clock == "cpu":
+            ratios[label] = paired(cpu, a, b)
+        else:
+            ratios[label] = us[a][0] / us[b][0]
+    return {"us": us, "ratios": ratios}
+
+
+def bench_apply_eager(
+    report: Report,
+    rounds: int,
+    reps: int,
+    n: int,
+    d: int,
+    batch: int,
+    processes: int = 1,
+) -> None:
+    """`measure_apply_eager` in ``processes`` fresh processes, one at a time.
+
+    A process's figures move with more than the machine's load: the same code
+    gave jscope/hand-written 1.05x in one process and 1.15x in the next, while
+    the A/A control stayed within 2 % in each. So a full run measures in
+    several processes and reports the median over them of every figure, with
+    the range of the main ratio; one process measures in this one.
+    """
+    print(
+        f"\n[2] apply_eager: un-jitted apply, {n} layers, d={d}, batch {batch}, "
+        f"{reps} calls per round, {rounds} rounds, {processes} process(es)"
+    )
+    if processes == 1:
+        runs = [measure_apply_eager(rounds, reps, n, d, batch)]
+    else:
+        runs = []
+        for i in range(processes):
+            args = [sys.executable, __file__, "--apply-eager-child"]
+            args += [str(v) for v in (rounds, reps, n, d, batch)]
+            proc = subprocess.run(args, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise CheckFailed(
+                    f"apply_eager process {i + 1} failed:\n{proc.stdout}{proc.stderr}"
+                )
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            main = runs[-1]["ratios"][APPLY_RATIOS[0][0]]
+            print(f"  process {i + 1}/{processes}: jscope/hand-written {main:.3f}")
+    for name in runs[0]["us"]:
+        walls = [run["us"][name][0] for run in runs]
+        cpus = [run["us"][name][1] for run in runs]
         report.value(
             "apply_eager",
             name,
-            f"{statistics.median(wall[name]) * 1e6:.1f} us/call "
-            f"(thread CPU {statistics.median(cpu[name]) * 1e6:.1f})",
+            f"{statistics.median(walls):.1f} us/call "
+            f"(thread CPU {statistics.median(cpus):.1f})",
         )
-    base = "hand-written"
-    report.ratio(
-        "apply_eager", "jscope/hand-written", paired(wall, "jscope", base), 1.1
-    )
-    report.ratio(
-        "apply_eager",
-        "jscope/hand-written (thread CPU time)",
-        paired(cpu, "jscope", base),
-        1.1,
-    )
-    report.ratio(
-        "apply_eager",
-        "jscope/hand-written (ratio of the medians)",
-        statistics.median(wall["jscope"]) / statistics.median(wall[base]),
-        None,
-    )
-    report.ratio(
-        "apply_eager", f"{AGAIN}/hand-written (A/A)", paired(wall, AGAIN, base), None
-    )
-    report.ratio(
-        "apply_eager",
-        f"{AGAIN}/hand-written (A/A, thread CPU time)",
-        paired(cpu, AGAIN, base),
-        None,
-    )
-    report.ratio("apply_eager", "haiku/hand-written", paired(wall, "haiku", base), None)
-    report.ratio(
-        "apply_eager", "flax core/hand-written", paired(wall, "flax core", base), None
-    )
+    for label, _, _, _, target in APPLY_RATIOS:
+        values = [run["ratios"][label] for run in runs]
+        report.ratio("apply_eager", label, statistics.median(values), target)
+    if processes > 1:
+        label = APPLY_RATIOS[0][0]
+        values = sorted(run["ratios"][label] for run in runs)
+        report.value(
+            "apply_eager",
+            f"{label}, per process",
+            ", ".join(f"{v:.3f}" for v in values),
+        )
 
 
 def _plain_mlp(params, x, n):
@@ -817,17 +869,40 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=None, help="interleaved rounds per benchmark"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes apply_eager measures in, one at a time (default 5; "
+        "--quick: 1, this one)",
+    )
+    parser.add_argument(
+        "--apply-eager-child",
+        nargs=5,
+        type=int,
+        metavar=("ROUNDS", "REPS", "N", "D", "BATCH"),
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
         "--profile",
         choices=sorted(_PROFILE_TARGETS),
         help="run only jscope's part of one benchmark, untimed, for a profiler: "
         "python -m cProfile -s cumtime benchmarks/bench_core.py --profile init_trace",
     )
     args = parser.parse_args(argv)
+    if args.apply_eager_child:
+        use_inits("seed")
+        try:
+            print(json.dumps(measure_apply_eager(*args.apply_eager_child)))
+        except CheckFailed as e:
+            print(f"CHECK FAILED: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.profile:
         _PROFILE_TARGETS[args.profile]()
         return 0
     rounds = args.rounds or (3 if args.quick else 25)
     reps = 5 if args.quick else 50
+    processes = args.processes or (1 if args.quick else 5)
 
     print(
         f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
@@ -843,7 +918,10 @@ def main(argv: list[str] | None = None) -> int:
         use_inits("seed")
         # Short rounds, five times as many: the per-round ratio moves with the
         # machine's speed, and more rounds pin its median down closer.
-        bench_apply_eager(report, rounds * 5, max(1, reps // 5), n=10, d=256, batch=32)
+        bench_apply_eager(
+            report, rounds * 5, max(1, reps // 5), n=10, d=256, batch=32,
+            processes=processes,
+        )  # fmt: skip
         bench_jit_step(report, rounds, reps, n=10, d=256, batch=32)
         bench_get_variable(report, rounds, reps, n=100)
         bench_get_variable_call(report, rounds * 4, n=200)
