@@ -130,20 +130,21 @@ def _wait(client: Any, key: str, waiting_for: str, path: str) -> str:
         raise CheckpointError(
             f"Process {jax.process_index()} waited {seconds:g} s for {waiting_for} "
             f"at {path!r} and gave up. Every process must save and restore the same "
-            "checkpoints in the same order; if that one is only slow (a large "
-            f"save's commit), set {TIMEOUT_ENV} to more seconds (default "
+            "checkpoints in the same order; if the other process is only slow (a "
+            f"large save's commit), set {TIMEOUT_ENV} to more seconds (default "
             f"{TIMEOUT_S}).",
             path,
         ) from e
 
 
 def share(
-    step: int, name: str, value: dict[str, Any] | None, path: str = ""
+    step: int, name: str, value: dict[str, Any] | None, path: str
 ) -> dict[str, Any]:
     """Process 0's ``value`` for the step ``name`` of save ``step``, everywhere.
 
     Process 0 passes the value and gets it back; the other processes pass
     None and wait (at most `timeout_s`) until process 0 has published it.
+    ``path``: the checkpoint, for the error message.
 
     Raises:
       CheckpointError: Process 0 did not publish it in time (`_wait`).
@@ -159,12 +160,13 @@ def share(
 
 
 def gather(
-    what: str, step: int, error: BaseException | None, path: str = ""
+    what: str, step: int, error: BaseException | None, path: str
 ) -> list[tuple[int, str]]:
     """Every other process's error at step ``step`` of ``what``, after all got there.
 
     Each process publishes its outcome (``error`` or success) and waits (at most
-    `timeout_s`) for every other's: ``[(process, error text), ...]``.
+    `timeout_s`) for every other's: ``[(process, error text), ...]``. ``path``:
+    the checkpoint, for the error message.
 
     Raises:
       CheckpointError: Another process did not get there in time (`_wait`).
