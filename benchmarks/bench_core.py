@@ -14,7 +14,7 @@ each round (A B C D, B C D A, ...); each reports the median over rounds.
    over many short rounds, beside an A/A control (hand-written JAX timed again
    as a contestant of its own). A full run measures in five fresh processes,
    one after another, and reports the median over them of every figure and
-   the range of the main ratio (``--processes``); ``--quick`` in this one.
+   each process's main ratio (``--processes``); ``--quick`` in this one.
 3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
    to the same HLO (flops and instruction count), then are timed.
 4. ``get_variable``: the per-call overhead of `js.get_variable` at apply on a
@@ -480,7 +480,7 @@ def bench_apply_eager(
     gave jscope/hand-written 1.05x in one process and 1.15x in the next, while
     the A/A control stayed within 2 % in each. So a full run measures in
     several processes and reports the median over them of every figure, with
-    the range of the main ratio; one process measures in this one.
+    each process's main ratio; with one process it measures in this one.
     """
     print(
         f"\n[2] apply_eager: un-jitted apply, {n} layers, d={d}, batch {batch}, "
