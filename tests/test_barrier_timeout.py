@@ -17,7 +17,7 @@ from jscope._src.checkpoint import processes
 def test_thirty_minutes_unless_the_environment_says_otherwise(monkeypatch):
     monkeypatch.delenv(processes.TIMEOUT_ENV, raising=False)
     assert processes.timeout_s() == 1800.0
-    assert processes._timeout_ms() == 1_800_000
+    assert processes._timeout_ms(processes.timeout_s()) == 1_800_000
     monkeypatch.setenv(processes.TIMEOUT_ENV, "")
     assert processes.timeout_s() == 1800.0
 
@@ -30,7 +30,7 @@ def test_the_environment_variable_sets_it_read_at_every_wait(
 ):
     monkeypatch.setenv(processes.TIMEOUT_ENV, text)
     assert processes.timeout_s() == seconds
-    assert processes._timeout_ms() == max(1, round(seconds * 1000))
+    assert processes._timeout_ms(processes.timeout_s()) == max(1, round(seconds * 1000))
     monkeypatch.setenv(processes.TIMEOUT_ENV, "7")
     assert processes.timeout_s() == 7.0
 

@@ -99,9 +99,9 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _timeout_ms(seconds: float | None = None) -> int:
-    """`timeout_s` (or ``seconds``) in whole milliseconds, at least 1."""
-    return max(1, round((timeout_s() if seconds is None else seconds) * 1000))
+def _timeout_ms(seconds: float) -> int:
+    """``seconds`` (from `timeout_s`) in whole milliseconds, at least 1."""
+    return max(1, round(seconds * 1000))
 
 
 def _client() -> Any:
