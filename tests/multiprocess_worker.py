@@ -396,7 +396,7 @@ def stall(work: str, port: int, process_id: int) -> None:
 
     import numpy as np  # noqa: PLC0415
 
-    jax = setup(4, port, process_id)
+    setup(4, port, process_id)
     import jscope as js  # noqa: PLC0415
 
     if process_id == 0:
@@ -410,10 +410,8 @@ def stall(work: str, port: int, process_id: int) -> None:
     except Exception as e:  # reported to the parent
         waited = time.monotonic() - start
         print(f"RAISED {type(e).__module__}.{type(e).__name__} after {waited:.1f} s")
-        print(f"CHECKPOINT_ERROR {isinstance(e, js.errors.CheckpointError)}")
         print(f"MESSAGE {e}", flush=True)
-        jax.distributed.shutdown = lambda: None  # process 0 never answers
-        os._exit(0)
+        os._exit(0)  # no exit handlers: jax.distributed's would wait for process 0
     print("SAVED without process 0", flush=True)
     os._exit(1)
 
