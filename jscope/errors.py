@@ -41,6 +41,7 @@ __all__ = [
     "NotInRunError",
     "NotMutableError",
     "PathConflictError",
+    "ReadOnlyAttributeError",
     "ReuseFlagError",
     "RngTypeError",
     "ScopeArgumentError",
@@ -271,6 +272,10 @@ class InvalidDtypeError(JscopeError, TypeError):
 
 class InitialValueError(JscopeError, ValueError):
     """A value given as initializer is ragged or not numeric (None, a string)."""
+
+
+class ReadOnlyAttributeError(JscopeError, AttributeError):
+    """A `VariableScope` field was assigned: as in TF1, it changes by its setter."""
 
 
 class LeafTypeError(JscopeError, TypeError):

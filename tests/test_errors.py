@@ -44,6 +44,7 @@ EXPECTED_BUILTIN = {
     "NotInRunError": RuntimeError,
     "NotMutableError": ValueError,
     "PathConflictError": ValueError,
+    "ReadOnlyAttributeError": AttributeError,
     "ReuseFlagError": ValueError,
     "RngTypeError": TypeError,
     "ScopeArgumentError": ValueError,
@@ -181,6 +182,11 @@ def _conflict():
 def _bad_reuse():
     with js.variable_scope("foo", reuse=1):
         pass
+
+
+def _assign_scope_field():
+    with js.variable_scope("foo") as scope:
+        scope.dtype = jnp.float16
 
 
 def _default_name_reuse():
@@ -325,6 +331,11 @@ ERROR_PROGRAMS = {
     "name": (lambda: js.init(_bad_name, KEY), errors.InvalidNameError, "foo/a b"),
     "conflict": (lambda: js.init(_conflict, KEY), errors.PathConflictError, "foo/x"),
     "reuse_flag": (lambda: js.init(_bad_reuse, KEY), errors.ReuseFlagError, None),
+    "read_only": (
+        lambda: js.init(_assign_scope_field, KEY),
+        errors.ReadOnlyAttributeError,
+        "foo",
+    ),
     "scope_args": (
         lambda: js.init(_default_name_reuse, KEY),
         errors.ScopeArgumentError,

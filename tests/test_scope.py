@@ -667,6 +667,111 @@ def test_reuse_variables_at_root_lasts_for_the_rest_of_the_run():
     assert js.init_with_output(lambda: js.get_variable_scope().reuse, KEY)[0] is False
 
 
+# ---------------------------------------------- the set_* methods, read-only fields
+
+
+def _double(getter, name, *args, **kwargs):
+    return 2 * getter(name, *args, **kwargs)
+
+
+def _l1(value):
+    return jnp.sum(jnp.abs(value))
+
+
+SETTERS = [
+    ("regularizer", _l1),
+    ("dtype", jnp.bfloat16),
+    ("custom_getter", _double),
+    ("initializer", ones),
+]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["same", "nested"])
+@pytest.mark.parametrize("field, value", SETTERS, ids=[f for f, _ in SETTERS])
+def test_a_setter_acts_as_the_scope_argument_at_init_and_apply(field, value, nested):
+    """``scope.set_<field>(value)`` acts as ``variable_scope(..., <field>=value)``.
+
+    For the rest of the block, and in scopes opened inside it after the call;
+    at init and again at apply, where a read takes a fast path only in a scope
+    without such defaults.
+    """
+
+    def f(set_it):
+        with vs("s", **({} if set_it else {field: value})) as scope:
+            if set_it:
+                getattr(scope, f"set_{field}")(value)
+            if nested:
+                with vs("inner"):
+                    w = gv("w", (2, 3))
+            else:
+                w = gv("w", (2, 3))
+            return w, js.get_regularization_loss()
+
+    (w, loss), variables = run(f, True)
+    (w_arg, loss_arg), variables_arg = run(f, False)
+    assert_trees_equal(variables, variables_arg)
+    assert_trees_equal((w, loss), (w_arg, loss_arg))
+    # ... and the field did something
+    stored = js.flatten(variables)["params/s/inner/w" if nested else "params/s/w"]
+    if field == "regularizer":
+        assert float(loss) == pytest.approx(float(_l1(stored))) and float(loss) > 0
+    elif field == "dtype":
+        assert w.dtype == stored.dtype == jnp.bfloat16
+    elif field == "custom_getter":
+        np.testing.assert_array_equal(w, 2 * stored)
+    else:
+        np.testing.assert_array_equal(stored, np.ones((2, 3)))
+
+
+def test_set_initializer_to_a_value_is_checked_at_apply_as_at_init():
+    def f(shape):
+        with vs("s") as scope:
+            scope.set_initializer(np.ones((2, 3), np.float32))
+            return gv("w", shape)
+
+    variables = js.init(f, KEY, None)
+    match = "do not specify a shape with a value initializer"
+    with pytest.raises(errors.InvalidShapeError, match=match):
+        js.init(f, KEY, (2, 3))
+    with pytest.raises(errors.InvalidShapeError, match=match):
+        js.apply(f, variables, (2, 3))
+
+
+def test_set_custom_getter_to_none_and_back_at_apply():
+    def f():
+        with vs("s", custom_getter=_double) as scope:
+            a = gv("a", (2,), initializer=ones)
+            scope.set_custom_getter(None)
+            b = gv("b", (2,), initializer=ones)
+            scope.set_custom_getter(_double)
+            c = gv("c", (2,), initializer=ones)
+        return a, b, c
+
+    (a, b, c), _ = run(f)
+    np.testing.assert_array_equal(np.stack([a, b, c]), [[2, 2], [1, 1], [2, 2]])
+
+
+@pytest.mark.parametrize(
+    "field", ["name", "reuse", "original_name_scope", *[f for f, _ in SETTERS]]
+)
+def test_scope_fields_are_read_only_as_in_tf1(field):
+    def f():
+        with vs("s") as scope:
+            before = getattr(scope, field)
+            with pytest.raises(AttributeError) as e:
+                setattr(scope, field, None if field != "name" else "t")
+            assert getattr(scope, field) is before
+            gv("w", (1,))
+            return str(e.value)
+
+    message, variables = run(f)
+    assert list(js.flatten(variables)) == ["params/s/w"]
+    if field in dict(SETTERS):
+        assert f"set_{field}(" in message
+        with vs("s") as scope, pytest.raises(errors.ReadOnlyAttributeError):
+            setattr(scope, field, None)
+
+
 # -------------------------------------------------------------------- attributes
 
 

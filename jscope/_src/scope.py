@@ -37,7 +37,8 @@ class VariableScope:
 
     Get the current one with `js.get_variable_scope()`, or capture one with
     ``with js.variable_scope("name") as scope:`` and re-enter it later with
-    ``js.variable_scope(scope)``.
+    ``js.variable_scope(scope)``. As in TF1 the attributes are read-only; the
+    ``set_*`` methods and `reuse_variables` change them.
 
     Attributes:
       name: The full path of the scope (``""`` at the root).
@@ -51,16 +52,18 @@ class VariableScope:
     """
 
     # `variable_scope.__enter__` makes instances without calling `__init__`:
-    # a new slot must be set there too.
+    # a new slot must be set there too. `_plain` is `_is_plain` of the others,
+    # kept by every method that changes one of them.
 
     __slots__ = (
         "_reuse",
-        "name",
-        "initializer",
-        "regularizer",
-        "dtype",
-        "custom_getter",
-        "original_name_scope",
+        "_name",
+        "_initializer",
+        "_regularizer",
+        "_dtype",
+        "_custom_getter",
+        "_original_name_scope",
+        "_plain",
     )
     __module__ = "jscope"
 
@@ -79,17 +82,64 @@ class VariableScope:
         ):
             check_reuse(reuse)  # raises
         self._reuse = reuse if reuse else False
-        self.name: str = name
-        self.initializer: Any = initializer
-        self.regularizer: Any = regularizer
-        self.dtype: Any = dtype
-        self.custom_getter: Any = custom_getter
-        self.original_name_scope: str = original_name_scope
+        self._name: str = name
+        self._initializer: Any = initializer
+        self._regularizer: Any = regularizer
+        self._dtype: Any = dtype
+        self._custom_getter: Any = custom_getter
+        self._original_name_scope: str = original_name_scope
+        self._plain = _is_plain(self)
+
+    @property
+    def name(self) -> str:
+        """The full path of the scope (``""`` at the root)."""
+        return self._name
 
     @property
     def reuse(self) -> Any:
         """``False``, ``True`` or ``js.AUTO_REUSE``."""
         return self._reuse
+
+    @property
+    def original_name_scope(self) -> str:
+        """The name scope of the scope's first entry, with a trailing ``/``."""
+        return self._original_name_scope
+
+    @property
+    def initializer(self) -> Any:
+        """Default initializer for variables created inside, or None."""
+        return self._initializer
+
+    @initializer.setter
+    def initializer(self, value: Any) -> None:
+        _read_only(self, "initializer", "set_initializer")
+
+    @property
+    def regularizer(self) -> Any:
+        """Default regularizer for variables created inside, or None."""
+        return self._regularizer
+
+    @regularizer.setter
+    def regularizer(self, value: Any) -> None:
+        _read_only(self, "regularizer", "set_regularizer")
+
+    @property
+    def dtype(self) -> Any:
+        """Default dtype for variables created inside, or None (float32)."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        _read_only(self, "dtype", "set_dtype")
+
+    @property
+    def custom_getter(self) -> Any:
+        """The getter wrapping `get_variable` inside, or None."""
+        return self._custom_getter
+
+    @custom_getter.setter
+    def custom_getter(self, value: Any) -> None:
+        _read_only(self, "custom_getter", "set_custom_getter")
 
     def reuse_variables(self) -> None:
         """Makes this scope reuse variables for the rest of its block.
@@ -98,22 +148,27 @@ class VariableScope:
         for the rest of the run.
         """
         self._reuse = True
+        self._plain = False
 
     def set_initializer(self, initializer: Any) -> None:
         """Sets the default initializer for this scope."""
-        self.initializer = initializer
+        self._initializer = initializer
+        self._plain = _is_plain(self)
 
     def set_regularizer(self, regularizer: Any) -> None:
         """Sets the default regularizer for this scope."""
-        self.regularizer = regularizer
+        self._regularizer = regularizer
+        self._plain = _is_plain(self)
 
     def set_dtype(self, dtype: Any) -> None:
         """Sets the default dtype for this scope."""
-        self.dtype = dtype
+        self._dtype = dtype
+        self._plain = _is_plain(self)
 
     def set_custom_getter(self, custom_getter: Any) -> None:
         """Sets the custom getter for this scope."""
-        self.custom_getter = custom_getter
+        self._custom_getter = custom_getter
+        self._plain = _is_plain(self)
 
     def get_variable(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """`js.get_variable` with ``name`` taken relative to this scope.
@@ -130,7 +185,31 @@ class VariableScope:
             frame.scope = caller
 
     def __repr__(self) -> str:
-        return f"VariableScope(name={self.name!r}, reuse={self._reuse!r})"
+        return f"VariableScope(name={self._name!r}, reuse={self._reuse!r})"
+
+
+def _is_plain(scope: VariableScope) -> bool:
+    """Whether ``scope`` leaves `get_variable`'s read at apply as it is.
+
+    That is: not ``reuse=True``, no custom getter, no default regularizer or
+    dtype, and a default initializer that is None or a function (not a value).
+    `get_variable` takes its hot path only in such a scope.
+    """
+    return (
+        scope._reuse is not True
+        and scope._custom_getter is None
+        and scope._regularizer is None
+        and scope._dtype is None
+        and (scope._initializer is None or callable(scope._initializer))
+    )
+
+
+def _read_only(scope: VariableScope, attr: str, setter: str) -> None:
+    raise errors.ReadOnlyAttributeError(
+        f"The {attr} of variable scope {scope._name!r} is read-only, as in TF1: "
+        f"call scope.{setter}(...) to change it.",
+        scope._name,
+    )
 
 
 def wrap_getter(outer: Any, inner: Any) -> Any:
@@ -289,17 +368,31 @@ class variable_scope:  # noqa: N801 (TF1's name)
         ns_name = obj
         if obj is None:
             ns_name = default
-            obj = _unique_default(frame, parent.name, default)
-        prefix = parent.name
+            obj = _unique_default(frame, parent._name, default)
+        prefix = parent._name
         name = f"{prefix}/{obj}" if prefix else obj
-        if init is None:
-            init = parent.initializer
-        if reg is None:
-            reg = parent.regularizer
-        if dtype is None:
-            dtype = parent.dtype
-        if parent.custom_getter is not None:
-            getter = wrap_getter(parent.custom_getter, getter)
+        if init is None and reg is None and dtype is None and getter is None:
+            # The common case: every default inherited, and whether they are plain.
+            init = parent._initializer
+            reg = parent._regularizer
+            dtype = parent._dtype
+            getter = parent._custom_getter
+            plain = parent._plain
+        else:
+            if init is None:
+                init = parent._initializer
+            if reg is None:
+                reg = parent._regularizer
+            if dtype is None:
+                dtype = parent._dtype
+            if parent._custom_getter is not None:
+                getter = wrap_getter(parent._custom_getter, getter)
+            plain = (
+                getter is None
+                and reg is None
+                and dtype is None
+                and (init is None or callable(init))
+            )
         if aux:
             name_scope = f"{outer}/{ns_name}" if outer else ns_name
             taken = frame.used_names.counts  # `Uniquifier.unique`, inline
@@ -326,19 +419,20 @@ class variable_scope:  # noqa: N801 (TF1's name)
         self._node, self._counts = node, counts
         # A new VariableScope without a Python call: the flag is checked already.
         new = self._new = frame.scope = _new(VariableScope)
-        new._reuse = reuse if reuse else parent._reuse
-        new.name = name
-        new.initializer = init
-        new.regularizer = reg
-        new.dtype = dtype
-        new.custom_getter = getter
-        new.original_name_scope = original
+        new._reuse = reuse = reuse if reuse else parent._reuse
+        new._name = name
+        new._initializer = init
+        new._regularizer = reg
+        new._dtype = dtype
+        new._custom_getter = getter
+        new._original_name_scope = original
+        new._plain = plain and reuse is not True
         frame.name_scope = name_scope
         return new
 
     def _enter_by_object(self, frame: context.Frame, obj: VariableScope) -> Any:
         (_, _, init, reg, getter, reuse, dtype, aux) = self._args
-        name = obj.name
+        name = obj._name
         # TF1: a new name scope named after the scope's last component,
         # uniquified where it is entered; the object keeps its original one.
         last = name.rsplit("/", 1)[-1]
@@ -354,13 +448,13 @@ class variable_scope:  # noqa: N801 (TF1's name)
         self._saved_counts = counts.copy()
         self._node, self._counts = node, counts
         new = VariableScope(
-            reuse if reuse else obj.reuse,
+            reuse if reuse else obj._reuse,
             name,
-            obj.initializer if init is None else init,
-            obj.regularizer if reg is None else reg,
-            obj.dtype if dtype is None else dtype,
-            wrap_getter(obj.custom_getter, getter),
-            obj.original_name_scope,
+            obj._initializer if init is None else init,
+            obj._regularizer if reg is None else reg,
+            obj._dtype if dtype is None else dtype,
+            wrap_getter(obj._custom_getter, getter),
+            obj._original_name_scope,
         )
         self._new = frame.scope = new
         frame.name_scope = name_scope
@@ -377,7 +471,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
             # have put back another copy of the store: then it is found by path.
             node = self._node
             if frame.scope_counts is not self._counts:
-                node = frame.scope_counts.node(self._new.name)
+                node = frame.scope_counts.node(self._new._name)
             if node.children:
                 node.children = {}
         else:

@@ -15,9 +15,11 @@ Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
 Hot path: `get_variable` reading a path new in the run at apply runs for every
 variable of every un-jitted step (benchmarks/bench_core.py measures it, per
 call too); it does `_read`'s work inline, so keep both to dict lookups and
-attribute reads, and the same (`_read` serves custom getters). `_general` →
-`_get` → `_create` is the general path: init, reuse, custom getters, value
-initializers, TF1 keyword arguments.
+attribute reads, and the same (`_read` serves custom getters and `_defaults`).
+It runs only in a plain scope (`scope._is_plain`: no default but a function
+initializer, no ``reuse=True``); `_defaults` resolves another scope's defaults.
+`_general` → `_get` → `_create` is the general path: init, reuse, custom
+getters, value initializers, TF1 keyword arguments.
 """
 
 from __future__ import annotations
@@ -165,14 +167,7 @@ def get_variable(
     if frame is None or not frame.is_run:
         frame = context.current_run("get_variable")  # raises NotInRunError
     scope = frame.scope
-    if initializer is None:
-        initializer = scope.initializer
-    made = callable(initializer)  # else a value (or None: the default)
-    if regularizer is None:
-        regularizer = scope.regularizer
-    if dtype is None and (made or initializer is None):
-        dtype = scope.dtype
-    prefix = scope.name
+    prefix = scope._name
     full = f"{prefix}/{name}" if prefix else name
     trace = TRACE_REF.value  # every call: a jax.jit may open inside any scope
     if trace is not frame.trace_state and not jax_compat.same_trace(
@@ -180,19 +175,27 @@ def get_variable(
     ):
         access.check_staged_read(frame, full)
     kind_of = frame.kind_of
+    # A plain scope (`scope._is_plain`) has no default but a function initializer
+    # and no reuse=True, so the hot path needs none of its defaults.
     if (
-        frame.initializing
+        scope._plain is not True
+        or frame.initializing
         or shape is None
-        or (not made and (initializer is not None or dtype is not None))
         or tf1_kwargs
-        or scope.custom_getter is not None
         or type(full) is not str
         or (
-            ((seen := full in kind_of) or scope._reuse is True)
+            # the default initializer (`scope._initializer` or the built-in one)
+            # with a dtype, or a value initializer: the general path's checks
+            (dtype is not None and scope._initializer is None)
+            if initializer is None
+            else not callable(initializer)
+        )
+        or (
+            (seen := full in kind_of)
             and not _shared_read(frame, scope, full, shape, dtype, axes)
         )
     ):
-        return _general(
+        return _defaults(
             frame, scope, full, shape, dtype, initializer, regularizer, trainable,
             collection, axes, tf1_kwargs,
         )  # fmt: skip
@@ -250,6 +253,44 @@ def get_variable(
     return value  # `js.assign` finds it in the given tree (access.returned_path)
 
 
+def _defaults(
+    frame, scope, full, shape, dtype, initializer, regularizer, trainable,
+    collection, axes, tf1_kwargs,
+):  # fmt: skip
+    """`get_variable` but for its hot path in a plain scope: the scope's defaults.
+
+    With them resolved, a read new in the run or a plain reuse is still read
+    here (as fast as the rules allow: a scope with a regularizer, a dtype or
+    ``reuse=True`` is common TF1 code); everything else goes to `_general`.
+    """
+    if initializer is None:
+        initializer = scope._initializer
+    made = callable(initializer)  # else a value (or None: the default)
+    if regularizer is None:
+        regularizer = scope._regularizer
+    if dtype is None and (made or initializer is None):
+        dtype = scope._dtype
+    if (
+        frame.initializing
+        or shape is None
+        or (not made and (initializer is not None or dtype is not None))
+        or tf1_kwargs
+        or scope._custom_getter is not None
+        or type(full) is not str
+        or (
+            ((seen := full in frame.kind_of) or scope._reuse is True)
+            and not _shared_read(frame, scope, full, shape, dtype, axes)
+        )
+    ):
+        return _general(
+            frame, scope, full, shape, dtype, initializer, regularizer, trainable,
+            collection, axes, tf1_kwargs,
+        )  # fmt: skip
+    if seen:  # shared: `_shared_read` found it a plain reuse
+        return frame.values[full]
+    return _read(frame, full, shape, dtype, regularizer, trainable, collection, axes)
+
+
 def _general(
     frame, scope, full, shape, dtype, initializer, regularizer, trainable,
     collection, axes, tf1_kwargs,
@@ -257,7 +298,7 @@ def _general(
     """`get_variable` off the hot path: init, reuse, custom getters, TF1 kwargs."""
     if trainable is None:
         trainable = True
-    getter = scope.custom_getter
+    getter = scope._custom_getter
     if tf1_kwargs:
         getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
     if getter is None:
