@@ -47,9 +47,12 @@ def _flatten_into(
     # `js.apply` flattens the given tree on every call: keep the loop short.
     # prefix: "" or ends with "/". maps, leaves: the types found to be or not to
     # be a Mapping, asked once per type (an ABC check costs more than the walk).
+    # A plain dict first: the common node, found by identity, not a set lookup.
     for key, value in node.items():
         kind = type(value)
-        if kind in leaves:
+        if kind is dict:
+            _flatten_into(value, f"{prefix}{key}/", out, maps, leaves)
+        elif kind in leaves:
             out[f"{prefix}{key}"] = value
         elif kind in maps:
             _flatten_into(value, f"{prefix}{key}/", out, maps, leaves)
