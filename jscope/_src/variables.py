@@ -257,11 +257,10 @@ def _defaults(
     frame, scope, full, shape, dtype, initializer, regularizer, trainable,
     collection, axes, tf1_kwargs,
 ):  # fmt: skip
-    """`get_variable` but for its hot path in a plain scope: the scope's defaults.
+    """`get_variable` off its hot path: the scope's defaults, then the rules.
 
-    With them resolved, a read new in the run or a plain reuse is still read
-    here (as fast as the rules allow: a scope with a regularizer, a dtype or
-    ``reuse=True`` is common TF1 code); everything else goes to `_general`.
+    A read new in the run or a plain reuse is still read here (a scope with a
+    regularizer, a dtype or ``reuse=True`` is common); the rest is `_general`'s.
     """
     if initializer is None:
         initializer = scope._initializer
