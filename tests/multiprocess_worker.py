@@ -416,6 +416,40 @@ def stall(work: str, port: int, process_id: int) -> None:
     os._exit(1)
 
 
+def stall_restore(work: str, port: int, process_id: int) -> None:
+    """Both save a checkpoint sharded across them; then process 0 stops, and
+    process 1's restore must give up after ``JSCOPE_BARRIER_TIMEOUT_S`` (set
+    here, after the save, so that the save waits as long as it needs).
+    """
+    import time  # noqa: PLC0415
+
+    jax = setup(4, port, process_id)
+    import jscope as js  # noqa: PLC0415
+
+    mesh = make_mesh(jax, (2, 4))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    full = np.arange(64, dtype=np.float32).reshape(8, 8)
+    w = jax.make_array_from_callback(full.shape, rows, lambda index: full[index])
+    path = os.path.join(work, "stalled-restore", "model")
+    js.Saver().save({"params": {"w": w}}, path)
+    if process_id == 0:
+        print("OK stall-restore 0 waiting", flush=True)
+        time.sleep(600)
+        return
+    os.environ["JSCOPE_BARRIER_TIMEOUT_S"] = "3"
+    target = {"params": {"w": jax.ShapeDtypeStruct(w.shape, w.dtype, sharding=rows)}}
+    start = time.monotonic()
+    try:
+        js.Saver().restore(path, target)
+    except Exception as e:  # reported to the parent
+        waited = time.monotonic() - start
+        print(f"RAISED {type(e).__module__}.{type(e).__name__} after {waited:.1f} s")
+        print(f"MESSAGE {e}", flush=True)
+        os._exit(0)  # no exit handlers: jax.distributed's would wait for process 0
+    print("RESTORED without process 0", flush=True)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     role, work = argv[0], argv[1]
     if role == "single-save":
@@ -426,6 +460,8 @@ def main(argv: list[str]) -> None:
         single_restore(work)
     elif role == "stall":
         stall(work, int(argv[2]), int(argv[3]))
+    elif role == "stall-restore":
+        stall_restore(work, int(argv[2]), int(argv[3]))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

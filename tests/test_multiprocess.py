@@ -126,24 +126,20 @@ def test_two_processes_save_and_restore_against_one_process(tmp_path):
     assert "OK single-restore" in back, back
 
 
-def test_a_process_that_never_comes_is_a_checkpoint_error_after_the_timeout(tmp_path):
-    """Process 0 never saves; process 1's save gives up after JSCOPE_BARRIER_TIMEOUT_S.
-
-    The wait is the coordination service's; what comes out of it must be a
-    `CheckpointError` that says who waited for whom, where, and how to fix it,
-    not the service's DEADLINE_EXCEEDED.
-    """
+def _stalled(tmp_path, role, **env):
+    """Runs worker ``role`` as processes 0 and 1 (``env`` added to their
+    environment); returns the message of the error process 1 reports. Process 0
+    is killed once process 1 is done; its output is dropped."""
     port = str(free_port())
-    env = child_env(JSCOPE_BARRIER_TIMEOUT_S="3")
     procs = []
     try:
-        for i in (0, 1):  # process 0 only waits to be killed: its output is dropped
+        for i in (0, 1):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(WORKER), "stall", str(tmp_path), port, str(i)],
+                    [sys.executable, str(WORKER), role, str(tmp_path), port, str(i)],
                     stdout=subprocess.PIPE if i else subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=child_env(**env),
                     cwd=HERE.parent,
                     text=True,
                 )
@@ -159,7 +155,32 @@ def test_a_process_that_never_comes_is_a_checkpoint_error_after_the_timeout(tmp_
     assert raised in out, out[-4000:]
     waited = float(out.split(raised)[1].split()[0])
     assert 3.0 <= waited < 60.0, out[-4000:]
-    message = out.split("MESSAGE ", 1)[1]
+    return out.split("MESSAGE ", 1)[1]
+
+
+def test_a_process_that_never_comes_is_a_checkpoint_error_after_the_timeout(tmp_path):
+    """Process 0 never saves; process 1's save gives up after JSCOPE_BARRIER_TIMEOUT_S.
+
+    The wait is the coordination service's; what comes out of it must be a
+    `CheckpointError` that says who waited for whom, where, and how to fix it,
+    not the service's DEADLINE_EXCEEDED.
+    """
+    message = _stalled(tmp_path, "stall", JSCOPE_BARRIER_TIMEOUT_S="3")
     assert message.startswith("Process 1 waited 3 s for process 0 to begin "), message
     assert repr(str(tmp_path / "stalled" / "model")) in message, message
+    assert "JSCOPE_BARRIER_TIMEOUT_S" in message and "DEADLINE" not in message
+
+
+def test_a_process_that_stops_before_a_restore_is_a_checkpoint_error(tmp_path):
+    """Both save a checkpoint sharded across them; process 0 then never restores.
+
+    Orbax's restore ends at a barrier without a timeout, so process 1 must not
+    start reading alone: after JSCOPE_BARRIER_TIMEOUT_S it gets a
+    `CheckpointError` naming both processes and the checkpoint, not a hang.
+    """
+    message = _stalled(tmp_path, "stall-restore")
+    assert message.startswith(
+        "Process 1 waited 3 s for process 0 to begin restore number 0 "
+    ), message
+    assert repr(str(tmp_path / "stalled-restore" / "model")) in message, message
     assert "JSCOPE_BARRIER_TIMEOUT_S" in message and "DEADLINE" not in message

@@ -160,26 +160,27 @@ def share(
 
 
 def gather(
-    what: str, step: int, error: BaseException | None, path: str
+    what: str, step: int, error: BaseException | None, path: str, verb: str = "finish"
 ) -> list[tuple[int, str]]:
     """Every other process's error at step ``step`` of ``what``, after all got there.
 
     Each process publishes its outcome (``error`` or success) and waits (at most
     `timeout_s`) for every other's: ``[(process, error text), ...]``. ``path``:
-    the checkpoint, for the error message.
+    the checkpoint, and ``verb`` (what the others must do: "finish", "begin"),
+    for the error message.
 
     Raises:
       CheckpointError: Another process did not get there in time (`_wait`).
     """
     client = _client()
     me = jax.process_index()
-    prefix = f"jscope/checkpoint/{what}-{step}"
+    prefix = f"jscope/checkpoint/{what}-{verb}-{step}"
     text = "" if error is None else describe(error)
     client.key_value_set(f"{prefix}/{me}", json.dumps(text))
     failed = []
     for other in range(count()):
         if other != me:
-            waiting_for = f"process {other} to finish {what} number {step}"
+            waiting_for = f"process {other} to {verb} {what} number {step}"
             found = _wait(client, f"{prefix}/{other}", waiting_for, path)
             if json.loads(found):
                 failed.append((other, json.loads(found)))

@@ -296,6 +296,11 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
     # The arrays' checksums start as each one arrives, while Orbax reads the
     # rest; all are checked before this returns.
     early = integrity.Early(stored.checksums) if stored.checksums else None
+    number = processes.next_read() if spans else 0
+    if spans:
+        # Orbax's restore ends at a barrier of its own that waits for ever: a
+        # process that never comes must be found here, where the wait has an end.
+        processes.gather("restore", number, None, ckpt, verb="begin")
     try:
         raw = orbax_io.restore(
             ckpt,
@@ -317,7 +322,7 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
         # before the checks (collectives), or all raise. A read of arrays of
         # this process only (`load_variable`, `verify_checkpoint`, targets on
         # local devices) involves no other process.
-        failure = _agreed(ckpt, failure)
+        failure = _agreed(ckpt, failure, number)
     if failure is not None:
         raise failure from None
     integrity.check_arrays(
@@ -326,9 +331,11 @@ def restore_raw(stored: Stored, specs: Mapping[str, Target]) -> dict[str, Any]:
     return raw
 
 
-def _agreed(ckpt: str, failure: BaseException | None) -> BaseException | None:
+def _agreed(
+    ckpt: str, failure: BaseException | None, number: int
+) -> BaseException | None:
     """This process's read error, else another process's, else None."""
-    others = processes.gather("restore", processes.next_read(), failure, ckpt)
+    others = processes.gather("restore", number, failure, ckpt)
     if failure is not None or not others:
         return failure
     process, text = others[0]
