@@ -404,15 +404,26 @@ def stall(work: str, port: int, process_id: int) -> None:
         time.sleep(600)
         return
     tree = {"params": {"w": np.arange(8, dtype=np.float32)}}
+    report_error(lambda: js.Saver().save(tree, os.path.join(work, "stalled", "model")))
+
+
+def report_error(act) -> None:
+    """Runs ``act()`` and prints what it raised and after how long, for the parent.
+
+    Leaves by ``os._exit`` (0 when it raised, 1 when not): jax.distributed's
+    exit handlers would wait for the process that never came.
+    """
+    import time  # noqa: PLC0415
+
     start = time.monotonic()
     try:
-        js.Saver().save(tree, os.path.join(work, "stalled", "model"))
+        act()
     except Exception as e:  # reported to the parent
         waited = time.monotonic() - start
         print(f"RAISED {type(e).__module__}.{type(e).__name__} after {waited:.1f} s")
         print(f"MESSAGE {e}", flush=True)
-        os._exit(0)  # no exit handlers: jax.distributed's would wait for process 0
-    print("SAVED without process 0", flush=True)
+        os._exit(0)
+    print("DONE without process 0", flush=True)
     os._exit(1)
 
 
@@ -438,16 +449,7 @@ def stall_restore(work: str, port: int, process_id: int) -> None:
         return
     os.environ["JSCOPE_BARRIER_TIMEOUT_S"] = "3"
     target = {"params": {"w": jax.ShapeDtypeStruct(w.shape, w.dtype, sharding=rows)}}
-    start = time.monotonic()
-    try:
-        js.Saver().restore(path, target)
-    except Exception as e:  # reported to the parent
-        waited = time.monotonic() - start
-        print(f"RAISED {type(e).__module__}.{type(e).__name__} after {waited:.1f} s")
-        print(f"MESSAGE {e}", flush=True)
-        os._exit(0)  # no exit handlers: jax.distributed's would wait for process 0
-    print("RESTORED without process 0", flush=True)
-    os._exit(1)
+    report_error(lambda: js.Saver().restore(path, target))
 
 
 def main(argv: list[str]) -> None:
