@@ -206,7 +206,7 @@ def _slice_reshape(flat: jax.Array, size: int, shape: tuple) -> jax.Array:
 
 def keyless(init: Initializer) -> Initializer:
     """Marks an initializer that ignores its key, so no key is derived for it."""
-    init.keyless = True
+    init.keyless = True  # pyright: ignore[reportFunctionMemberAccess]
     return init
 
 
@@ -436,8 +436,8 @@ def _factory_or_call(fn, args, kwargs):
     return init
 
 
-zeros.keyless = True
-ones.keyless = True
+zeros.keyless = True  # pyright: ignore[reportFunctionMemberAccess]
+ones.keyless = True  # pyright: ignore[reportFunctionMemberAccess]
 
 
 def variance_scaling(

@@ -53,12 +53,14 @@ def lookup(frame: context.Frame, path: str, coll: str) -> Any:
       UninitializedVariableError: The tree has no ``coll/path``.
       LeafTypeError: The tree holds None there.
     """
-    flat = frame.given_tree.get(coll)
+    given = frame.given_tree
+    assert given is not None  # a run at apply has its tree
+    flat = given.get(coll)
     value = None if flat is None else flat.get(path)
     if value is None:
         if flat is not None and path in flat:
             raise values.leaf_error(path, coll, None)
-        elsewhere = [c for c, f in frame.given_tree.items() if path in f]
+        elsewhere = [c for c, f in given.items() if path in f]
         hint = (
             f" It is in collection {elsewhere[0]!r}: check trainable=/collection=."
             if elsewhere

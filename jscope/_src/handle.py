@@ -17,7 +17,7 @@ dict lookups) and delegate to `jax.Array`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import jax
 import jax.numpy as jnp
@@ -115,9 +115,9 @@ class Variable:
                     vdtype = values.canon_dtype(dtype, path)
                 coll = values.default_collection(trainable, vdtype)
             if coll is None:
-                coll = next(
-                    (c for c, f in frame.given_tree.items() if path in f), "params"
-                )
+                given = frame.given_tree
+                assert given is not None  # a run at apply has its tree
+                coll = next((c for c, f in given.items() if path in f), "params")
             value = access.lookup_array(frame, path, coll)
         tree.add_prefixes(path, frame.prefixes)
         frame.kind_of[path] = VAR
@@ -328,7 +328,7 @@ def _create(
         return values.initial_value(key, path, initial_value, dtype)
 
     keyed = callable(initial_value)
-    key = rng.path_key(frame.rng, path) if keyed else None
+    key = rng.path_key(cast("jax.Array", frame.rng), path) if keyed else None
     if frame.lift is None:
         value = make(key)
         coll = collection or values.default_collection(trainable, value.dtype)

@@ -68,7 +68,7 @@ class _X64Flag:
 
     @property
     def value(self) -> bool:
-        return bool(jax.config.jax_enable_x64)
+        return bool(jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 try:  # JAX's x64 flag: ``value`` is this thread's setting, context managers too.
@@ -175,7 +175,9 @@ def unrolled_threefry_lowering() -> dict[str, Any]:
             try:  # jax >= 0.10
                 from jax._src.random import threefry2x32  # noqa: PLC0415
             except ImportError:  # jax 0.9: the rule lives in jax._src.prng
-                from jax._src import prng as threefry2x32  # noqa: PLC0415
+                from jax._src import (  # noqa: PLC0415
+                    prng as threefry2x32,  # pyright: ignore[reportAttributeAccessIssue]
+                )
 
             rule = threefry2x32._threefry2x32_lowering_rule
             params = mlir.LoweringParameters(

@@ -180,7 +180,7 @@ class VariableScope:
         caller = frame.scope
         frame.scope = self
         try:
-            return frame.get_variable(name, *args, **kwargs)
+            return frame.get_variable(name, *args, **kwargs)  # pyright: ignore[reportOptionalCall]
         finally:
             frame.scope = caller
 
@@ -368,7 +368,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         ns_name = obj
         if obj is None:
             ns_name = default
-            obj = _unique_default(frame, parent._name, default)
+            obj = _unique_default(frame, parent._name, default)  # pyright: ignore[reportArgumentType]
         prefix = parent._name
         name = f"{prefix}/{obj}" if prefix else obj
         if init is None and reg is None and dtype is None and getter is None:
@@ -399,8 +399,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
             if name_scope in taken or name_scope in frame.kind_of:
                 name_scope = frame.used_names.unique(name_scope)
             else:
-                taken[name_scope] = 1
-            original = name_scope + "/"
+                taken[name_scope] = 1  # pyright: ignore[reportArgumentType]
+            original = name_scope + "/"  # pyright: ignore[reportOptionalOperand]
         else:
             name_scope = outer
             original = outer + "/" if outer else ""
@@ -427,7 +427,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         new._custom_getter = getter
         new._original_name_scope = original
         new._plain = plain and reuse is not True
-        frame.name_scope = name_scope
+        frame.name_scope = name_scope  # pyright: ignore[reportAttributeAccessIssue]
         return new
 
     def _enter_by_object(self, frame: context.Frame, obj: VariableScope) -> Any:
@@ -461,7 +461,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         return new
 
     def __exit__(self, *exc_info: Any) -> None:
-        frame = self._frame
+        frame: context.Frame = self._frame  # pyright: ignore[reportAssignmentType] (set at entry)
         frame.scope, frame.name_scope = self._saved
         saved = self._saved_counts
         if saved is None:
@@ -562,7 +562,7 @@ class name_scope:  # noqa: N801 (TF1's name)
         return new + "/" if new else ""
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._frame.name_scope = self._saved
+        self._frame.name_scope = self._saved  # pyright: ignore[reportOptionalMemberAccess]
         self._frame = None
 
 

@@ -24,7 +24,7 @@ class Row(NamedTuple):
     shape: tuple[int, ...]
     dtype: str
     collection: str
-    count: int
+    count: int  # pyright: ignore[reportIncompatibleMethodOverride] (the API's name)
     bytes: int
     spec: Any = None  # its PartitionSpec, when the summary was given rules
     device_bytes: int | None = None  # bytes of its shard on one device, likewise

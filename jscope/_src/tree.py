@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from jscope import errors
 from jscope.typing import VariableTree
@@ -80,7 +80,8 @@ def unflatten(flat: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> VariableTr
       >>> unflatten({"params/n1/w": 1, "params/n1/b": 2})
       {'params': {'n1': {'w': 1, 'b': 2}}}
     """
-    items = flat.items() if isinstance(flat, Mapping) else flat
+    pairs = flat.items() if isinstance(flat, Mapping) else flat
+    items = cast("Iterable[tuple[str, Any]]", pairs)
     root: dict[str, Any] = {}
     for path, value in items:
         *parents, leaf = path.split("/")
