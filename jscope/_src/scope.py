@@ -372,7 +372,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
         prefix = parent._name
         name = f"{prefix}/{obj}" if prefix else obj
         if init is None and reg is None and dtype is None and getter is None:
-            # The common case: every default inherited, and whether they are plain.
+            # The common case: every default inherited, and whether they are plain
+            # (the parent's flag; only a new reuse=True can change it).
             init = parent._initializer
             reg = parent._regularizer
             dtype = parent._dtype
@@ -387,12 +388,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 dtype = parent._dtype
             if parent._custom_getter is not None:
                 getter = wrap_getter(parent._custom_getter, getter)
-            plain = (
-                getter is None
-                and reg is None
-                and dtype is None
-                and (init is None or callable(init))
-            )
+            plain = None  # `_is_plain` of the new scope, below
         if aux:
             name_scope = f"{outer}/{ns_name}" if outer else ns_name
             taken = frame.used_names.counts  # `Uniquifier.unique`, inline
@@ -426,7 +422,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         new._dtype = dtype
         new._custom_getter = getter
         new._original_name_scope = original
-        new._plain = plain and reuse is not True
+        new._plain = _is_plain(new) if plain is None else plain and reuse is not True
         frame.name_scope = name_scope  # pyright: ignore[reportAttributeAccessIssue]
         return new
 
