@@ -37,7 +37,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             "js.flatten(variables), not a list of its leaves or a single array."
         )
     out: dict[str, Any] = {}
-    _flatten_into(tree, f"{prefix}/" if prefix else "", out, {dict}, set())
+    _flatten_into(tree, f"{prefix}/" if prefix else "", out, set(), set())
     return out
 
 
@@ -45,9 +45,9 @@ def _flatten_into(
     node: Mapping[str, Any], prefix: str, out: dict[str, Any], maps: set, leaves: set
 ) -> None:
     # `js.apply` flattens the given tree on every call: keep the loop short.
-    # prefix: "" or ends with "/". maps, leaves: the types found to be or not to
-    # be a Mapping, asked once per type (an ABC check costs more than the walk).
-    # A plain dict first: the common node, found by identity, not a set lookup.
+    # prefix: "" or ends with "/". A plain dict is taken by identity; maps,
+    # leaves: the other types found to be or not to be a Mapping, asked once per
+    # type (an ABC check costs more than the walk).
     for key, value in node.items():
         kind = type(value)
         if kind is dict:
