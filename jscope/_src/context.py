@@ -54,39 +54,54 @@ VAR = Kind.VAR
 class Counts:
     """TF1's per-scope open counts, kept as a tree keyed by path component.
 
-    `scope.variable_scope.__enter__` makes top-level nodes without calling
-    `__init__`: a new slot must be set there too.
+    A child is a `Counts` node, or just its count (an int) while nothing has
+    been opened below it: `scope.variable_scope.__enter__` counts a scope by
+    writing an int into its parent's children, and makes no node until a scope
+    opens inside it (`node`).
     """
 
     __slots__ = ("count", "children")
 
-    def __init__(self):
-        self.count = 0
-        self.children: dict[str, Counts] = {}
+    def __init__(self, count: int = 0):
+        self.count = count
+        self.children: dict[str, Counts | int] = {}
 
     def node(self, path: str) -> Counts:
         """Returns the node of ``path`` (``""`` is this node), creating it."""
         node = self
-        if path and "/" not in path:  # one component: no list to split into
-            node = self.children.get(path)
-            if node is None:
-                node = self.children[path] = Counts()
-        elif path:
+        if path:
             for part in path.split("/"):
                 child = node.children.get(part)
-                if child is None:
-                    child = node.children[part] = Counts()
+                if not isinstance(child, Counts):  # None or a count
+                    child = node.children[part] = Counts(child or 0)
                 node = child
         return node
+
+    def find(self, path: str) -> Counts | int | None:
+        """Returns the child at ``path`` (a node or a count), or None; makes none."""
+        node: Counts | int | None = self
+        for part in path.split("/"):
+            if type(node) is not Counts:
+                return None
+            node = node.children.get(part)
+        return node
+
+    def count_of(self, path: str) -> int:
+        """How often the scope at ``path`` (below this node) was opened."""
+        found = self.find(path)
+        return found.count if isinstance(found, Counts) else (found or 0)
 
     def assign_from(self, other: Counts) -> None:
         """Makes this tree equal to ``other`` in place, keeping existing nodes."""
         self.count = other.count
         old = self.children
-        new = {}
+        new: dict[str, Counts | int] = {}
         for key, child in other.children.items():
+            if type(child) is not Counts:
+                new[key] = child
+                continue
             node = old.get(key)
-            if node is None:
+            if type(node) is not Counts:
                 node = Counts()
             node.assign_from(child)
             new[key] = node
@@ -94,9 +109,10 @@ class Counts:
 
     def copy(self) -> Counts:
         """A deep copy."""
-        new = Counts()
-        new.count = self.count
-        new.children = {k: v.copy() for k, v in self.children.items()}
+        new = Counts(self.count)
+        new.children = {
+            k: v.copy() if type(v) is Counts else v for k, v in self.children.items()
+        }
         return new
 
 

@@ -270,8 +270,6 @@ class variable_scope:  # noqa: N801 (TF1's name)
         "_saved",
         "_new",
         "_saved_counts",
-        "_node",
-        "_counts",
     )
     __module__ = "jscope"
 
@@ -400,19 +398,20 @@ class variable_scope:  # noqa: N801 (TF1's name)
         else:
             name_scope = outer
             original = outer + "/" if outer else ""
-        counts = frame.scope_counts
+        # Count the opening: an int in the parent's children until a scope
+        # opens inside this one (`Counts`).
         if "/" in name:
-            node = counts.node(name)
-            node.count += 1
-        else:  # `Counts.node` of a top-level scope, inline
-            node = counts.children.get(name)
-            if node is None:  # `Counts()` without a Python call
-                node = counts.children[name] = _new(context.Counts)
-                node.children = {}
-                node.count = 1
-            else:
-                node.count += 1
-        self._node, self._counts = node, counts
+            parent_path, leaf = name.rsplit("/", 1)
+            held = frame.scope_counts.node(parent_path).children
+        else:
+            held, leaf = frame.scope_counts.children, name
+        count = held.get(leaf)
+        if count is None:
+            held[leaf] = 1
+        elif type(count) is int:
+            held[leaf] = count + 1
+        else:
+            count.count += 1  # pyright: ignore[reportAttributeAccessIssue] (a node)
         # A new VariableScope without a Python call: the flag is checked already.
         new = self._new = frame.scope = _new(VariableScope)
         new._reuse = reuse = reuse if reuse else parent._reuse
@@ -437,12 +436,10 @@ class variable_scope:  # noqa: N801 (TF1's name)
         else:
             name_scope = frame.name_scope
         counts = frame.scope_counts
-        node = counts.node(name)
-        node.count += 1
+        counts.node(name).count += 1
         # TF1's `_pure_variable_scope`: entering by object snapshots the whole
         # count store, just after counting this opening.
         self._saved_counts = counts.copy()
-        self._node, self._counts = node, counts
         new = VariableScope(
             reuse if reuse else obj._reuse,
             name,
@@ -462,13 +459,15 @@ class variable_scope:  # noqa: N801 (TF1's name)
         saved = self._saved_counts
         if saved is None:
             # Leaving a scope entered by name forgets the counts below it (TF1's
-            # `close_variable_subscopes`). Its node is the one counted at entry
-            # while the store is the same; a scope entered by object inside may
-            # have put back another copy of the store: then it is found by path.
-            node = self._node
-            if frame.scope_counts is not self._counts:
-                node = frame.scope_counts.node(self._new._name)
-            if node.children:
+            # `close_variable_subscopes`). It is found by path in the store now
+            # current (a scope entered by object inside may have put back
+            # another copy); a count without a node has nothing below it.
+            name = self._new._name
+            if "/" in name:
+                node = frame.scope_counts.find(name)
+            else:
+                node = frame.scope_counts.children.get(name)
+            if type(node) is context.Counts and node.children:
                 node.children = {}
         else:
             # Leaving one entered by object puts the whole store back as it was
@@ -507,7 +506,7 @@ def _invalid_scope_name(name: Any) -> None:
 def _unique_default(frame: context.Frame, parent: str, default: str) -> str:
     node = frame.scope_counts.node(parent)
     name, i = default, 1
-    while node.node(name).count:
+    while node.count_of(name):
         name = f"{default}_{i}"
         i += 1
     return name
