@@ -615,6 +615,33 @@ def test_readers_never_see_a_half_written_checkpoint(tmp_path):
     assert len(seen) >= 2, f"the reader saw only steps {seen}"
 
 
+def test_a_file_gone_between_its_size_and_its_checksum_is_corrupt(tmp_path, monkeypatch):
+    """The window the reader above can hit: a writer replacing the checkpoint
+    deletes a file after the reader read its size and before it hashed it. The
+    read must fail as a checkpoint error (then retried or reported), never
+    with a bare FileNotFoundError."""
+    from jscope._src.checkpoint import integrity
+
+    path = js.Saver().save(tree_at(3, size=64), str(tmp_path / "model"), 3)
+    table = integrity.read(path)
+    assert table is not None
+    hashed = [rel for rel, e in table["files"].items() if e.get("xxh3_64")]
+    assert hashed, table["files"]
+    victim = os.path.join(path, hashed[0])
+    real_getsize = os.path.getsize
+
+    def getsize_then_delete(p):
+        size = real_getsize(p)
+        if p == victim and os.path.exists(p):
+            os.remove(p)
+        return size
+
+    monkeypatch.setattr(integrity.os.path, "getsize", getsize_then_delete)
+    with pytest.raises(errors.CheckpointCorruptError, match="a file is missing") as e:
+        restored_step(path, size=64)
+    assert e.value.file == victim
+
+
 def test_a_second_process_fails_fast_or_waits_and_never_mixes(tmp_path):
     """A zombie job keeps saving while its restart starts saving too."""
     directory = str(tmp_path / "ckpt")

@@ -284,7 +284,13 @@ def check_files(ckpt: str, files: Mapping[str, Any]) -> None:
                 file=path,
             )
         expected = entry.get("xxh3_64")
-        if expected is not None and _file_checksum(path) != expected:
+        if expected is None:
+            continue
+        try:
+            checksum = _file_checksum(path)
+        except OSError:  # gone since its size was read: replaced meanwhile
+            raise corrupt(ckpt, "a file is missing", file=path) from None
+        if checksum != expected:
             raise corrupt(ckpt, "a file does not match its checksum", file=path)
 
 
