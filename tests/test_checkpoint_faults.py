@@ -615,7 +615,7 @@ def test_readers_never_see_a_half_written_checkpoint(tmp_path):
     assert len(seen) >= 2, f"the reader saw only steps {seen}"
 
 
-def test_a_file_gone_between_its_size_and_its_checksum_is_corrupt(tmp_path, monkeypatch):
+def test_a_file_gone_between_its_size_and_checksum_is_corrupt(tmp_path, monkeypatch):
     """The window the reader above can hit: a writer replacing the checkpoint
     deletes a file after the reader read its size and before it hashed it. The
     read must fail as a checkpoint error (then retried or reported), never
