@@ -12,7 +12,10 @@ each round (A B C D, B C D A, ...); each reports the median over rounds.
    wall time and in the calling thread's CPU time (the Python side: dispatch
    and bookkeeping, not XLA's worker threads), as medians of per-round ratios
    over many short rounds, beside an A/A control (hand-written JAX timed again
-   as a contestant of its own). A full run measures in five fresh processes,
+   as a contestant of its own), Equinox (the MLP as a module holding the
+   arrays) and a floor for any scoped API (`FloorScopes`: a scope joins a
+   prefix, a read takes the array from a flat dict and checks its shape, no
+   rules). A full run measures in five fresh processes,
    one after another, and reports the median over them of every figure and
    each process's main ratio (``--processes``); ``--quick`` in this one.
 3. ``jit_step``: a jitted optax Adam step; jscope and hand-written JAX must compile
@@ -140,6 +143,92 @@ def flax_model(scope, x, n):
         b = s.param("b", ZEROS, (d,), F32)
         h = _dense(h, W, b, i == n - 1)
     return h
+
+
+class FloorScopes:
+    """The least a ``with scope(name): get(name, shape)`` API can do at apply.
+
+    Not a library: the floor that `apply_eager` reads jscope against. A scope
+    joins its name to the current prefix; a read joins the path, takes the array
+    from a flat dict, compares its shape and records the read. Nothing else: no
+    reuse rules, no name scopes or open counts, no check of the JAX trace, no
+    dtype, no errors worth the name. What jscope costs above this is the price
+    of its rules; what this costs above hand-written JAX is the price of any
+    scoped API between eager ops.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.prefix = ""
+        self.flat: dict[str, jax.Array] = {}
+        self.read: dict[str, jax.Array] = {}
+
+    def apply(self, params: dict, x: jax.Array) -> jax.Array:
+        self.prefix, self.read = "", {}
+        self.flat = {
+            f"{layer}/{name}": array
+            for layer, arrays in params.items()
+            for name, array in arrays.items()
+        }
+        h = x
+        d = x.shape[-1]
+        for i in range(self.n):
+            with _FloorScope(self, f"layer{i}"):
+                W = self.get("W", (d, d))
+                b = self.get("b", (d,))
+            h = _dense(h, W, b, i == self.n - 1)
+        return h
+
+    def get(self, name: str, shape: tuple[int, ...]) -> jax.Array:
+        prefix = self.prefix
+        path = f"{prefix}/{name}" if prefix else name
+        if path in self.read:
+            raise ValueError(f"{path} read twice")
+        value = self.flat[path]
+        if value.shape != shape:
+            raise ValueError(f"{path}: shape {value.shape}, not {shape}")
+        self.read[path] = value
+        return value
+
+
+class _FloorScope:
+    __slots__ = ("floor", "name", "saved")
+
+    def __init__(self, floor: FloorScopes, name: str):
+        self.floor, self.name = floor, name
+
+    def __enter__(self) -> None:
+        prefix = self.saved = self.floor.prefix
+        self.floor.prefix = f"{prefix}/{self.name}" if prefix else self.name
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.floor.prefix = self.saved
+
+
+def equinox_mlp(params: dict, n: int):
+    """The MLP as an Equinox module holding the given arrays (its own style:
+    the arrays are the module's fields, read as attributes)."""
+    import equinox as eqx
+
+    class Dense(eqx.Module):
+        W: jax.Array
+        b: jax.Array
+        last: bool = eqx.field(static=True)
+
+        def __call__(self, h):
+            return _dense(h, self.W, self.b, self.last)
+
+    class MLP(eqx.Module):
+        layers: tuple
+
+        def __call__(self, x):
+            h = x
+            for layer in self.layers:
+                h = layer(h)
+            return h
+
+    layers = [params[f"layer{i}"] for i in range(n)]
+    return MLP(tuple(Dense(p["W"], p["b"], i == n - 1) for i, p in enumerate(layers)))
 
 
 def path_hash(path: str) -> int:
@@ -401,12 +490,19 @@ def _apply_fns(models: Contestants, params: dict, x: jax.Array) -> dict:
     js_vars = {"params": params}
     flax_vars = {"params": params}
     n = models.n
+    eqx_mlp = equinox_mlp(params, n)
+    floor = FloorScopes(n)
     return {
         "jscope": lambda: js.apply(models.jscope_fn, js_vars, x).block_until_ready(),
         "haiku": lambda: models.hk.apply(params, None, x).block_until_ready(),
         "flax core": lambda: models.flax_apply(flax_vars, x).block_until_ready(),
+        "equinox": lambda: eqx_mlp(x).block_until_ready(),
+        FLOOR: lambda: floor.apply(params, x).block_until_ready(),
         "hand-written": lambda: hand_apply(params, x, n).block_until_ready(),
     }
+
+
+FLOOR = "scoped reads, no rules"  # `FloorScopes`: the floor of a scoped API
 
 
 AGAIN = "hand-written again"  # the A/A control's name in `bench_apply_eager`
@@ -423,7 +519,11 @@ APPLY_RATIOS = (
     (f"{AGAIN}/hand-written (A/A, thread CPU time)", AGAIN, HAND, "cpu", None),
     ("haiku/hand-written", "haiku", HAND, "wall", None),
     ("flax core/hand-written", "flax core", HAND, "wall", None),
+    ("equinox/hand-written", "equinox", HAND, "wall", None),
+    (f"{FLOOR}/hand-written (floor)", FLOOR, HAND, "wall", None),
+    (f"jscope/{FLOOR}", "jscope", FLOOR, "wall", None),
 )
+FLOOR_RATIO = APPLY_RATIOS[-2][0]
 
 
 def measure_apply_eager(rounds: int, reps: int, n: int, d: int, batch: int) -> dict:
@@ -499,8 +599,12 @@ def bench_apply_eager(
                     f"apply_eager process {i + 1} failed:\n{proc.stdout}{proc.stderr}"
                 )
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            main = runs[-1]["ratios"][APPLY_RATIOS[0][0]]
-            print(f"  process {i + 1}/{processes}: jscope/hand-written {main:.3f}")
+            got = runs[-1]["ratios"]
+            print(
+                f"  process {i + 1}/{processes}: jscope/hand-written "
+                f"{got[APPLY_RATIOS[0][0]]:.3f}, floor/hand-written "
+                f"{got[FLOOR_RATIO]:.3f}"
+            )
     for name in runs[0]["us"]:
         walls = [run["us"][name][0] for run in runs]
         cpus = [run["us"][name][1] for run in runs]
@@ -514,13 +618,13 @@ def bench_apply_eager(
         values = [run["ratios"][label] for run in runs]
         report.ratio("apply_eager", label, statistics.median(values), target)
     if processes > 1:
-        label = APPLY_RATIOS[0][0]
-        values = sorted(run["ratios"][label] for run in runs)
-        report.value(
-            "apply_eager",
-            f"{label}, per process",
-            ", ".join(f"{v:.3f}" for v in values),
-        )
+        for label in (APPLY_RATIOS[0][0], FLOOR_RATIO):
+            values = sorted(run["ratios"][label] for run in runs)
+            report.value(
+                "apply_eager",
+                f"{label}, per process",
+                ", ".join(f"{v:.3f}" for v in values),
+            )
 
 
 def _plain_mlp(params, x, n):
