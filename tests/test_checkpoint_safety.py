@@ -352,6 +352,36 @@ def test_savers_in_several_threads(tmp_path, shared):
         assert restores_to_its_step(directory / f"m{i}-3") == 100 * i + 3
 
 
+def test_a_saver_deletes_only_its_own_checkpoints_in_a_shared_directory(tmp_path):
+    """Three savers take turns in one directory, each rotating its own save
+    path ("m0", "m1", "m2") with max_to_keep=2. A saver adopts the checkpoints
+    of the directory's state on its first save there (TF1's
+    recover_last_checkpoints), but only those of its own save path: the
+    others' are not its to delete, whatever order the savers run in (the
+    threaded test above hits this order when one thread runs ahead)."""
+    for i in range(3):
+        saver = js.Saver(max_to_keep=2)
+        for step in range(4):
+            saver.save(tree_at(100 * i + step), tmp_path / f"m{i}", step)
+        saver.close()
+        assert saver.last_checkpoints == [
+            str(tmp_path / f"m{i}-2"),
+            str(tmp_path / f"m{i}-3"),
+        ]
+    assert listdir(tmp_path) == ["checkpoint"] + [
+        f"m{i}-{step}" for i in range(3) for step in (2, 3)
+    ]
+    for i in range(3):
+        for step in (2, 3):
+            assert restores_to_its_step(tmp_path / f"m{i}-{step}") == 100 * i + step
+    # A later run of one of them adopts its own and rotates them as before.
+    again = js.Saver(max_to_keep=2)
+    again.save(tree_at(200 + 4), tmp_path / "m2", 4)
+    assert again.last_checkpoints == [str(tmp_path / "m2-3"), str(tmp_path / "m2-4")]
+    assert not (tmp_path / "m2-2").exists()
+    assert (tmp_path / "m0-2").exists() and (tmp_path / "m1-2").exists()
+
+
 # --------------------------------------------------- 7. state in a checkpoint
 
 

@@ -145,6 +145,13 @@ def target_path(save_path: Any, step: int | None, pad: bool) -> str:
     return path
 
 
+def of_save_path(path: str, directory: str, base: str) -> bool:
+    """Whether checkpoint ``path`` is ``<directory>/<base>`` or ``...-<step>``."""
+    parent, name = os.path.split(path)
+    step = name[len(base) + 1 :] if name.startswith(base + "-") else None
+    return parent == directory and (name == base or (step or "").isdigit())
+
+
 def relative(directory: str, path: str) -> str:
     """``path`` as the state records it: its name if it is in ``directory``."""
     parent, name = os.path.split(os.path.abspath(path))

@@ -81,8 +81,8 @@ class Saver:
       max_to_keep: How many of the newest checkpoints to keep; older ones are
         deleted after each save. None or 0 keeps every checkpoint (and then
         `last_checkpoints` stays empty, as in TF1). Checkpoints recorded in a
-        directory's state by an earlier run count too (TF1's
-        ``recover_last_checkpoints``, done on the first save there).
+        directory's state under the same save path by an earlier run count
+        too (TF1's ``recover_last_checkpoints``, done on the first save there).
       keep_checkpoint_every_n_hours: Of the checkpoints that ``max_to_keep``
         would delete, keep one every this many hours (they leave
         `last_checkpoints` but stay on disk).
@@ -291,6 +291,7 @@ class Saver:
         )
         step_number = None if global_step is None else keys.step_number(global_step)
         path = layout.target_path(save_path, step_number, self._pad_step_number)
+        base = os.path.basename(os.fspath(save_path))  # what rotation may delete
         final = os.path.abspath(path)
         directory = os.path.dirname(final)
         with layout.write_errors(directory):
@@ -308,15 +309,14 @@ class Saver:
         step = processes.next_save() if shared else None
         try:
             if step is not None:
+                begin = self._begin_primary
                 tmp = processes.begin(
-                    step,
-                    path,
-                    lambda: self._begin_primary(path, final, directory, write_state),
+                    step, path, lambda: begin(path, final, directory, write_state, base)
                 )
-                if not processes.primary():
-                    self._begin_other(path, directory, write_state)
+                if not processes.primary():  # adopts the state, reading only
+                    self._adopt(path, directory, write_state, base)
             else:
-                self._begin(path, tmp, directory, write_state)
+                self._begin(path, tmp, directory, write_state, base)
             if not deferred:
                 self._start_orbax(path, tmp, items, views)
         except BaseException:
@@ -340,14 +340,15 @@ class Saver:
         self._pending = self._committer.submit(commit)
         return path
 
-    def _begin(self, path: str, tmp: str, directory: str, write_state: bool) -> None:
+    def _begin(
+        self, path: str, tmp: str, directory: str, write_state: bool, base: str
+    ) -> None:
         """Takes the directory, cleans it, checks that ``tmp`` can be created."""
         if directory not in self._held:
             lock.acquire(directory, self._owner, self._lock_timeout)
             self._held.add(directory)
         layout.remove_stale(directory)
-        if write_state and self._max_to_keep and directory not in self._adopted:
-            self._adopt(path, directory)
+        self._adopt(path, directory, write_state, base)
         with layout.write_errors(path):
             # Orbax creates its temporary directory in a thread of its own and,
             # when that fails, leaves its signalling threads waiting forever
@@ -359,16 +360,11 @@ class Saver:
                 os.rmdir(tmp + layout.ORBAX_TMP)
 
     def _begin_primary(
-        self, path: str, final: str, directory: str, write_state: bool
+        self, path: str, final: str, directory: str, write_state: bool, base: str
     ) -> str:
         tmp = layout.temporary_path(final)
-        self._begin(path, tmp, directory, write_state)
+        self._begin(path, tmp, directory, write_state, base)
         return tmp
-
-    def _begin_other(self, path: str, directory: str, write_state: bool) -> None:
-        """`_begin` of a process other than 0: adopts the state (reading only)."""
-        if write_state and self._max_to_keep and directory not in self._adopted:
-            self._adopt(path, directory)
 
     def _start_orbax(self, path: str, tmp: str, items: Any, views: Any) -> None:
         """Hands ``items`` to Orbax, each compressed if worth it (host ``views``)."""
@@ -378,8 +374,14 @@ class Saver:
                 os.rmdir(tmp + layout.ORBAX_TMP)  # `_begin`'s probe
             orbax_io.start_save(self._orbax(), tmp, items, compress)
 
-    def _adopt(self, path: str, directory: str) -> None:
-        """Adds the checkpoints of ``directory``'s state to `last_checkpoints`."""
+    def _adopt(self, path: str, directory: str, write_state: bool, base: str) -> None:
+        """Adds the checkpoints of ``directory``'s state to `last_checkpoints`.
+
+        Once per directory, and only those of save path ``base``: in a shared
+        directory another saver's are not this one's to delete (TF1).
+        """
+        if not (write_state and self._max_to_keep) or directory in self._adopted:
+            return
         state = layout.read_state(directory)
         self._adopted.add(directory)
         if state is None:
@@ -388,15 +390,11 @@ class Saver:
         with self._lock:
             known = {a for _, a, _ in self._last}
             found = [
-                (
-                    os.path.join(shown, os.path.basename(a))
-                    if os.path.dirname(a) == directory
-                    else a,
-                    a,
-                    t,
-                )
+                (os.path.join(shown, os.path.basename(a)), a, t)
                 for a, t in layout.state_entries(directory, state)
-                if a not in known and layout.is_checkpoint(a)
+                if a not in known
+                and layout.of_save_path(a, directory, base)
+                and layout.is_checkpoint(a)
             ]
             self._last = sorted(found + self._last, key=lambda e: e[2])
 
