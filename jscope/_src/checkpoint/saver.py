@@ -309,10 +309,10 @@ class Saver:
         step = processes.next_save() if shared else None
         try:
             if step is not None:
-                begin = self._begin_primary
-                tmp = processes.begin(
-                    step, path, lambda: begin(path, final, directory, write_state, base)
+                begin = functools.partial(
+                    self._begin_primary, path, final, directory, write_state, base
                 )
+                tmp = processes.begin(step, path, begin)
                 if not processes.primary():  # adopts the state, reading only
                     self._adopt(path, directory, write_state, base)
             else:
