@@ -16,6 +16,7 @@ from jscope._src.handle import Variable as Variable
 from jscope._src.handle import assign as assign
 from jscope._src.handle import assign_add as assign_add
 from jscope._src.handle import assign_sub as assign_sub
+from jscope._src.name_scopes import name_scope as name_scope
 from jscope._src.rng import next_rng_key as next_rng_key
 from jscope._src.run import apply as apply
 from jscope._src.run import init as init
@@ -24,7 +25,6 @@ from jscope._src.run import partition_specs as partition_specs
 from jscope._src.scope import AUTO_REUSE as AUTO_REUSE
 from jscope._src.scope import VariableScope as VariableScope
 from jscope._src.scope import get_variable_scope as get_variable_scope
-from jscope._src.scope import name_scope as name_scope
 from jscope._src.scope import variable_scope as variable_scope
 from jscope._src.sharding import ShardingRules as ShardingRules
 from jscope._src.sharding import constrain as constrain

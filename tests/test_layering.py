@@ -97,6 +97,7 @@ LAYERS = [
     ],
     [
         "jscope._src.access",
+        "jscope._src.name_scopes",
         "jscope._src.checkpoint.read",
         "jscope._src.slim.checks",
         "jscope._src.meshes",
@@ -109,6 +110,7 @@ LAYERS = [
         "jscope._src.checkpoint.arrays",
         "jscope._src.tf1.api",
     ],
+    ["jscope._src.plans"],
     ["jscope._src.run", "jscope._src.transforms", "jscope._src.checkpoint.saver"],
     [
         "jscope._src.summary",

@@ -33,6 +33,10 @@ _FRAME: contextvars.ContextVar[Frame | None] = contextvars.ContextVar(
 
 #: This thread's frame, or None: nothing is created (the `get_variable` path).
 peek = _FRAME.get
+#: ``token = make_current(frame)`` ... ``restore_current(token)``: a frame made
+#: current for a few calls (`plans` runs events on a shadow frame so).
+make_current = _FRAME.set
+restore_current = _FRAME.reset
 
 
 def install(frame: Frame) -> None:
@@ -148,6 +152,29 @@ class Crossing(Protocol):
         """The key of ``stream`` for this pass of the body (split or not)."""
 
 
+#: The rule state a plan does not keep while it runs (`plans`): unset slots of
+#: a `PlannedFrame`, set from the events so far when anything touches them.
+LAZY = ("kind_of", "used_names", "scope_counts", "prefixes", "collection_of")
+
+
+#: The kinds of a plan's events (`plans`): the first item of each event, or
+#: the event itself for leaving a scope.
+PLAN_ENTER = "enter"
+PLAN_READ = "read"
+PLAN_EXIT = ("exit",)
+
+
+def end_plan() -> None:
+    """Ends the plan of the run in progress, if any (`plans`).
+
+    For code that changes what later events see without touching the rule
+    state: the setters of a `VariableScope`, a name scope, a scope swapped in.
+    """
+    frame = _FRAME.get()
+    if frame is not None and frame.plan_mode is not None:
+        frame.plan_mode.end(frame)
+
+
 class Frame:
     """What one run (or the code outside any run) knows.
 
@@ -194,6 +221,8 @@ class Frame:
         # given tree, or None until `js.assign` first asks (access._given_path)
         "regularizers",  # (path, regularizer) in creation order
         "lift",  # a Crossing inside a lifted transform's body, else None
+        "plan_mode",  # an eager js.apply recording or replaying a plan, else None
+        #               (`plans`): the `LAZY` slots are unset meanwhile
     )
 
     def __init__(
@@ -209,6 +238,7 @@ class Frame:
         get_variable: Callable[..., Any] | None = None,
         rules: Any = None,
     ):
+        self.plan_mode: Any = None
         self.is_run = is_run
         self.initializing = initializing
         self.mutable: frozenset[str] | Literal[True] = mutable
@@ -343,6 +373,35 @@ class Frame:
         self.templates = {}
         self.rng = None
         self.rngs = None
+
+
+class PlannedFrame(Frame):
+    """A frame while its run records or replays a plan (`plans`).
+
+    The same slots; the rule state (`LAZY`) read or written through properties
+    that first end the plan (``plan_mode.end`` sets those slots and makes the
+    frame a `Frame` again). Every other attribute is the plain slot.
+    """
+
+    __slots__ = ()
+
+
+def _lazy(name: str) -> property:
+    slot = Frame.__dict__[name]
+
+    def get(frame: Frame) -> Any:
+        frame.plan_mode.end(frame)
+        return slot.__get__(frame)
+
+    def set_(frame: Frame, value: Any) -> None:
+        frame.plan_mode.end(frame)
+        slot.__set__(frame, value)
+
+    return property(get, set_, doc=f"Frame.{name}, ending the plan first.")
+
+
+for _name in LAZY:
+    setattr(PlannedFrame, _name, _lazy(_name))
 
 
 class _Entered:

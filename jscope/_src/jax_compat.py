@@ -42,6 +42,11 @@ except ImportError:  # pragma: no cover - other jax versions
             return _jax_core.get_opaque_trace_state(None)
 
 
+#: The type of the trace outside any transform (eager): where an apply's plan
+#: can match (`plans`); each jit or vmap trace is a new object.
+EVAL_TRACE: type = type(trace_state())
+
+
 class _TraceRef:
     """``TRACE_REF.value`` is `trace_state()` where JAX's holder is not found."""
 

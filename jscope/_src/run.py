@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscope import errors
-from jscope._src import coldinit, context, jax_compat, meshes, tree
+from jscope._src import coldinit, context, jax_compat, meshes, plans, tree
 from jscope._src.scope import VariableScope
 from jscope._src.sharding import ShardingRules
 from jscope._src.variables import get_variable
@@ -525,8 +525,15 @@ def apply(
         get_variable=get_variable,
         rules=rules,
     )
+    plan = (
+        plans.begin(frame, fn)
+        if rules is None and type(frame.trace_state) is jax_compat.EVAL_TRACE
+        else None
+    )
     with frame.entered(on_exit=frame.close):
         out = fn(*args, **kwargs)
+        if plan is not None:
+            plan.finish()
         if mutable is False or mutable is None:
             return out
         if mut is not True and not mut <= given.keys():

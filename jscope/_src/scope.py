@@ -1,4 +1,4 @@
-"""Variable scopes and name scopes, with TF1's reuse and naming rules."""
+"""Variable scopes, with TF1's reuse and naming rules (name scopes: `name_scopes`)."""
 
 from __future__ import annotations
 
@@ -147,26 +147,31 @@ class VariableScope:
         Sub-scopes opened afterwards inherit the flag. At the root scope it lasts
         for the rest of the run.
         """
+        context.end_plan()  # later events see the change
         self._reuse = True
         self._plain = False
 
     def set_initializer(self, initializer: Any) -> None:
         """Sets the default initializer for this scope."""
+        context.end_plan()  # later events see the change
         self._initializer = initializer
         self._plain = _is_plain(self)
 
     def set_regularizer(self, regularizer: Any) -> None:
         """Sets the default regularizer for this scope."""
+        context.end_plan()  # later events see the change
         self._regularizer = regularizer
         self._plain = _is_plain(self)
 
     def set_dtype(self, dtype: Any) -> None:
         """Sets the default dtype for this scope."""
+        context.end_plan()  # later events see the change
         self._dtype = dtype
         self._plain = _is_plain(self)
 
     def set_custom_getter(self, custom_getter: Any) -> None:
         """Sets the custom getter for this scope."""
+        context.end_plan()  # later events see the change
         self._custom_getter = custom_getter
         self._plain = _is_plain(self)
 
@@ -177,6 +182,8 @@ class VariableScope:
         defaults without entering the scope: no default-name count, no name scope.
         """
         frame = context.current_run("VariableScope.get_variable")
+        if frame.plan_mode is not None:  # a scope swapped in: no plan's event
+            frame.plan_mode.end(frame)
         caller = frame.scope
         frame.scope = self
         try:
@@ -355,6 +362,34 @@ class variable_scope:  # noqa: N801 (TF1's name)
         frame = context.peek()
         if frame is None:
             frame = current()
+        plan = frame.plan_mode
+        if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
+            pos = plan.pos
+            if (
+                pos < plan.size
+                and (event := plan.plan[pos])[0] is context.PLAN_ENTER
+                and obj == event[1]
+                and reuse is event[2]
+                and aux is True
+                and default is init is reg is getter is dtype is None
+            ):
+                plan.pos = pos + 1
+                self._frame = frame
+                self._saved = (frame.scope, frame.name_scope)
+                new = self._new = frame.scope = _new(VariableScope)
+                (
+                    new._reuse,
+                    new._name,
+                    new._initializer,
+                    new._regularizer,
+                    new._dtype,
+                    new._custom_getter,
+                    new._original_name_scope,
+                    new._plain,
+                ) = event[3]
+                frame.name_scope = event[4]
+                return new
+            return plan.enter(self, frame)
         parent = frame.scope
         outer = frame.name_scope
         self._frame = frame
@@ -455,6 +490,19 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
     def __exit__(self, *exc_info: Any) -> None:
         frame: context.Frame = self._frame  # pyright: ignore[reportAssignmentType] (set at entry)
+        plan = frame.plan_mode
+        if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
+            pos = plan.pos
+            if (
+                pos < plan.size
+                and plan.plan[pos] is context.PLAN_EXIT
+                and self._new is frame.scope
+            ):
+                plan.pos = pos + 1
+                frame.scope, frame.name_scope = self._saved
+                self._frame = None
+                return None
+            return plan.exit(self, frame, exc_info)
         frame.scope, frame.name_scope = self._saved
         saved = self._saved_counts
         if saved is None:
@@ -517,48 +565,6 @@ def _unsupported(arg: str, value: Any) -> None:
         f"variable_scope({arg}={value!r}) is not supported: "
         f"{_UNSUPPORTED_SCOPE_ARGS[arg]}. Leave {arg} at its default."
     )
-
-
-class name_scope:  # noqa: N801 (TF1's name)
-    """Opens a name scope alone: it prefixes `js.Variable` names, not `get_variable`.
-
-    A name is uniquified in the run (``a``, then ``a_1``); a name ending with ``/``
-    (such as a scope's ``original_name_scope``) re-enters exactly that name scope;
-    None or ``""`` goes back to the root name scope.
-
-    Example:
-      >>> import jscope as js
-      >>> with js.name_scope("tour_block") as ns:
-      ...     print(ns)
-      tour_block/
-    """
-
-    __slots__ = ("_name", "_frame", "_saved")
-    __module__ = "jscope"
-
-    def __init__(self, name: str | None):
-        if name:
-            names.validate(name[:-1] if name.endswith("/") else name, "name scope")
-        self._name = name
-
-    def __enter__(self) -> str:
-        frame = current()
-        self._frame = frame
-        self._saved = frame.name_scope
-        name = self._name
-        if not name:
-            new = ""
-        elif name.endswith("/"):
-            new = name[:-1]
-        else:
-            full = names.validate(names.join(frame.name_scope, name), "name scope")
-            new = frame.used_names.unique(full)
-        frame.name_scope = new
-        return new + "/" if new else ""
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._frame.name_scope = self._saved  # pyright: ignore[reportOptionalMemberAccess]
-        self._frame = None
 
 
 def current() -> context.Frame:

@@ -428,3 +428,46 @@ def leaf_error(path: str, coll: str, value: Any) -> errors.LeafTypeError:
         "with jnp.asarray.",
         path,
     )
+
+
+# ------------------------------------------------- the checks of a read at apply
+
+
+def same_int_list(shape, found):
+    """Whether ``shape`` is a list of plain ints equal to the tuple ``found``.
+
+    TF1 code writes shapes as lists (``[784, 10]``), which are never ``==`` a
+    tuple; this spares them `check_read`. Any other element (a float, a NumPy
+    int) takes the full check, as at init.
+    """
+    if type(shape) is not list or tuple(shape) != found:
+        return False
+    for dim in shape:  # noqa: SIM110 (no generator per read); 2.0 == 2, so types too
+        if type(dim) is not int:
+            return False
+    return True
+
+
+def check_leaf(path, shape, dtype, value, coll):
+    """A read's check of a leaf other than a jax.Array (NumPy array, float, ...).
+
+    Raises:
+      LeafTypeError: The leaf has no shape or dtype (a float, list or string).
+    """
+    try:  # costs nothing unless it raises
+        vdtype = value.dtype
+        if shape != value.shape or (vdtype is not dtype and vdtype != dtype):
+            check_read(path, shape, dtype, value)
+    except AttributeError:
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            raise
+        # a Python float, list or string in the tree
+        raise leaf_error(path, coll, value) from None
+
+
+def check_read(path, shape, dtype, value):
+    """A read's check when the requested shape or dtype is not the value's."""
+    shape = as_shape(shape, path)
+    if None in shape:  # raises: not fully defined
+        resolve_creation(path, shape, dtype, None)
+    check_meta(path, shape, dtype, None, value, "read")

@@ -14,8 +14,8 @@ Imports: `jscope.errors`, `context`, `names`, `tree`, `scope` (custom getters),
 
 Hot path: `get_variable` reading a path new in the run at apply runs for every
 variable of every un-jitted step (benchmarks/bench_core.py measures it, per
-call too); it does `_read`'s work inline, so keep both to dict lookups and
-attribute reads, and the same (`_read` serves custom getters and `_defaults`).
+call too); it does `read_at_apply`'s work inline, so keep both to dict lookups and
+attribute reads, and the same (`read_at_apply` serves custom getters and `_defaults`).
 It runs only in a plain scope (`scope._is_plain`: no default but a function
 initializer, no ``reuse=True``); `_defaults` resolves another scope's defaults.
 `_general` → `_get` → `_create` is the general path: init, reuse, custom
@@ -33,15 +33,16 @@ import jax.numpy as jnp
 from jscope import errors
 from jscope._src import access, context, jax_compat, names, rng, sharding, tree, values
 from jscope._src.access import lookup, register  # bound names: the hot path
-from jscope._src.context import GET, VAR, peek
+from jscope._src.context import GET, PLAN_READ, VAR, peek
 from jscope._src.jax_compat import ARRAY_IMPL, TRACE_REF
 from jscope._src.names import SCOPE_OF, valid_path_scope
 from jscope._src.scope import wrap_getter
-from jscope._src.values import F32, canon_dtype, is_float
+from jscope._src.values import F32, canon_dtype, is_float, same_int_list
 from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
 
 _TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
 JNP_F32 = jnp.float32  # hashed by a Python method: compared by identity
+EMPTY: dict = {}  # a collection the given tree lacks, for a plan's read
 
 
 # ----------------------------------------------------------------- get_variable
@@ -166,6 +167,38 @@ def get_variable(
     frame = peek()
     if frame is None or not frame.is_run:
         frame = context.current_run("get_variable")  # raises NotInRunError
+    plan = frame.plan_mode
+    if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
+        pos = plan.pos
+        if (
+            pos < plan.size
+            and (event := plan.plan[pos])[0] is PLAN_READ
+            and type(name) is str
+            and (type(shape) is tuple or type(shape) is list)
+            and (dtype is None or dtype is F32 or dtype is JNP_F32)
+            and regularizer is axes is None
+            and not tf1_kwargs
+            and (initializer is None or callable(initializer))
+            and event[1] == (name, shape, dtype, trainable, collection)
+            and TRACE_REF.value is frame.trace_state
+        ):
+            full = event[2]
+            if event[4]:  # the value an earlier read of the run returned
+                value = frame.values[full]
+            else:
+                value = frame.given_tree.get(event[3], EMPTY).get(full)  # pyright: ignore[reportOptionalMemberAccess]
+            if type(value) is ARRAY_IMPL:
+                meta = value.aval
+                if meta.dtype == F32 and (
+                    shape == meta.shape or same_int_list(shape, meta.shape)
+                ):
+                    plan.pos = pos + 1
+                    frame.values[full] = value
+                    return value
+        return plan.read(
+            frame, name, shape, dtype, initializer, regularizer, trainable,
+            collection, axes, tf1_kwargs,
+        )  # fmt: skip
     scope = frame.scope
     prefix = scope._name
     full = f"{prefix}/{name}" if prefix else name
@@ -192,14 +225,14 @@ def get_variable(
         )
         or (
             (seen := full in kind_of)
-            and not _shared_read(frame, scope, full, shape, dtype, axes)
+            and not shared_read(frame, scope, full, shape, dtype, axes)
         )
     ):
         return _defaults(
             frame, scope, full, shape, dtype, initializer, regularizer, trainable,
             collection, axes, tf1_kwargs,
         )  # fmt: skip
-    if seen:  # shared: `_shared_read` found it a plain reuse
+    if seen:  # shared: `shared_read` found it a plain reuse
         return frame.values[full]
     # The hot path: a new path read at apply, with a callable initializer or the
     # default one for float32 (`_get`'s rules reduce to these).
@@ -235,12 +268,12 @@ def get_variable(
         meta = value.aval
         vdtype = meta.dtype
         found = meta.shape
-        if (shape != found and not _same_int_list(shape, found)) or (
+        if (shape != found and not same_int_list(shape, found)) or (
             vdtype is not dtype and vdtype != dtype
         ):
-            _check_read(full, shape, dtype, value)
+            values.check_read(full, shape, dtype, value)
     else:
-        _check_leaf(full, shape, dtype, value, coll)
+        values.check_leaf(full, shape, dtype, value, coll)
     if parents:
         prefixes.update(parents)
     kind_of[full] = GET
@@ -278,16 +311,18 @@ def _defaults(
         or type(full) is not str
         or (
             ((seen := full in frame.kind_of) or scope._reuse is True)
-            and not _shared_read(frame, scope, full, shape, dtype, axes)
+            and not shared_read(frame, scope, full, shape, dtype, axes)
         )
     ):
         return _general(
             frame, scope, full, shape, dtype, initializer, regularizer, trainable,
             collection, axes, tf1_kwargs,
         )  # fmt: skip
-    if seen:  # shared: `_shared_read` found it a plain reuse
+    if seen:  # shared: `shared_read` found it a plain reuse
         return frame.values[full]
-    return _read(frame, full, shape, dtype, regularizer, trainable, collection, axes)
+    return read_at_apply(
+        frame, full, shape, dtype, regularizer, trainable, collection, axes
+    )
 
 
 def _general(
@@ -361,7 +396,9 @@ def _get(
             path,
         )
     if not frame.initializing and shape is not None and callable(initializer):
-        return _read(frame, path, shape, dtype, regularizer, trainable, coll, axes)
+        return read_at_apply(
+            frame, path, shape, dtype, regularizer, trainable, coll, axes
+        )
     return _create(
         frame, path, shape, dtype, initializer, regularizer, trainable, coll, axes
     )
@@ -427,7 +464,7 @@ def _create(
     return value
 
 
-def _read(frame, full, shape, dtype, regularizer, trainable, coll, axes):
+def read_at_apply(frame, full, shape, dtype, regularizer, trainable, coll, axes):
     """At apply, reads a variable new in the run (callable initializer, a shape).
 
     `get_variable`'s hot path, line for line (it runs inline there, saving a
@@ -467,12 +504,12 @@ def _read(frame, full, shape, dtype, regularizer, trainable, coll, axes):
         meta = value.aval
         vdtype = meta.dtype
         found = meta.shape
-        if (shape != found and not _same_int_list(shape, found)) or (
+        if (shape != found and not same_int_list(shape, found)) or (
             vdtype is not dtype and vdtype != dtype
         ):
-            _check_read(full, shape, dtype, value)
+            values.check_read(full, shape, dtype, value)
     else:
-        _check_leaf(full, shape, dtype, value, coll)
+        values.check_leaf(full, shape, dtype, value, coll)
     if parents:
         prefixes.update(parents)
     kind_of[full] = GET
@@ -504,7 +541,7 @@ def _new_parents(path: str, kind_of: dict, prefixes: set) -> list[str]:
     return parents
 
 
-def _shared_read(frame, scope, full, shape, dtype, axes):
+def shared_read(frame, scope, full, shape, dtype, axes):
     """Whether a reuse at apply is plain: `_get` would return the value unchecked.
 
     That is a `get_variable` path of the run under ``reuse=True`` or
@@ -521,47 +558,7 @@ def _shared_read(frame, scope, full, shape, dtype, axes):
         return False
     meta = value.aval
     found = meta.shape
-    return meta.dtype == F32 and (shape == found or _same_int_list(shape, found))
-
-
-def _same_int_list(shape, found):
-    """Whether ``shape`` is a list of plain ints equal to the tuple ``found``.
-
-    TF1 code writes shapes as lists (``[784, 10]``), which are never ``==`` a
-    tuple; this spares them `_check_read`. Any other element (a float, a NumPy
-    int) takes the full check, as at init.
-    """
-    if type(shape) is not list or tuple(shape) != found:
-        return False
-    for dim in shape:  # noqa: SIM110 (no generator per read); 2.0 == 2, so types too
-        if type(dim) is not int:
-            return False
-    return True
-
-
-def _check_leaf(path, shape, dtype, value, coll):
-    """`_read`'s check of a leaf other than a jax.Array (NumPy array, float, ...).
-
-    Raises:
-      LeafTypeError: The leaf has no shape or dtype (a float, list or string).
-    """
-    try:  # costs nothing unless it raises
-        vdtype = value.dtype
-        if shape != value.shape or (vdtype is not dtype and vdtype != dtype):
-            _check_read(path, shape, dtype, value)
-    except AttributeError:
-        if hasattr(value, "shape") and hasattr(value, "dtype"):
-            raise
-        # a Python float, list or string in the tree
-        raise values.leaf_error(path, coll, value) from None
-
-
-def _check_read(path, shape, dtype, value):
-    """`_read`'s check when the requested shape or dtype is not the value's."""
-    shape = values.as_shape(shape, path)
-    if None in shape:  # raises: not fully defined
-        values.resolve_creation(path, shape, dtype, None)
-    values.check_meta(path, shape, dtype, None, value, "read")
+    return meta.dtype == F32 and (shape == found or same_int_list(shape, found))
 
 
 # ----------------------------------------------------------- regularizers, queries

@@ -1,0 +1,343 @@
+"""Apply plans: an eager `js.apply` that replays an earlier apply's rule outcomes.
+
+Un-jitted, `js.apply` runs TF1's rules (name scopes, open counts, the path
+rules, the records) between eager ops, where they cost several times what they
+cost alone. Yet with the same function, the same arguments to each scope and
+read, in the same order, they give the same outcomes every call: the rule state
+of a run is a function of its events.
+
+So the first eager apply of a function *records* its events: entering a
+`variable_scope` by name, leaving it, and reading a variable on
+`get_variable`'s hot path, each with its arguments and outcome (the new scope's
+fields and name scope; the path, the collection, whether an earlier read of the
+run is returned). Later applies of the same function *replay*: each event
+compares its arguments with the plan's next one and takes the recorded
+outcome; a read still takes the array from the given tree and checks its shape
+and dtype. The rule state itself is not kept while replaying.
+
+The rule state (`context.LAZY`) lives in slots of the frame that stay unset
+while a plan is recorded or replayed: the frame is a `context.PlannedFrame`,
+whose properties for those slots end the plan. So any code that touches the
+state (`js.assign`, a name scope, a lifted transform, a template, a query)
+ends it: the state is built by running the events so far through the ordinary
+code (`_Replay.end`), and the run goes on as usual. So does the first event that
+differs from the plan, or that the plan does not cover (a scope entered by
+object or with defaults, a read with a regularizer, axes, TF1 keyword
+arguments, another dtype or inside another JAX trace, a value that is not a
+float32 array of the shape asked). A recording ends the same way: its events
+run on a *shadow* frame holding the state, so that anything outside the events
+that touches it is seen, and the plan stops there.
+
+The replay of a matching event is inline in `scope.variable_scope` and
+`variables.get_variable` (a call per event costs what the replay saves); the
+recorder's and replayer's methods take everything else.
+
+Setters of a `VariableScope` and `VariableScope.get_variable` end a plan first
+(`context.end_plan`): they change what later events see without an argument
+saying so.
+
+Plans are kept per function code (while it lives; other callables: per
+object), for eager applies only: under ``jax.jit`` each trace is new and would
+never match. A function whose
+plan was dropped `STRIKES` times is not planned again.
+
+Imports: `context`, `jax_compat`, `scope`, `variables`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from jscope._src import context
+from jscope._src.context import LAZY, Frame, PlannedFrame
+from jscope._src.jax_compat import TRACE_REF
+from jscope._src.scope import VariableScope, variable_scope
+from jscope._src.values import F32
+from jscope._src.variables import JNP_F32, get_variable, read_at_apply, shared_read
+
+ENTER = context.PLAN_ENTER
+READ = context.PLAN_READ
+EXIT = context.PLAN_EXIT
+
+#: After this many dropped plans a function is not planned again.
+STRIKES = 3
+
+#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes]
+_PLANS: dict[int, list[Any]] = {}
+
+
+def begin(frame: Frame, fn: Any) -> Any:
+    """Starts recording or replaying a plan for an eager apply of ``fn``.
+
+    Returns:
+      The recorder or replayer (`finish` it after ``fn`` returns), or None
+      when ``fn`` is not planned.
+    """
+    # A function's code (a bound method's too): a lambda written inline or a
+    # method is a new object every call. Every event is compared with the plan
+    # anyway, so the key only decides which plan is tried.
+    owner = getattr(fn, "__code__", fn)
+    key = id(owner)
+    entry = _PLANS.get(key)
+    if entry is not None and entry[0]() is owner:
+        if entry[1] is not None:
+            return _Replay(frame, entry)
+        if entry[2] >= STRIKES:
+            return None
+    else:
+        try:
+            ref = weakref.ref(owner, _forget(key))
+        except TypeError:  # not weakly referable: no plan
+            return None
+        entry = _PLANS[key] = [ref, None, 0]
+    return _Record(frame, entry)
+
+
+def _forget(key: int) -> Any:
+    def forget(ref: Any, plans: dict[int, list[Any]] = _PLANS) -> None:
+        entry = plans.get(key)  # bound: module globals may be gone at exit
+        if entry is not None and entry[0] is ref:
+            del plans[key]
+
+    return forget
+
+
+def _shadow(frame: Frame) -> Frame:
+    """A frame for running events as the ordinary code does, beside ``frame``."""
+    shadow = Frame(
+        is_run=True,
+        scope=frame.scope,
+        given_tree=frame.given_tree,
+        mutable=frame.mutable,
+        get_variable=frame.get_variable,
+        rules=frame.rules,
+    )
+    shadow.trace_state = frame.trace_state
+    shadow.name_scope = frame.name_scope
+    shadow.values = frame.values  # the same arrays, read again
+    return shadow
+
+
+class _Record:
+    """Records the events of one apply; the state lives on a shadow frame."""
+
+    __slots__ = ("entry", "shadow", "plan", "complete", "pos", "size")
+
+    def __init__(self, frame: Frame, entry: list[Any]):
+        self.entry = entry
+        self.pos = self.size = 0  # nothing to replay: the inline checks fail
+        self.plan: list[Any] = []
+        self.complete = True
+        shadow = self.shadow = _shadow(frame)
+        for name in LAZY:
+            setattr(shadow, name, getattr(frame, name))
+            delattr(frame, name)
+        frame.plan_mode = self
+        frame.__class__ = PlannedFrame
+
+    def end(self, frame: Frame) -> None:
+        """Stops recording: the state goes back to ``frame``; the plan stops here."""
+        frame.__class__ = Frame
+        frame.plan_mode = None
+        self.complete = False
+        shadow = self.shadow
+        for name in LAZY:
+            setattr(frame, name, getattr(shadow, name))
+
+    def finish(self) -> None:
+        """After the run returned: keeps the plan, unless it has no event."""
+        entry = self.entry
+        if self.plan:
+            entry[1] = self.plan
+        else:  # nothing to replay: the first event is one plans do not cover
+            entry[2] = STRIKES
+
+    def _in_step(self, frame: Frame) -> bool:
+        shadow = self.shadow
+        return frame.scope is shadow.scope and frame.name_scope == shadow.name_scope
+
+    def enter(self, cm: variable_scope, frame: Frame) -> VariableScope:
+        args = cm._args
+        if not (_plain_entry(args) and self._in_step(frame)):
+            self.end(frame)
+            return cm.__enter__()
+        shadow = self.shadow
+        token = context.make_current(shadow)
+        try:
+            new = cm.__enter__()
+        except BaseException:
+            context.restore_current(token)
+            self.end(frame)
+            raise
+        context.restore_current(token)
+        cm._frame = frame
+        frame.scope = new
+        frame.name_scope = shadow.name_scope
+        fields = (
+            new._reuse,
+            new._name,
+            new._initializer,
+            new._regularizer,
+            new._dtype,
+            new._custom_getter,
+            new._original_name_scope,
+            new._plain,
+        )
+        self.plan.append((ENTER, args[0], args[5], fields, shadow.name_scope))
+        return new
+
+    def exit(self, cm: variable_scope, frame: Frame, exc_info: Any) -> None:
+        shadow = self.shadow
+        if not (cm._new is shadow.scope and self._in_step(frame)):
+            self.end(frame)
+            return cm.__exit__(*exc_info)
+        cm._frame = shadow
+        cm.__exit__(*exc_info)
+        frame.scope = shadow.scope
+        frame.name_scope = shadow.name_scope
+        self.plan.append(EXIT)
+        return None
+
+    def read(
+        self, frame, name, shape, dtype, initializer, regularizer, trainable,
+        collection, axes, tf1_kwargs,
+    ):  # fmt: skip
+        shadow = self.shadow
+        scope = shadow.scope
+        if (
+            _plain_read(name, shape, dtype, initializer, regularizer, axes, tf1_kwargs)
+            and scope._plain is True
+            and TRACE_REF.value is frame.trace_state
+            and self._in_step(frame)
+        ):
+            prefix = scope._name
+            full = f"{prefix}/{name}" if prefix else name
+            seen = full in shadow.kind_of
+            if not seen or shared_read(shadow, scope, full, shape, dtype, None):
+                token = context.make_current(shadow)
+                try:
+                    value = get_variable(
+                        name, shape, dtype, initializer,
+                        trainable=trainable, collection=collection,
+                    )  # fmt: skip
+                except BaseException:
+                    context.restore_current(token)
+                    self.end(frame)
+                    raise
+                context.restore_current(token)
+                key = (name, shape, dtype, trainable, collection)
+                coll = shadow.collection_of[full]
+                self.plan.append((READ, key, full, coll, seen))
+                return value
+        self.end(frame)
+        return get_variable(
+            name, shape, dtype, initializer, regularizer, trainable=trainable,
+            collection=collection, axes=axes, **tf1_kwargs,
+        )  # fmt: skip
+
+
+class _Replay:
+    """Replays a plan: each event takes its recorded outcome while it matches."""
+
+    __slots__ = ("entry", "plan", "pos", "size")
+
+    def __init__(self, frame: Frame, entry: list[Any]):
+        self.entry = entry
+        self.plan = entry[1]
+        self.size = len(self.plan)
+        self.pos = 0
+        for name in LAZY:
+            delattr(frame, name)
+        frame.plan_mode = self
+        frame.__class__ = PlannedFrame
+
+    def finish(self) -> None:
+        pass
+
+    def end(self, frame: Frame) -> None:
+        """Builds the rule state of the events so far; the run goes on as usual."""
+        frame.__class__ = Frame
+        frame.plan_mode = None
+        pos = self.pos
+        if pos < self.size:  # a difference: the next apply records again
+            entry = self.entry
+            if entry[1] is self.plan:
+                entry[1] = None
+                entry[2] += 1
+        shadow = _shadow(frame)
+        shadow.scope = VariableScope(False, "")
+        shadow.name_scope = ""
+        opened = []
+        token = context.make_current(shadow)
+        try:
+            for event in self.plan[:pos]:
+                kind = event[0]
+                if kind is ENTER:
+                    cm = variable_scope(event[1], reuse=event[2])
+                    cm.__enter__()
+                    opened.append(cm)
+                elif event is EXIT:
+                    opened.pop().__exit__(None, None, None)
+                elif not event[4]:  # a read new in the run (shared: no change)
+                    _, shape, dtype, trainable, _ = event[1]
+                    full, coll = event[2], event[3]
+                    read_at_apply(
+                        shadow, full, shape, dtype, None, trainable, coll, None
+                    )
+        finally:
+            context.restore_current(token)
+            for name in LAZY:
+                setattr(frame, name, getattr(shadow, name))
+
+    # `variable_scope.__enter__`/`__exit__` and `get_variable` replay a matching
+    # event inline; these take the rest: the plan ends, the event runs as usual.
+
+    def enter(self, cm: variable_scope, frame: Frame) -> VariableScope:
+        self.end(frame)
+        return cm.__enter__()
+
+    def exit(self, cm: variable_scope, frame: Frame, exc_info: Any) -> None:
+        self.end(frame)
+        return cm.__exit__(*exc_info)
+
+    def read(
+        self, frame, name, shape, dtype, initializer, regularizer, trainable,
+        collection, axes, tf1_kwargs,
+    ):  # fmt: skip
+        self.end(frame)
+        return get_variable(
+            name, shape, dtype, initializer, regularizer, trainable=trainable,
+            collection=collection, axes=axes, **tf1_kwargs,
+        )  # fmt: skip
+
+
+def _plain_entry(args: tuple) -> bool:
+    """Whether `variable_scope` arguments are a plan's: a str name, ``reuse`` only."""
+    return (
+        type(args[0]) is str
+        and args[1] is None
+        and args[2] is None
+        and args[3] is None
+        and args[4] is None
+        and args[6] is None
+        and args[7] is True
+    )
+
+
+def _plain_read(name, shape, dtype, initializer, regularizer, axes, tf1_kwargs):
+    """Whether `get_variable` arguments are a plan's.
+
+    A str name, a shape as a tuple or list, float32, no regularizer, axes or TF1
+    keyword arguments, and a function initializer or none. Checked before the
+    arguments are compared with a plan's, so that comparison is of plain values.
+    """
+    return (
+        type(name) is str
+        and (type(shape) is tuple or type(shape) is list)
+        and regularizer is None
+        and axes is None
+        and not tf1_kwargs
+        and (dtype is None or dtype is F32 or dtype is JNP_F32)
+        and (initializer is None or callable(initializer))
+    )

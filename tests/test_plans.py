@@ -1,0 +1,311 @@
+"""Apply plans (design §2.8): a replayed apply behaves exactly as an ordinary one.
+
+An eager `js.apply` records the scope and read events of a function and later
+applies replay them (`jscope._src.plans`). Every test compares applies with
+plans against the same applies with plans switched off: values, scope names
+and fields, errors and their messages. The property test draws the random scope
+programs of `test_properties` (scopes by name, default name and object, reads,
+`js.Variable`, `reuse_variables`), so plans end at every kind of event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import examples
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
+from test_properties import KEY, Runner, programs, to_source
+
+import jscope as js
+from jscope._src import plans
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    plans._PLANS.clear()
+    yield
+    plans._PLANS.clear()
+
+
+def _plain(fn, variables, *args, **kwargs):
+    """`js.apply` with plans switched off: the reference."""
+    begin = plans.begin
+    plans.begin = lambda frame, fn: None
+    try:
+        return js.apply(fn, variables, *args, **kwargs)
+    finally:
+        plans.begin = begin
+
+
+def _outcome(call):
+    try:
+        return "ok", call()
+    except Exception as e:  # noqa: BLE001 - the error itself is compared
+        return type(e), str(e)
+
+
+def _seen(runner: Runner):
+    """What a program saw: values, and each captured scope's fields."""
+    values = [(step, name, np.asarray(v)) for step, name, v in runner.seen]
+    scopes = [
+        (s.name, s.reuse, s.original_name_scope, s.initializer, s.dtype)
+        for s in runner.captured
+    ]
+    return values, scopes
+
+
+def _same(a, b):
+    (va, sa), (vb, sb) = a, b
+    assert sa == sb
+    assert len(va) == len(vb)
+    for (step_a, name_a, x), (step_b, name_b, y) in zip(va, vb, strict=True):
+        assert (step_a, name_a) == (step_b, name_b)
+        np.testing.assert_array_equal(x, y)
+
+
+def _play(runner, variables, plain: bool):
+    call = _plain if plain else js.apply
+    kind, detail = _outcome(lambda: call(runner, variables))
+    if kind != "ok":
+        return kind, detail
+    return "ok", _seen(runner)
+
+
+def _check(runner, variables, reference):
+    got = _play(runner, variables, plain=False)
+    assert got[0] == reference[0], (got, reference)
+    if got[0] == "ok":
+        _same(got[1], reference[1])
+    else:
+        assert got[1] == reference[1]
+
+
+@settings(
+    max_examples=examples(5),
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(programs, st.integers(0, 3))
+def test_replayed_applies_match_plain_applies(program, changed):
+    note(to_source(program))
+    try:
+        variables = js.init(Runner(program), KEY)
+    except js.errors.JscopeError:
+        assume(False)
+    runner = Runner(program)
+    reference = _play(Runner(program), variables, plain=True)
+    for _ in range(3):  # records, then replays
+        _check(runner, variables, reference)
+    # A tree that differs in one leaf: the replay meets it where it reads it.
+    flat = js.flatten(variables)
+    assume(flat)
+    path = sorted(flat)[changed % len(flat)]
+    for leaf in (flat[path][..., :1] if flat[path].ndim else flat[path] + 1,):
+        other = js.unflatten({**flat, path: leaf})
+        _check(runner, other, _play(Runner(program), other, plain=True))
+    _check(runner, variables, reference)
+
+
+# -------------------------------------------------------------- targeted cases
+
+
+def _mlp(x, n=3):
+    for i in range(n):
+        with js.variable_scope(f"layer{i}"):
+            w = js.get_variable("w", (x.shape[-1], 4))
+            b = js.get_variable("b", (4,), initializer=js.initializers.zeros())
+        x = jnp.tanh(x @ w + b)
+    return x
+
+
+X = jnp.ones((2, 4))
+
+
+def _entry(fn):
+    return plans._PLANS.get(id(getattr(fn, "__code__", fn)))
+
+
+def test_a_plan_is_recorded_then_replayed():
+    v = js.init(_mlp, KEY, X)
+    first = js.apply(_mlp, v, X)
+    entry = _entry(_mlp)
+    assert entry is not None and len(entry[1]) == 3 * 4  # enter, 2 reads, exit
+    plan = entry[1]
+    second = js.apply(_mlp, v, X)
+    assert _entry(_mlp)[1] is plan  # replayed to the end: kept
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, _plain(_mlp, v, X))
+
+
+def test_inline_lambdas_and_methods_share_a_plan():
+    v = js.init(_mlp, KEY, X)
+
+    class Model:
+        def forward(self, x):
+            return _mlp(x)
+
+    m = Model()
+    for _ in range(3):
+        js.apply(m.forward, v, X)
+        js.apply(lambda x: _mlp(x), v, X)
+    assert _entry(m.forward)[1] is not None
+    assert _entry(m.forward)[2] == 0
+
+
+def test_no_plan_under_jit_or_at_init():
+    v = js.init(_mlp, KEY, X)
+    jax.jit(lambda v, x: js.apply(_mlp, v, x))(v, X)
+    assert _entry(_mlp) is None
+
+
+def test_a_changed_shape_raises_as_without_plans():
+    v = js.init(_mlp, KEY, X)
+    js.apply(_mlp, v, X)
+    flat = js.flatten(v)
+    flat["params/layer1/w"] = flat["params/layer1/w"][:, :2]
+    bad = js.unflatten(flat)
+    with pytest.raises(js.errors.ShapeMismatchError) as got:
+        js.apply(_mlp, bad, X)
+    with pytest.raises(js.errors.ShapeMismatchError) as want:
+        _plain(_mlp, bad, X)
+    assert str(got.value) == str(want.value)
+    assert _entry(_mlp)[1] is None and _entry(_mlp)[2] == 1  # dropped once
+    np.testing.assert_array_equal(js.apply(_mlp, v, X), _plain(_mlp, v, X))
+
+
+def test_a_function_that_keeps_changing_is_no_longer_planned():
+    def model(x, name):
+        with js.variable_scope(name):
+            return x @ js.get_variable("w", (4, 4))
+
+    v = js.init(lambda x: model(x, "a") + model(x, "b"), KEY, X)
+    name = ["a"]
+
+    def varying(x):
+        return model(x, name[0])
+
+    for i in range(2 * plans.STRIKES + 2):
+        name[0] = "ab"[i % 2]
+        np.testing.assert_array_equal(js.apply(varying, v, X), _plain(varying, v, X))
+    assert _entry(varying)[2] == plans.STRIKES
+    assert _entry(varying)[1] is None
+
+
+def test_a_name_scope_recorded_but_not_replayed_changes_the_names():
+    flag = [True]
+
+    def f():
+        if flag[0]:
+            with js.name_scope("a"):
+                pass
+        with js.variable_scope("a") as s:
+            js.get_variable("w", (2,))
+        return s.original_name_scope
+
+    v = js.init(f, KEY)
+    assert js.apply(f, v) == _plain(f, v) == "a_1/"
+    flag[0] = False
+    assert js.apply(f, v) == _plain(f, v) == "a/"
+    flag[0] = True
+    assert js.apply(f, v) == _plain(f, v) == "a_1/"
+
+
+def test_setters_and_scope_methods_end_the_plan():
+    flag = [False]
+
+    def f():
+        with js.variable_scope("a") as s:
+            w = js.get_variable("w", (2,))
+            if flag[0]:
+                s.reuse_variables()
+            w2 = js.get_variable("w", (2,), initializer=None)
+        return w + w2, js.get_variable_scope().name
+
+    def g():
+        with js.variable_scope("a", reuse=js.AUTO_REUSE) as s:
+            js.get_variable("w", (2,))
+        return s.get_variable("w", (2,))
+
+    with pytest.raises(js.errors.VariableExistsError):
+        js.init(f, KEY)
+    flag[0] = True
+    v = js.init(f, KEY)
+    for value in (True, False, True, True):
+        flag[0] = value
+        assert _outcome(lambda: str(js.apply(f, v))) == _outcome(
+            lambda: str(_plain(f, v))
+        )
+    vg = js.init(g, KEY)
+    for _ in range(3):
+        np.testing.assert_array_equal(js.apply(g, vg), _plain(g, vg))
+
+
+def test_a_read_inside_jit_inside_the_run_is_as_without_plans():
+    def f(x):
+        with js.variable_scope("a"):
+            w = js.get_variable("w", (4,))
+        return jax.jit(lambda y: y * js.get_variable("u", (4,)))(x) + w
+
+    with pytest.raises(Exception) as want:
+        js.init(f, KEY, jnp.ones(4))
+    v = {"params": {"a": {"w": jnp.ones(4)}, "u": jnp.ones(4)}}
+    for _ in range(3):
+        assert _outcome(lambda: str(js.apply(f, v, jnp.ones(4)))) == _outcome(
+            lambda: str(_plain(f, v, jnp.ones(4)))
+        )
+    del want
+
+
+def test_an_error_caught_inside_the_run_leaves_the_same_state():
+    def f():
+        with js.variable_scope("a"):
+            js.get_variable("w", (2,))
+            with contextlib.suppress(js.errors.VariableExistsError):
+                js.get_variable("w", (2,))  # exists: reuse is off
+            with contextlib.suppress(KeyError), js.variable_scope("b"):
+                raise KeyError("inside")
+            with js.variable_scope("b") as s:
+                pass
+        with js.variable_scope("a", reuse=True):
+            w = js.get_variable("w", (2,))
+        return s.original_name_scope, w
+
+    v = {"params": {"a": {"w": jnp.ones(2)}}}
+    for _ in range(3):
+        got, want = js.apply(f, v), _plain(f, v)
+        assert got[0] == want[0] == "a/b_1/"
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_assign_and_assigned_state_come_back_as_without_plans():
+    def f(x):
+        with js.variable_scope("bn"):
+            mean = js.get_variable("mean", (4,), collection="batch_stats")
+            js.assign(mean, mean * 0.9 + x.mean(0) * 0.1)
+        return _mlp(x)
+
+    v = js.init(f, KEY, X)
+    for _ in range(3):
+        out, new = js.apply(f, v, X, mutable=["batch_stats"])
+        out2, new2 = _plain(f, v, X, mutable=["batch_stats"])
+        np.testing.assert_array_equal(out, out2)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(new2), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_scope_objects_are_new_in_every_run():
+    def f():
+        with js.variable_scope("a") as s:
+            js.get_variable("w", (2,))
+        return s
+
+    v = js.init(f, KEY)
+    s1, s2, s3 = js.apply(f, v), js.apply(f, v), js.apply(f, v)
+    assert s1 is not s2 and s2 is not s3
+    s2.set_initializer(js.initializers.ones())  # after its run: no effect on others
+    s4 = js.apply(f, v)
+    assert s4.initializer is None and s4.name == "a" and s4.original_name_scope == "a/"
