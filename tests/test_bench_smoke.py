@@ -66,6 +66,7 @@ CORE = Bench(
         "RATIO apply_eager scoped reads, no rules/hand-written (floor) = ",
         "RATIO apply_eager jscope/scoped reads, no rules = ",
         "BOUND get_variable_call jscope (CPU time) = ",
+        "BOUND get_variable_call jscope, no plan (CPU time) = ",
     ),
     check=_core,
 )

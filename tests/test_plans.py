@@ -309,3 +309,31 @@ def test_scope_objects_are_new_in_every_run():
     s2.set_initializer(js.initializers.ones())  # after its run: no effect on others
     s4 = js.apply(f, v)
     assert s4.initializer is None and s4.name == "a" and s4.original_name_scope == "a/"
+
+
+def test_a_shape_list_changed_between_applies_is_read_as_it_is_now():
+    shape = [2, 3]
+
+    def f():
+        with js.variable_scope("a"):
+            return js.get_variable("w", shape)
+
+    v = js.init(f, KEY)
+    js.apply(f, v)
+    js.apply(f, v)
+    shape[1] = 4  # the plan must not see its own list change
+    for call in (js.apply, _plain, js.apply):
+        with pytest.raises(js.errors.ShapeMismatchError, match=r"\[2, 4\]|\(2, 4\)"):
+            call(f, v)
+    shape[1] = 3
+    np.testing.assert_array_equal(js.apply(f, v), _plain(f, v))
+
+
+def test_callable_objects_and_partials_are_planned_by_identity():
+    import functools
+
+    v = js.init(_mlp, KEY, X)
+    part = functools.partial(_mlp, n=3)
+    for _ in range(3):
+        np.testing.assert_array_equal(js.apply(part, v, X), _plain(_mlp, v, X))
+    assert _entry(part)[1] is not None and _entry(part)[2] == 0

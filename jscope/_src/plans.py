@@ -122,13 +122,12 @@ def _shadow(frame: Frame) -> Frame:
 class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
-    __slots__ = ("entry", "shadow", "plan", "complete", "pos", "size")
+    __slots__ = ("entry", "shadow", "plan", "pos", "size")
 
     def __init__(self, frame: Frame, entry: list[Any]):
         self.entry = entry
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
-        self.complete = True
         shadow = self.shadow = _shadow(frame)
         for name in LAZY:
             setattr(shadow, name, getattr(frame, name))
@@ -140,7 +139,6 @@ class _Record:
         """Stops recording: the state goes back to ``frame``; the plan stops here."""
         frame.__class__ = Frame
         frame.plan_mode = None
-        self.complete = False
         shadow = self.shadow
         for name in LAZY:
             setattr(frame, name, getattr(shadow, name))
@@ -226,7 +224,9 @@ class _Record:
                     self.end(frame)
                     raise
                 context.restore_current(token)
-                key = (name, shape, dtype, trainable, collection)
+                # A list is copied: the caller may change its own afterwards.
+                kept = shape if type(shape) is tuple else list(shape)
+                key = (name, kept, dtype, trainable, collection)
                 coll = shadow.collection_of[full]
                 self.plan.append((READ, key, full, coll, seen))
                 return value
