@@ -362,6 +362,7 @@ class Frame:
     def close(self) -> None:
         """Ends the run: drops every value so no tracer outlives it."""
         self.alive = False
+        self.plan_mode = None  # a recorder's shadow holds the run's values
         self.given_tree = None
         self.values = {}
         self.created = {}
@@ -390,11 +391,13 @@ def _lazy(name: str) -> property:
     slot = Frame.__dict__[name]
 
     def get(frame: Frame) -> Any:
-        frame.plan_mode.end(frame)
+        if frame.plan_mode is not None:  # None once the run is closed
+            frame.plan_mode.end(frame)
         return slot.__get__(frame)
 
     def set_(frame: Frame, value: Any) -> None:
-        frame.plan_mode.end(frame)
+        if frame.plan_mode is not None:
+            frame.plan_mode.end(frame)
         slot.__set__(frame, value)
 
     return property(get, set_, doc=f"Frame.{name}, ending the plan first.")

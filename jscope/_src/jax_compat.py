@@ -42,9 +42,15 @@ except ImportError:  # pragma: no cover - other jax versions
             return _jax_core.get_opaque_trace_state(None)
 
 
+class _NoTrace:
+    """A type no trace has: where JAX's eager trace is not found, no plans."""
+
+
 #: The type of the trace outside any transform (eager): where an apply's plan
 #: can match (`plans`); each jit or vmap trace is a new object.
 EVAL_TRACE: type = type(trace_state())
+if "EvalTrace" not in EVAL_TRACE.__name__:  # pragma: no cover - other jax versions
+    EVAL_TRACE = _NoTrace
 
 
 class _TraceRef:
