@@ -337,3 +337,78 @@ def test_callable_objects_and_partials_are_planned_by_identity():
     for _ in range(3):
         np.testing.assert_array_equal(js.apply(part, v, X), _plain(_mlp, v, X))
     assert _entry(part)[1] is not None and _entry(part)[2] == 0
+
+
+def test_a_reuse_flag_that_changes_between_applies_is_compared():
+    reuse = [True]
+
+    def f():
+        with js.variable_scope("a"):
+            w = js.get_variable("w", (2,))
+        with js.variable_scope("a", reuse=reuse[0]):
+            return w + js.get_variable("w", (2,))
+
+    v = js.init(f, KEY)
+    for flag in (True, True, None, False, js.AUTO_REUSE, True):
+        reuse[0] = flag
+        assert _outcome(lambda: str(js.apply(f, v))) == _outcome(
+            lambda: str(_plain(f, v))
+        )
+
+
+def test_a_name_scope_reentered_by_its_full_name_ends_the_plan():
+    outer = [False]
+
+    def f():
+        cm = js.name_scope("outer/") if outer[0] else contextlib.nullcontext()
+        with cm, js.variable_scope("v") as s:
+            js.get_variable("w", (2,))
+        return s.original_name_scope
+
+    v = js.init(f, KEY)
+    for flag in (False, False, True, False, True):
+        outer[0] = flag
+        assert js.apply(f, v) == _plain(f, v) == ("outer/v/" if flag else "v/")
+
+
+def test_a_read_that_moves_inside_jit_is_refused_as_without_plans():
+    inside = [False]
+
+    def f(x):
+        def read(y):
+            return y * js.get_variable("u", (4,))
+
+        return jax.jit(read)(x) if inside[0] else read(x)
+
+    v = {"params": {"u": jnp.ones(4)}}
+    for flag in (False, False, True, False):
+        inside[0] = flag
+        got = _outcome(lambda: str(js.apply(f, v, jnp.ones(4))))
+        want = _outcome(lambda: str(_plain(f, v, jnp.ones(4))))
+        assert got == want
+        assert (got[0] == "ok") is not flag
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.reuse_variables(),  # then "a/w" does not exist yet: an error
+        lambda s: s.set_dtype(jnp.bfloat16),  # then "a/w" is float32: an error
+        lambda s: s.set_initializer(js.initializers.ones()),  # no difference
+    ],
+)
+def test_a_setter_called_in_a_replayed_run_ends_its_plan(change):
+    changed = [False]
+
+    def f():
+        with js.variable_scope("a") as s:
+            if changed[0]:
+                change(s)
+            return js.get_variable("w", (2,))
+
+    v = js.init(f, KEY)
+    for flag in (False, False, True, False, True):
+        changed[0] = flag
+        assert _outcome(lambda: str(js.apply(f, v))) == _outcome(
+            lambda: str(_plain(f, v))
+        )
