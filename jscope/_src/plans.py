@@ -172,16 +172,7 @@ class _Record:
         cm._frame = frame
         frame.scope = new
         frame.name_scope = shadow.name_scope
-        fields = (
-            new._reuse,
-            new._name,
-            new._initializer,
-            new._regularizer,
-            new._dtype,
-            new._custom_getter,
-            new._original_name_scope,
-            new._plain,
-        )
+        fields = tuple(getattr(new, slot) for slot in VariableScope.__slots__)
         self.plan.append((ENTER, args[0], args[5], fields, shadow.name_scope))
         return new
 

@@ -52,8 +52,9 @@ class VariableScope:
     """
 
     # `variable_scope.__enter__` makes instances without calling `__init__`:
-    # a new slot must be set there too. `_plain` is `_is_plain` of the others,
-    # kept by every method that changes one of them.
+    # a new slot must be set there too, twice (a replayed entry sets them all in
+    # this order, as `plans` records them). `_plain` is `_is_plain` of the
+    # others, kept by every method that changes one of them.
 
     __slots__ = (
         "_reuse",
@@ -377,7 +378,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 self._frame = frame
                 self._saved = (frame.scope, frame.name_scope)
                 new = self._new = frame.scope = _new(VariableScope)
-                (
+                (  # the recorded fields, in `VariableScope.__slots__` order
                     new._reuse,
                     new._name,
                     new._initializer,
