@@ -103,18 +103,20 @@ def _forget(key: int) -> Any:
     return forget
 
 
-def _shadow(frame: Frame) -> Frame:
-    """A frame for running events as the ordinary code does, beside ``frame``."""
+def _shadow(frame: Frame, root: VariableScope) -> Frame:
+    """A frame for running events as the ordinary code does, beside ``frame``.
+
+    It starts as a run does: at the root scope ``root``, no name scope.
+    """
     shadow = Frame(
         is_run=True,
-        scope=frame.scope,
+        scope=root,
         given_tree=frame.given_tree,
         mutable=frame.mutable,
         get_variable=frame.get_variable,
         rules=frame.rules,
     )
     shadow.trace_state = frame.trace_state
-    shadow.name_scope = frame.name_scope
     shadow.values = frame.values  # the same arrays, read again
     return shadow
 
@@ -128,7 +130,8 @@ class _Record:
         self.entry = entry
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
-        shadow = self.shadow = _shadow(frame)
+        # At the run's start: the frame's root scope is the shadow's too.
+        shadow = self.shadow = _shadow(frame, frame.scope)
         for name in LAZY:
             setattr(shadow, name, getattr(frame, name))
             delattr(frame, name)
@@ -151,6 +154,18 @@ class _Record:
         else:  # nothing to replay: the first event is one plans do not cover
             entry[2] = STRIKES
 
+    def _on_shadow(self, frame: Frame, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call`` with the shadow current; if it raises, the recording ends."""
+        token = context.make_current(self.shadow)
+        try:
+            result = call(*args, **kwargs)
+        except BaseException:
+            context.restore_current(token)
+            self.end(frame)
+            raise
+        context.restore_current(token)
+        return result
+
     def _in_step(self, frame: Frame) -> bool:
         shadow = self.shadow
         return frame.scope is shadow.scope and frame.name_scope == shadow.name_scope
@@ -161,14 +176,7 @@ class _Record:
             self.end(frame)
             return cm.__enter__()
         shadow = self.shadow
-        token = context.make_current(shadow)
-        try:
-            new = cm.__enter__()
-        except BaseException:
-            context.restore_current(token)
-            self.end(frame)
-            raise
-        context.restore_current(token)
+        new = self._on_shadow(frame, cm.__enter__)
         cm._frame = frame
         frame.scope = new
         frame.name_scope = shadow.name_scope
@@ -204,17 +212,10 @@ class _Record:
             full = f"{prefix}/{name}" if prefix else name
             seen = full in shadow.kind_of
             if not seen or shared_read(shadow, scope, full, shape, dtype, None):
-                token = context.make_current(shadow)
-                try:
-                    value = get_variable(
-                        name, shape, dtype, initializer,
-                        trainable=trainable, collection=collection,
-                    )  # fmt: skip
-                except BaseException:
-                    context.restore_current(token)
-                    self.end(frame)
-                    raise
-                context.restore_current(token)
+                value = self._on_shadow(
+                    frame, get_variable, name, shape, dtype, initializer,
+                    trainable=trainable, collection=collection,
+                )  # fmt: skip
                 # A list is copied: the caller may change its own afterwards.
                 kept = shape if type(shape) is tuple else list(shape)
                 key = (name, kept, dtype, trainable, collection)
@@ -256,9 +257,7 @@ class _Replay:
             if entry[1] is self.plan:
                 entry[1] = None
                 entry[2] += 1
-        shadow = _shadow(frame)
-        shadow.scope = VariableScope(False, "")
-        shadow.name_scope = ""
+        shadow = _shadow(frame, VariableScope(False, ""))
         opened = []
         token = context.make_current(shadow)
         try:
