@@ -34,12 +34,13 @@ def _fresh_plans():
 
 def _plain(fn, variables, *args, **kwargs):
     """`js.apply` with plans switched off: the reference."""
-    begin = plans.begin
-    plans.begin = lambda frame, fn: None
+    begin, replaying = plans.begin, plans.replaying
+    plans.begin = lambda frame, fn, variables: None
+    plans.replaying = lambda fn, variables, rngs: None
     try:
         return js.apply(fn, variables, *args, **kwargs)
     finally:
-        plans.begin = begin
+        plans.begin, plans.replaying = begin, replaying
 
 
 def _outcome(call):
@@ -412,3 +413,99 @@ def test_a_setter_called_in_a_replayed_run_ends_its_plan(change):
         assert _outcome(lambda: str(js.apply(f, v))) == _outcome(
             lambda: str(_plain(f, v))
         )
+
+
+# ------------------------------------------- the given tree, read as it is
+
+
+class _Key:
+    """A dict key that is not a str but flattens to the name ``w``."""
+
+    def __format__(self, spec):
+        return "w"
+
+
+def _with(v, *path_and_value):
+    """A copy of ``v`` with ``node[key] = value`` at each (path, key, value)."""
+    out = jax.tree.map(lambda a: a, v)
+    out = {c: _copy(sub) for c, sub in out.items()}
+    for path, key, value in path_and_value:
+        node = out
+        for part in path:
+            node = node[part]
+        node[key] = value
+    return out
+
+
+def _copy(node):
+    return {k: _copy(x) if isinstance(x, dict) else x for k, x in node.items()}
+
+
+def _trees_a_walk_cannot_trust(v):
+    w = v["params"]["layer1"]["w"]
+    other = w + 1
+    params = v["params"]
+    yield "a '/' key after its nested twin", _with(v, (("params",), "layer1/w", other))
+    yield "a '/' key before its nested twin", {"params": {"layer1/w": other, **params}}
+    yield "a key that is not a str", _with(v, (("params", "layer1"), _Key(), other))
+    yield "a key more in a scope", _with(v, (("params", "layer1"), "extra", other))
+    yield "a collection more", {**v, "state": {"n": jnp.zeros(2)}}
+    yield "a collection that is not a dict", {**v, "state": [jnp.zeros(2)]}
+    yield "a tree that is not a dict", _Mapping(v)
+    yield (
+        "a scope that is not a dict",
+        {"params": {**params, "layer1": _Mapping(params["layer1"])}},
+    )
+    yield "a leaf that became a scope", _with(v, (("params", "layer1"), "w", {"x": w}))
+    yield (
+        "a missing scope",
+        {"params": {k: x for k, x in params.items() if k != "layer2"}},
+    )
+
+
+class _Mapping(dict):
+    """A dict subclass: a Mapping the flattened read accepts and a walk does not."""
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_a_tree_a_replay_cannot_read_as_it_is_gives_what_the_flat_tree_gives(case):
+    v = js.init(_mlp, KEY, X)
+    label, tree = list(_trees_a_walk_cannot_trust(v))[case]
+    for _ in range(2):  # a recorded plan meets the tree, then records on it
+        got = _outcome(lambda: np.asarray(js.apply(_mlp, tree, X)))
+        want = _outcome(lambda: np.asarray(_plain(_mlp, tree, X)))
+        assert got[0] == want[0], (label, got, want)
+        if got[0] == "ok":
+            np.testing.assert_array_equal(got[1], want[1])
+        else:
+            assert got[1] == want[1]
+        np.testing.assert_array_equal(js.apply(_mlp, v, X), _plain(_mlp, v, X))
+
+
+def test_a_flat_tree_is_not_planned_and_reads_as_without_plans():
+    v = js.init(_mlp, KEY, X)
+    flat = {"params": js.flatten(v["params"])}  # keys such as "layer0/w"
+    for _ in range(4):
+        np.testing.assert_array_equal(js.apply(_mlp, flat, X), _plain(_mlp, v, X))
+    plan = _entry(_mlp)[1]  # it stops at the first read, which a walk cannot take
+    assert [event[0] for event in plan] == [plans.ENTER]
+
+
+def test_a_replayed_run_makes_what_other_code_touches_when_it_does():
+    def f(x):
+        y = _mlp(x)
+        key = js.next_rng_key("dropout")  # touches the run's key counts
+        return y + jax.random.uniform(key, y.shape)
+
+    v = js.init(f, KEY, X)
+    rngs = {"dropout": jax.random.key(3)}
+    for _ in range(3):
+        np.testing.assert_array_equal(
+            js.apply(f, v, X, rngs=rngs), _plain(f, v, X, rngs=rngs)
+        )
+    assert _entry(f)[1] is not None and _entry(f)[2] == 0
+    with pytest.raises(js.errors.RngTypeError) as got:
+        js.apply(f, v, X, rngs=3)
+    with pytest.raises(js.errors.RngTypeError) as want:
+        _plain(f, v, X, rngs=3)
+    assert str(got.value) == str(want.value)

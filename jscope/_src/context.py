@@ -381,10 +381,63 @@ class PlannedFrame(Frame):
 
     The same slots; the rule state (`LAZY`) read or written through properties
     that first end the plan (``plan_mode.end`` sets those slots and makes the
-    frame a `Frame` again). Every other attribute is the plain slot.
+    frame a `Frame` again). A replaying frame made by `planned` also leaves the
+    containers of `UNTIL_TOUCHED` unset until something touches them, and the
+    given tree's index until something asks for it (``plan_mode.index``).
+    Every other attribute is the plain slot.
     """
 
     __slots__ = ()
+
+    def settle(self) -> None:
+        """Sets every slot left unset but the rule state: it becomes a `Frame`."""
+        for name in UNTIL_TOUCHED:
+            getattr(self, name)
+        self.given_tree  # noqa: B018 (the property sets the slot)
+
+
+#: The containers a replaying frame (`planned`) makes only when touched.
+UNTIL_TOUCHED = {
+    "axes_of": dict,
+    "rng_counts": dict,
+    "templates": dict,
+    "created": dict,
+    "assigned": dict,
+    "read_log": list,
+    "path_of_array": dict,
+    "regularizers": list,
+}
+
+_NO_COLLECTIONS: frozenset[str] = frozenset()
+
+
+def planned(scope: Any, trace: Any, rngs: Any, get_variable: Any, plan: Any) -> Any:
+    """The frame of an eager `js.apply` that replays ``plan`` from its start.
+
+    What `Frame` sets for `js.apply` without ``mutable`` or ``rules``, less the
+    rule state (`LAZY`), the containers of `UNTIL_TOUCHED` and the given tree's
+    index: a replayed read takes its array from the given tree itself.
+    """
+    frame = _new_object(PlannedFrame)
+    frame.plan_mode = plan
+    frame.is_run = True
+    frame.initializing = False
+    frame.mutable = _NO_COLLECTIONS
+    frame.trace_state = trace
+    frame.get_variable = get_variable
+    frame.rules = None
+    frame.scope = scope
+    frame.name_scope = ""
+    frame.alive = True
+    frame.rng = None
+    frame.rngs = rngs
+    frame.values = {}
+    frame.given_by_id = None
+    frame.lift = None
+    return frame
+
+
+_new_object = object.__new__
 
 
 def _lazy(name: str) -> property:
@@ -403,8 +456,38 @@ def _lazy(name: str) -> property:
     return property(get, set_, doc=f"Frame.{name}, ending the plan first.")
 
 
+def _until_touched(name: str, make: Callable[[], Any]) -> property:
+    slot = Frame.__dict__[name]
+
+    def get(frame: Frame) -> Any:
+        try:
+            return slot.__get__(frame)
+        except AttributeError:  # unset in a frame made by `planned`
+            value = make()
+            slot.__set__(frame, value)
+            return value
+
+    return property(get, slot.__set__, doc=f"Frame.{name}, made when first touched.")
+
+
+def _given_tree(frame: Frame) -> Any:
+    try:
+        return _GIVEN.__get__(frame)
+    except AttributeError:  # unset in a frame made by `planned`
+        index = frame.plan_mode.index()
+        _GIVEN.__set__(frame, index)
+        return index
+
+
+_GIVEN = Frame.__dict__["given_tree"]
+
 for _name in LAZY:
     setattr(PlannedFrame, _name, _lazy(_name))
+for _name, _make in UNTIL_TOUCHED.items():
+    setattr(PlannedFrame, _name, _until_touched(_name, _make))
+PlannedFrame.given_tree = property(  # pyright: ignore[reportAttributeAccessIssue]
+    _given_tree, _GIVEN.__set__, doc="Frame.given_tree, indexed when first asked for."
+)
 
 
 class _Entered:

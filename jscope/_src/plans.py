@@ -49,9 +49,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from jscope._src import context
+from jscope._src import context, tree
 from jscope._src.context import LAZY, Frame, PlannedFrame
-from jscope._src.jax_compat import TRACE_REF
+from jscope._src.jax_compat import EVAL_TRACE, TRACE_REF
 from jscope._src.scope import VariableScope, variable_scope
 from jscope._src.values import F32
 from jscope._src.variables import JNP_F32, get_variable, read_at_apply, shared_read
@@ -63,11 +63,39 @@ EXIT = context.PLAN_EXIT
 #: After this many dropped plans a function is not planned again.
 STRIKES = 3
 
-#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes]
+#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes, roots]:
+#: roots, ``((collection, its keys), ...)`` of each collection the plan reads.
 _PLANS: dict[int, list[Any]] = {}
 
 
-def begin(frame: Frame, fn: Any) -> Any:
+def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
+    """The frame of an eager `js.apply` of ``fn`` that replays its plan, or None.
+
+    For `js.apply` without ``mutable`` or ``rules``: None also where ``fn`` has
+    no plan, the apply is not eager, or the tree is not one the plan can read
+    as it is (`_Replay.fits`); `begin` then decides on the frame `Frame` makes.
+    """
+    owner = getattr(fn, "__code__", fn)
+    entry = _PLANS.get(id(owner))
+    if entry is None or entry[1] is None or entry[0]() is not owner:
+        return None
+    trace = TRACE_REF.value
+    if type(trace) is not EVAL_TRACE or not _Replay.fits(entry, variables):
+        return None
+    replay = _new(_Replay)
+    replay.entry = entry
+    replay.plan = plan = entry[1]
+    replay.size = len(plan)
+    replay.pos = 0
+    replay.tree = variables
+    root = VariableScope(False, "")
+    return context.planned(root, trace, rngs, get_variable, replay)
+
+
+_new = object.__new__
+
+
+def begin(frame: Frame, fn: Any, variables: Any) -> Any:
     """Starts recording or replaying a plan for an eager apply of ``fn``.
 
     Returns:
@@ -81,8 +109,8 @@ def begin(frame: Frame, fn: Any) -> Any:
     key = id(owner)
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is owner:
-        if entry[1] is not None:
-            return _Replay(frame, entry)
+        if entry[1] is not None and _Replay.fits(entry, variables):
+            return _Replay(frame, entry, variables)
         if entry[2] >= STRIKES:
             return None
     else:
@@ -90,8 +118,8 @@ def begin(frame: Frame, fn: Any) -> Any:
             ref = weakref.ref(owner, _forget(key))
         except TypeError:  # not weakly referable: no plan
             return None
-        entry = _PLANS[key] = [ref, None, 0]
-    return _Record(frame, entry)
+        entry = _PLANS[key] = [ref, None, 0, ()]
+    return _Record(frame, entry, variables)
 
 
 def _forget(key: int) -> Any:
@@ -124,12 +152,14 @@ def _shadow(frame: Frame, root: VariableScope) -> Frame:
 class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
-    __slots__ = ("entry", "shadow", "plan", "pos", "size")
+    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "roots")
 
-    def __init__(self, frame: Frame, entry: list[Any]):
+    def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
+        self.tree = variables
+        self.roots: dict[str, frozenset[str]] = {}
         # At the run's start: the frame's root scope is the shadow's too.
         shadow = self.shadow = _shadow(frame, frame.scope)
         for name in LAZY:
@@ -151,6 +181,7 @@ class _Record:
         entry = self.entry
         if self.plan:
             entry[1] = self.plan
+            entry[3] = tuple(self.roots.items())
         else:  # nothing to replay: the first event is one plans do not cover
             entry[2] = STRIKES
 
@@ -165,6 +196,29 @@ class _Record:
             raise
         context.restore_current(token)
         return result
+
+    def _walk(self, coll: str, full: str, value: Any) -> tuple[tuple, str] | None:
+        """How a replay finds ``value``, read at ``full``, in the given tree.
+
+        ``(steps, leaf)``: from the collection, each step a key and the keys its
+        dict has now; then the leaf's key. None where the tree is not plain
+        there (a dict that is not a `dict`, a key that is not a str or holds a
+        ``/``): the flattened tree might not give what the walk finds.
+        """
+        node = self.tree.get(coll)
+        if not _plain_dict(node):
+            return None
+        self.roots[coll] = frozenset(node)
+        *parents, leaf = full.split("/")
+        steps = []
+        for key in parents:
+            node = node.get(key)
+            if not _plain_dict(node):
+                return None
+            steps.append((key, frozenset(node)))
+        if node.get(leaf) is not value:
+            return None
+        return tuple(steps), leaf
 
     def _in_step(self, frame: Frame) -> bool:
         shadow = self.shadow
@@ -216,11 +270,15 @@ class _Record:
                     frame, get_variable, name, shape, dtype, initializer,
                     trainable=trainable, collection=collection,
                 )  # fmt: skip
-                # A list is copied: the caller may change its own afterwards.
-                kept = shape if type(shape) is tuple else list(shape)
-                key = (name, kept, dtype, trainable, collection)
                 coll = shadow.collection_of[full]
-                self.plan.append((READ, key, full, coll, seen))
+                walk = None if seen else self._walk(coll, full, value)
+                if seen or walk is not None:
+                    # A list is copied: the caller may change its own afterwards.
+                    kept = shape if type(shape) is tuple else list(shape)
+                    key = (name, kept, dtype, trainable, collection)
+                    self.plan.append((READ, key, full, coll, seen, *(walk or (0, 0))))
+                    return value
+                self.end(frame)  # a tree a replay cannot read as it is
                 return value
         self.end(frame)
         return get_variable(
@@ -232,23 +290,49 @@ class _Record:
 class _Replay:
     """Replays a plan: each event takes its recorded outcome while it matches."""
 
-    __slots__ = ("entry", "plan", "pos", "size")
+    __slots__ = ("entry", "plan", "pos", "size", "tree")
 
-    def __init__(self, frame: Frame, entry: list[Any]):
+    def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
         self.plan = entry[1]
         self.size = len(self.plan)
         self.pos = 0
+        self.tree = variables
         for name in LAZY:
             delattr(frame, name)
         frame.plan_mode = self
         frame.__class__ = PlannedFrame
+
+    @staticmethod
+    def fits(entry: list[Any], variables: Any) -> bool:
+        """Whether a replay can read ``variables`` as they are, not flattened.
+
+        Each collection the plan reads has the keys it had when recorded (all
+        str, none with a ``/``), and every collection is a `dict`: then the one
+        way to a path in the flattened tree is the walk a read recorded, and
+        each dict on it is checked as the read walks it.
+        """
+        if type(variables) is not dict:
+            return False
+        for sub in variables.values():
+            if type(sub) is not dict:
+                return False
+        for coll, keys in entry[3]:
+            node = variables.get(coll)
+            if node is None or node.keys() != keys:
+                return False
+        return True
+
+    def index(self) -> Any:
+        """The given tree flattened, for a frame made without it."""
+        return tree.index(self.tree)
 
     def finish(self) -> None:
         pass
 
     def end(self, frame: Frame) -> None:
         """Builds the rule state of the events so far; the run goes on as usual."""
+        frame.settle()  # pyright: ignore[reportAttributeAccessIssue] (PlannedFrame)
         frame.__class__ = Frame
         frame.plan_mode = None
         pos = self.pos
@@ -300,6 +384,10 @@ class _Replay:
             name, shape, dtype, initializer, regularizer, trainable=trainable,
             collection=collection, axes=axes, **tf1_kwargs,
         )  # fmt: skip
+
+
+def _plain_dict(node: Any) -> bool:
+    return type(node) is dict and all(type(k) is str and "/" not in k for k in node)
 
 
 def _plain_entry(args: tuple) -> bool:

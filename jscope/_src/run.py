@@ -408,24 +408,6 @@ def _mutable_set(mutable: Any) -> frozenset[str] | Literal[True]:
     )
 
 
-def _index(variables: Any) -> dict[str, dict[str, Any]]:
-    if type(variables) is not dict and not isinstance(variables, Mapping):
-        raise TypeError(
-            "js.apply expects a variable tree (a dict such as js.init returns), got "
-            f"{type(variables).__name__}."
-        )
-    index = {}
-    for coll, sub in variables.items():
-        if type(sub) is not dict and not isinstance(sub, Mapping):
-            raise TypeError(
-                f"Collection {coll!r} of the variable tree must be a dict, got "
-                f"{type(sub).__name__}. Pass the whole tree from js.init, e.g. "
-                "{'params': {...}}, not one array."
-            )
-        index[coll] = tree.flatten(sub)
-    return index
-
-
 @overload
 def apply(
     fn: Callable[..., R],
@@ -490,6 +472,8 @@ def apply(
       updated tree is a new tree (the whole tree, with assignments applied).
 
     Raises:
+      ArgumentTypeError: ``variables`` or one of its collections is not a
+        mapping (a ``TypeError``).
       RngTypeError: ``rngs`` holds something other than a JAX key (an int).
 
     Warns:
@@ -512,8 +496,19 @@ def apply(
             return meshes.apply_over_auto(
                 apply, fn, variables, args, kwargs, rngs, mutable, rules
             )
+    if rules is None and (mutable is False or mutable is None):
+        frame = plans.replaying(fn, variables, rngs)
+        if frame is not None:  # a replay: the lighter frame, no context manager
+            if rngs is not None:
+                _check_rngs(rngs, "js.apply's rngs")
+            token = context.make_current(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                context.restore_current(token)
+                frame.close()
     mut = _mutable_set(mutable)
-    given = _index(variables)
+    given = tree.index(variables)
     if rngs is not None:
         _check_rngs(rngs, "js.apply's rngs")
     frame = context.Frame(
@@ -526,7 +521,7 @@ def apply(
         rules=rules,
     )
     plan = (
-        plans.begin(frame, fn)
+        plans.begin(frame, fn, variables)
         if rules is None and type(frame.trace_state) is jax_compat.EVAL_TRACE
         else None
     )

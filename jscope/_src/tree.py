@@ -64,6 +64,30 @@ def _flatten_into(
             out[f"{prefix}{key}"] = value
 
 
+def index(variables: Any) -> dict[str, dict[str, Any]]:
+    """``{collection: {path: leaf}}`` of a whole variable tree: what `js.apply` reads.
+
+    Raises:
+      ArgumentTypeError: ``variables`` or one of its collections is not a
+        mapping (a ``TypeError``).
+    """
+    if type(variables) is not dict and not isinstance(variables, Mapping):
+        raise errors.ArgumentTypeError(
+            "js.apply expects a variable tree (a dict such as js.init returns), got "
+            f"{type(variables).__name__}."
+        )
+    out = {}
+    for coll, sub in variables.items():
+        if type(sub) is not dict and not isinstance(sub, Mapping):
+            raise errors.ArgumentTypeError(
+                f"Collection {coll!r} of the variable tree must be a dict, got "
+                f"{type(sub).__name__}. Pass the whole tree from js.init, e.g. "
+                "{'params': {...}}, not one array."
+            )
+        out[coll] = flatten(sub)
+    return out
+
+
 def unflatten(flat: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> VariableTree:
     """Builds a nested dict from ``{path: value}``; the inverse of `flatten`.
 

@@ -6,7 +6,8 @@ NumPy dtype JAX can hold and an initializer or concrete value
 (`resolve_creation`), calls initializers and checks what they return
 (`call_initializer`, `initial_value`), infers a value initializer's shape and
 dtype as TF1 did (`value_meta`), and compares a requested shape/dtype with a
-stored value (`check_meta`).
+stored value (`check_meta`), and accepts TF1-only keyword arguments of
+`get_variable` at their defaults (`check_tf1_kwargs`).
 
 Imports: `jscope.errors`, `jscope.initializers`, `jax_compat`, JAX and NumPy.
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from jscope import errors, initializers
 from jscope._src.jax_compat import X64
-from jscope.typing import DTypeLike, Initializer, InitializerLike, Shape
+from jscope.typing import CustomGetter, DTypeLike, Initializer, InitializerLike, Shape
 
 F32 = np.dtype(np.float32)
 
@@ -471,3 +472,60 @@ def check_read(path, shape, dtype, value):
     if None in shape:  # raises: not fully defined
         resolve_creation(path, shape, dtype, None)
     check_meta(path, shape, dtype, None, value, "read")
+
+
+# ------------------------------------------- TF1 arguments of get_variable
+
+
+TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
+
+
+def check_tf1_kwargs(kwargs: dict[str, Any], path: str) -> CustomGetter | None:
+    """Accepts TF1-only keyword arguments at their defaults; returns custom_getter."""
+    getter = kwargs.pop("custom_getter", None)
+    for key, value in kwargs.items():
+        if key == "validate_shape" and value is True:
+            continue
+        if key == "use_resource" and value in (None, True):
+            continue
+        if key in ("caching_device", "partitioner", "constraint") and value is None:
+            continue
+        if key in ("synchronization", "aggregation"):
+            label = str(getattr(value, "name", value)).lower()
+            if value is None or label.rsplit(".", 1)[-1] in ("auto", "none"):
+                continue
+        if key == "collections":
+            if value is None or set(value) <= TF1_GLOBAL_COLLECTIONS:
+                continue
+            raise errors.UnsupportedArgumentError(
+                f"get_variable(collections={value!r}) is not supported: jscope keeps "
+                "variables in the 'params' and 'state' collections of the tree. Use "
+                "collection='name' to put a variable in a collection of its own "
+                f"(variable {path}).",
+                path,
+            )
+        if key in TF1_KWARGS_HELP:
+            raise errors.UnsupportedArgumentError(
+                f"get_variable({key}={value!r}) is not supported: "
+                f"{TF1_KWARGS_HELP[key]}. Leave {key} at its TF1 default "
+                f"(variable {path}).",
+                path,
+            )
+        raise errors.UnknownArgumentError(
+            f"get_variable() got an unexpected keyword argument {key!r} (variable "
+            f"{path}). Check its spelling; the arguments are those of TF1's "
+            "tf.compat.v1.get_variable.",
+            path,
+        )
+    return getter
+
+
+TF1_KWARGS_HELP = {
+    "validate_shape": "jscope always knows and checks the full shape",
+    "use_resource": "every jscope variable is a plain jax.Array",
+    "caching_device": "place arrays with jax.device_put or shardings instead",
+    "partitioner": "shard variables with js.ShardingRules (path rules, or axes=)",
+    "constraint": "apply the constraint to the value after the optimizer update",
+    "synchronization": "replicas are synchronized by jax's SPMD partitioner",
+    "aggregation": "gradients are aggregated by jax's SPMD partitioner",
+}

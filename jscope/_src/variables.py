@@ -38,65 +38,13 @@ from jscope._src.jax_compat import ARRAY_IMPL, TRACE_REF
 from jscope._src.names import SCOPE_OF, valid_path_scope
 from jscope._src.scope import wrap_getter
 from jscope._src.values import F32, canon_dtype, is_float, same_int_list
-from jscope.typing import CustomGetter, DTypeLike, InitializerLike, Regularizer, Shape
+from jscope.typing import DTypeLike, InitializerLike, Regularizer, Shape
 
-_TF1_GLOBAL_COLLECTIONS = frozenset({"variables", "trainable_variables"})
 JNP_F32 = jnp.float32  # hashed by a Python method: compared by identity
 EMPTY: dict = {}  # a collection the given tree lacks, for a plan's read
 
 
 # ----------------------------------------------------------------- get_variable
-
-
-def _check_tf1_kwargs(kwargs: dict[str, Any], path: str) -> CustomGetter | None:
-    """Accepts TF1-only keyword arguments at their defaults; returns custom_getter."""
-    getter = kwargs.pop("custom_getter", None)
-    for key, value in kwargs.items():
-        if key == "validate_shape" and value is True:
-            continue
-        if key == "use_resource" and value in (None, True):
-            continue
-        if key in ("caching_device", "partitioner", "constraint") and value is None:
-            continue
-        if key in ("synchronization", "aggregation"):
-            label = str(getattr(value, "name", value)).lower()
-            if value is None or label.rsplit(".", 1)[-1] in ("auto", "none"):
-                continue
-        if key == "collections":
-            if value is None or set(value) <= _TF1_GLOBAL_COLLECTIONS:
-                continue
-            raise errors.UnsupportedArgumentError(
-                f"get_variable(collections={value!r}) is not supported: jscope keeps "
-                "variables in the 'params' and 'state' collections of the tree. Use "
-                "collection='name' to put a variable in a collection of its own "
-                f"(variable {path}).",
-                path,
-            )
-        if key in _TF1_KWARGS_HELP:
-            raise errors.UnsupportedArgumentError(
-                f"get_variable({key}={value!r}) is not supported: "
-                f"{_TF1_KWARGS_HELP[key]}. Leave {key} at its TF1 default "
-                f"(variable {path}).",
-                path,
-            )
-        raise errors.UnknownArgumentError(
-            f"get_variable() got an unexpected keyword argument {key!r} (variable "
-            f"{path}). Check its spelling; the arguments are those of TF1's "
-            "tf.compat.v1.get_variable.",
-            path,
-        )
-    return getter
-
-
-_TF1_KWARGS_HELP = {
-    "validate_shape": "jscope always knows and checks the full shape",
-    "use_resource": "every jscope variable is a plain jax.Array",
-    "caching_device": "place arrays with jax.device_put or shardings instead",
-    "partitioner": "shard variables with js.ShardingRules (path rules, or axes=)",
-    "constraint": "apply the constraint to the value after the optimizer update",
-    "synchronization": "replicas are synchronized by jax's SPMD partitioner",
-    "aggregation": "gradients are aggregated by jax's SPMD partitioner",
-}
 
 
 def get_variable(
@@ -185,8 +133,14 @@ def get_variable(
             full = event[2]
             if event[4]:  # the value an earlier read of the run returned
                 value = frame.values[full]
-            else:
-                value = frame.given_tree.get(event[3], EMPTY).get(full)  # pyright: ignore[reportOptionalMemberAccess]
+            else:  # the recorded walk, each dict's keys as recorded (`plans`)
+                value = plan.tree.get(event[3], EMPTY)
+                for key, keys in event[5]:
+                    value = value.get(key)
+                    if type(value) is not dict or value.keys() != keys:
+                        break
+                else:
+                    value = value.get(event[6])
             if type(value) is ARRAY_IMPL:
                 meta = value.aval
                 if meta.dtype == F32 and (
@@ -334,7 +288,7 @@ def _general(
         trainable = True
     getter = scope._custom_getter
     if tf1_kwargs:
-        getter = wrap_getter(getter, _check_tf1_kwargs(dict(tf1_kwargs), full))
+        getter = wrap_getter(getter, values.check_tf1_kwargs(dict(tf1_kwargs), full))
     if getter is None:
         return _get(
             frame, full, shape, dtype, initializer, regularizer, scope.reuse,
