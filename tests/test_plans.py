@@ -509,3 +509,13 @@ def test_a_replayed_run_makes_what_other_code_touches_when_it_does():
     with pytest.raises(js.errors.RngTypeError) as want:
         _plain(f, v, X, rngs=3)
     assert str(got.value) == str(want.value)
+
+
+def test_trees_of_two_shapes_in_turn_stop_being_planned():
+    v = js.init(_mlp, KEY, X)
+    more = _with(v, (("params",), "unused", {"w": jnp.zeros(2)}))
+    for i in range(2 * plans.STRIKES + 2):
+        tree = (v, more)[i % 2]
+        np.testing.assert_array_equal(js.apply(_mlp, tree, X), _plain(_mlp, tree, X))
+    entry = _entry(_mlp)
+    assert entry[1] is None and entry[2] == plans.STRIKES  # no recording each call

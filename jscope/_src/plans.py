@@ -63,8 +63,9 @@ EXIT = context.PLAN_EXIT
 #: After this many dropped plans a function is not planned again.
 STRIKES = 3
 
-#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes, roots]:
-#: roots, ``((collection, its keys), ...)`` of each collection the plan reads.
+#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes, dicts]:
+#: dicts, ``((keys to it, its keys), ...)`` of each dict a read of the plan
+#: walks through (a collection: one key to it), checked once per apply.
 _PLANS: dict[int, list[Any]] = {}
 
 
@@ -109,8 +110,13 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
     key = id(owner)
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is owner:
-        if entry[1] is not None and _Replay.fits(entry, variables):
-            return _Replay(frame, entry, variables)
+        if entry[1] is not None:
+            if _Replay.fits(entry, variables):
+                return _Replay(frame, entry, variables)
+            # Another tree's keys: a strike, so that a function applied to
+            # trees of two shapes in turn is not recorded afresh every call.
+            entry[1] = None
+            entry[2] += 1
         if entry[2] >= STRIKES:
             return None
     else:
@@ -152,14 +158,14 @@ def _shadow(frame: Frame, root: VariableScope) -> Frame:
 class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
-    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "roots")
+    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "dicts")
 
     def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
         self.tree = variables
-        self.roots: dict[str, frozenset[str]] = {}
+        self.dicts: dict[tuple[str, ...], frozenset[str]] = {}
         # At the run's start: the frame's root scope is the shadow's too.
         shadow = self.shadow = _shadow(frame, frame.scope)
         for name in LAZY:
@@ -181,7 +187,7 @@ class _Record:
         entry = self.entry
         if self.plan:
             entry[1] = self.plan
-            entry[3] = tuple(self.roots.items())
+            entry[3] = tuple(self.dicts.items())
         else:  # nothing to replay: the first event is one plans do not cover
             entry[2] = STRIKES
 
@@ -200,25 +206,27 @@ class _Record:
     def _walk(self, coll: str, full: str, value: Any) -> tuple[tuple, str] | None:
         """How a replay finds ``value``, read at ``full``, in the given tree.
 
-        ``(steps, leaf)``: from the collection, each step a key and the keys its
-        dict has now; then the leaf's key. None where the tree is not plain
-        there (a dict that is not a `dict`, a key that is not a str or holds a
-        ``/``): the flattened tree might not give what the walk finds.
+        ``(parents, leaf)``: the keys from the collection to the leaf's dict, and
+        the leaf's key. Each dict on the way goes into ``dicts`` with its keys.
+        None where the tree is not plain there (a dict that is not a `dict`, a
+        key that is not a str or holds a ``/``): the flattened tree might not
+        give what the walk finds.
         """
         node = self.tree.get(coll)
-        if not _plain_dict(node):
-            return None
-        self.roots[coll] = frozenset(node)
+        way: tuple[str, ...] = (coll,)
+        found = [(way, node)]
         *parents, leaf = full.split("/")
-        steps = []
         for key in parents:
-            node = node.get(key)
-            if not _plain_dict(node):
-                return None
-            steps.append((key, frozenset(node)))
-        if node.get(leaf) is not value:
+            node = node.get(key) if type(node) is dict else None
+            way += (key,)
+            found.append((way, node))
+        if not all(_plain_dict(node) for _, node in found):
             return None
-        return tuple(steps), leaf
+        if node.get(leaf) is not value:  # pyright: ignore[reportOptionalMemberAccess]
+            return None
+        for way, node in found:
+            self.dicts[way] = frozenset(node)  # pyright: ignore[reportArgumentType]
+        return tuple(parents), leaf
 
     def _in_step(self, frame: Frame) -> bool:
         shadow = self.shadow
@@ -307,19 +315,23 @@ class _Replay:
     def fits(entry: list[Any], variables: Any) -> bool:
         """Whether a replay can read ``variables`` as they are, not flattened.
 
-        Each collection the plan reads has the keys it had when recorded (all
-        str, none with a ``/``), and every collection is a `dict`: then the one
-        way to a path in the flattened tree is the walk a read recorded, and
-        each dict on it is checked as the read walks it.
+        Every collection is a `dict`, and each dict a read of the plan walks
+        through has the keys it had when recorded (all str, none with a ``/``):
+        then the one way to a path in the flattened tree is the walk the read
+        recorded. Checked once per apply: a dict's keys are compared in C.
         """
         if type(variables) is not dict:
             return False
         for sub in variables.values():
             if type(sub) is not dict:
                 return False
-        for coll, keys in entry[3]:
-            node = variables.get(coll)
-            if node is None or node.keys() != keys:
+        for way, keys in entry[3]:
+            node = variables
+            for key in way:
+                node = node.get(key)
+                if type(node) is not dict:
+                    return False
+            if node.keys() != keys:
                 return False
         return True
 
