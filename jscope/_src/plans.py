@@ -214,18 +214,21 @@ class _Record:
         """
         node = self.tree.get(coll)
         way: tuple[str, ...] = (coll,)
-        found = [(way, node)]
+        found: list[tuple[tuple[str, ...], Any]] = [(way, node)]
         *parents, leaf = full.split("/")
         for key in parents:
             node = node.get(key) if type(node) is dict else None
             way += (key,)
             found.append((way, node))
-        if not all(_plain_dict(node) for _, node in found):
-            return None
+        dicts = self.dicts
+        for way, node in found:  # a dict already taken: its keys are known
+            if type(node) is not dict or (way not in dicts and not _plain_dict(node)):
+                return None
         if node.get(leaf) is not value:  # pyright: ignore[reportOptionalMemberAccess]
             return None
         for way, node in found:
-            self.dicts[way] = frozenset(node)  # pyright: ignore[reportArgumentType]
+            if way not in dicts:
+                dicts[way] = frozenset(node)  # pyright: ignore[reportArgumentType]
         return tuple(parents), leaf
 
     def _in_step(self, frame: Frame) -> bool:

@@ -131,6 +131,7 @@ def get_variable(
             and TRACE_REF.value is frame.trace_state
         ):
             full = event[2]
+            value: Any
             if event[4]:  # the value an earlier read of the run returned
                 value = frame.values[full]
             else:  # the recorded walk; `plans._Replay.fits` checked its dicts
