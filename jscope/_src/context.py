@@ -382,8 +382,8 @@ class PlannedFrame(Frame):
     The same slots; the rule state (`LAZY`) read or written through properties
     that first end the plan (``plan_mode.end`` sets those slots and makes the
     frame a `Frame` again). A replaying frame made by `planned` also leaves the
-    containers of `UNTIL_TOUCHED` unset until something touches them, and the
-    given tree's index until something asks for it (``plan_mode.index``).
+    slots of `UNTIL_TOUCHED` unset until something touches them: its empty
+    containers, and the given tree's index (``plan_mode.index``).
     Every other attribute is the plain slot.
     """
 
@@ -393,19 +393,32 @@ class PlannedFrame(Frame):
         """Sets every slot left unset but the rule state: it becomes a `Frame`."""
         for name in UNTIL_TOUCHED:
             getattr(self, name)
-        self.given_tree  # noqa: B018 (the property sets the slot)
 
 
-#: The containers a replaying frame (`planned`) makes only when touched.
+def _new_dict(frame: Frame) -> dict:
+    return {}
+
+
+def _new_list(frame: Frame) -> list:
+    return []
+
+
+def _index(frame: Frame) -> Any:
+    return frame.plan_mode.index()
+
+
+#: The slots a replaying frame (`planned`) sets only when touched, each with
+#: what makes its value: empty containers, and the given tree flattened.
 UNTIL_TOUCHED = {
-    "axes_of": dict,
-    "rng_counts": dict,
-    "templates": dict,
-    "created": dict,
-    "assigned": dict,
-    "read_log": list,
-    "path_of_array": dict,
-    "regularizers": list,
+    "axes_of": _new_dict,
+    "rng_counts": _new_dict,
+    "templates": _new_dict,
+    "created": _new_dict,
+    "assigned": _new_dict,
+    "read_log": _new_list,
+    "path_of_array": _new_dict,
+    "regularizers": _new_list,
+    "given_tree": _index,
 }
 
 _NO_COLLECTIONS: frozenset[str] = frozenset()
@@ -415,8 +428,8 @@ def planned(scope: Any, trace: Any, rngs: Any, get_variable: Any, plan: Any) -> 
     """The frame of an eager `js.apply` that replays ``plan`` from its start.
 
     What `Frame` sets for `js.apply` without ``mutable`` or ``rules``, less the
-    rule state (`LAZY`), the containers of `UNTIL_TOUCHED` and the given tree's
-    index: a replayed read takes its array from the given tree itself.
+    rule state (`LAZY`) and the slots of `UNTIL_TOUCHED` (a replayed read takes
+    its array from the given tree itself, not from its index).
     """
     frame = _new_object(PlannedFrame)
     frame.plan_mode = plan
@@ -456,38 +469,24 @@ def _lazy(name: str) -> property:
     return property(get, set_, doc=f"Frame.{name}, ending the plan first.")
 
 
-def _until_touched(name: str, make: Callable[[], Any]) -> property:
+def _until_touched(name: str, make: Callable[[Frame], Any]) -> property:
     slot = Frame.__dict__[name]
 
     def get(frame: Frame) -> Any:
         try:
             return slot.__get__(frame)
         except AttributeError:  # unset in a frame made by `planned`
-            value = make()
+            value = make(frame)
             slot.__set__(frame, value)
             return value
 
-    return property(get, slot.__set__, doc=f"Frame.{name}, made when first touched.")
+    return property(get, slot.__set__, doc=f"Frame.{name}, set when first touched.")
 
-
-def _given_tree(frame: Frame) -> Any:
-    try:
-        return _GIVEN.__get__(frame)
-    except AttributeError:  # unset in a frame made by `planned`
-        index = frame.plan_mode.index()
-        _GIVEN.__set__(frame, index)
-        return index
-
-
-_GIVEN = Frame.__dict__["given_tree"]
 
 for _name in LAZY:
     setattr(PlannedFrame, _name, _lazy(_name))
 for _name, _make in UNTIL_TOUCHED.items():
     setattr(PlannedFrame, _name, _until_touched(_name, _make))
-PlannedFrame.given_tree = property(  # pyright: ignore[reportAttributeAccessIssue]
-    _given_tree, _GIVEN.__set__, doc="Frame.given_tree, indexed when first asked for."
-)
 
 
 class _Entered:

@@ -74,26 +74,17 @@ def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
 
     For `js.apply` without ``mutable`` or ``rules``: None also where ``fn`` has
     no plan, the apply is not eager, or the tree is not one the plan can read
-    as it is (`_Replay.fits`); `begin` then decides on the frame `Frame` makes.
+    as it is (`_fits`); `begin` then decides on the frame `Frame` makes.
     """
     owner = getattr(fn, "__code__", fn)
     entry = _PLANS.get(id(owner))
     if entry is None or entry[1] is None or entry[0]() is not owner:
         return None
     trace = TRACE_REF.value
-    if type(trace) is not EVAL_TRACE or not _Replay.fits(entry, variables):
+    if type(trace) is not EVAL_TRACE or not _fits(entry, variables):
         return None
-    replay = _new(_Replay)
-    replay.entry = entry
-    replay.plan = plan = entry[1]
-    replay.size = len(plan)
-    replay.pos = 0
-    replay.tree = variables
     root = VariableScope(False, "")
-    return context.planned(root, trace, rngs, get_variable, replay)
-
-
-_new = object.__new__
+    return context.planned(root, trace, rngs, get_variable, _Replay(entry, variables))
 
 
 def begin(frame: Frame, fn: Any, variables: Any) -> Any:
@@ -110,13 +101,8 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
     key = id(owner)
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is owner:
-        if entry[1] is not None:
-            if _Replay.fits(entry, variables):
-                return _Replay(frame, entry, variables)
-            # Another tree's keys: a strike, so that a function applied to
-            # trees of two shapes in turn is not recorded afresh every call.
-            entry[1] = None
-            entry[2] += 1
+        if entry[1] is not None and _fits(entry, variables):
+            return _Replay(entry, variables).attach(frame)
         if entry[2] >= STRIKES:
             return None
     else:
@@ -126,6 +112,48 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
             return None
         entry = _PLANS[key] = [ref, None, 0, ()]
     return _Record(frame, entry, variables)
+
+
+def _fits(entry: list[Any], variables: Any) -> bool:
+    """Whether ``entry``'s plan can replay on ``variables``; if not, drops it.
+
+    A tree of other keys is a drop, so that a function applied to trees of two
+    shapes in turn is not recorded afresh every call.
+    """
+    if _readable(variables, entry[3]):
+        return True
+    _drop(entry)
+    return False
+
+
+def _readable(variables: Any, dicts: tuple) -> bool:
+    """Whether a replay can read ``variables`` as they are, not flattened.
+
+    Every collection is a `dict`, and each of ``dicts`` (the dicts a plan's
+    reads walk through) has the keys it had when recorded (all str, none with a
+    ``/``): then the one way to a path in the flattened tree is the walk the
+    read recorded. Checked once per apply: a dict's keys are compared in C.
+    """
+    if type(variables) is not dict:
+        return False
+    for sub in variables.values():
+        if type(sub) is not dict:
+            return False
+    for way, keys in dicts:
+        node = variables
+        for key in way:
+            node = node.get(key)
+            if type(node) is not dict:
+                return False
+        if node.keys() != keys:
+            return False
+    return True
+
+
+def _drop(entry: list[Any]) -> None:
+    """Drops ``entry``'s plan: the next apply records again (none after `STRIKES`)."""
+    entry[1] = None
+    entry[2] += 1
 
 
 def _forget(key: int) -> Any:
@@ -303,40 +331,20 @@ class _Replay:
 
     __slots__ = ("entry", "plan", "pos", "size", "tree")
 
-    def __init__(self, frame: Frame, entry: list[Any], variables: Any):
+    def __init__(self, entry: list[Any], variables: Any):
         self.entry = entry
         self.plan = entry[1]
         self.size = len(self.plan)
         self.pos = 0
         self.tree = variables
+
+    def attach(self, frame: Frame) -> _Replay:
+        """Makes the ordinary ``frame`` of an apply replay this plan."""
         for name in LAZY:
             delattr(frame, name)
         frame.plan_mode = self
         frame.__class__ = PlannedFrame
-
-    @staticmethod
-    def fits(entry: list[Any], variables: Any) -> bool:
-        """Whether a replay can read ``variables`` as they are, not flattened.
-
-        Every collection is a `dict`, and each dict a read of the plan walks
-        through has the keys it had when recorded (all str, none with a ``/``):
-        then the one way to a path in the flattened tree is the walk the read
-        recorded. Checked once per apply: a dict's keys are compared in C.
-        """
-        if type(variables) is not dict:
-            return False
-        for sub in variables.values():
-            if type(sub) is not dict:
-                return False
-        for way, keys in entry[3]:
-            node = variables
-            for key in way:
-                node = node.get(key)
-                if type(node) is not dict:
-                    return False
-            if node.keys() != keys:
-                return False
-        return True
+        return self
 
     def index(self) -> Any:
         """The given tree flattened, for a frame made without it."""
@@ -351,11 +359,8 @@ class _Replay:
         frame.__class__ = Frame
         frame.plan_mode = None
         pos = self.pos
-        if pos < self.size:  # a difference: the next apply records again
-            entry = self.entry
-            if entry[1] is self.plan:
-                entry[1] = None
-                entry[2] += 1
+        if pos < self.size and self.entry[1] is self.plan:  # a difference
+            _drop(self.entry)
         shadow = _shadow(frame, VariableScope(False, ""))
         opened = []
         token = context.make_current(shadow)

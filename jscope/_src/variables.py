@@ -134,7 +134,7 @@ def get_variable(
             value: Any
             if event[4]:  # the value an earlier read of the run returned
                 value = frame.values[full]
-            else:  # the recorded walk; `plans._Replay.fits` checked its dicts
+            else:  # the recorded walk; `plans._fits` checked its dicts
                 value = plan.tree.get(event[3], EMPTY)
                 for key in event[5]:
                     value = value.get(key)
