@@ -154,7 +154,16 @@ class Crossing(Protocol):
 
 #: The rule state a plan does not keep while it runs (`plans`): unset slots of
 #: a `PlannedFrame`, set from the events so far when anything touches them.
-LAZY = ("kind_of", "used_names", "scope_counts", "prefixes", "collection_of")
+#: The values read so far are among them: a replayed read takes its array from
+#: the given tree every time, shared or not.
+LAZY = (
+    "kind_of",
+    "used_names",
+    "scope_counts",
+    "prefixes",
+    "collection_of",
+    "values",
+)
 
 
 #: The kinds of a plan's events (`plans`): the first item of each event, or
@@ -444,7 +453,6 @@ def planned(scope: Any, trace: Any, rngs: Any, get_variable: Any, plan: Any) -> 
     frame.alive = True
     frame.rng = None
     frame.rngs = rngs
-    frame.values = {}
     frame.given_by_id = None
     frame.lift = None
     return frame

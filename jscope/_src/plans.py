@@ -81,10 +81,13 @@ def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
     if entry is None or entry[1] is None or entry[0]() is not owner:
         return None
     trace = TRACE_REF.value
-    if type(trace) is not EVAL_TRACE or not _fits(entry, variables):
+    if type(trace) is not EVAL_TRACE:
         return None
-    root = VariableScope(False, "")
-    return context.planned(root, trace, rngs, get_variable, _Replay(entry, variables))
+    nodes = _fits(entry, variables)
+    if nodes is None:
+        return None
+    replay = _Replay(entry, variables, nodes)
+    return context.planned(VariableScope(False, ""), trace, rngs, get_variable, replay)
 
 
 def begin(frame: Frame, fn: Any, variables: Any) -> Any:
@@ -101,8 +104,10 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
     key = id(owner)
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is owner:
-        if entry[1] is not None and _fits(entry, variables):
-            return _Replay(entry, variables).attach(frame)
+        if entry[1] is not None:
+            nodes = _fits(entry, variables)
+            if nodes is not None:
+                return _Replay(entry, variables, nodes).attach(frame)
         if entry[2] >= STRIKES:
             return None
     else:
@@ -114,40 +119,42 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
     return _Record(frame, entry, variables)
 
 
-def _fits(entry: list[Any], variables: Any) -> bool:
-    """Whether ``entry``'s plan can replay on ``variables``; if not, drops it.
+def _fits(entry: list[Any], variables: Any) -> list[dict] | None:
+    """The dicts ``entry``'s plan reads through in ``variables``, or None.
 
-    A tree of other keys is a drop, so that a function applied to trees of two
-    shapes in turn is not recorded afresh every call.
+    None where the plan cannot replay on ``variables`` (`_nodes`); the plan is
+    then dropped: a tree of other keys is a drop, so that a function applied
+    to trees of two shapes in turn is not recorded afresh every call.
     """
-    if _readable(variables, entry[3]):
-        return True
-    _drop(entry)
-    return False
+    nodes = _nodes(variables, entry[3])
+    if nodes is None:
+        _drop(entry)
+    return nodes
 
 
-def _readable(variables: Any, dicts: tuple) -> bool:
-    """Whether a replay can read ``variables`` as they are, not flattened.
+def _nodes(variables: Any, dicts: tuple) -> list[dict] | None:
+    """The dicts of ``variables`` a replay reads through, if it can read them.
 
-    Every collection is a `dict`, and each of ``dicts`` (the dicts a plan's
-    reads walk through) has the keys it had when recorded (all str, none with a
-    ``/``): then the one way to a path in the flattened tree is the walk the
-    read recorded. Checked once per apply: a dict's keys are compared in C.
+    ``dicts`` holds ``(parent, key, keys)`` for each dict a plan's reads walk
+    through, parents first: the dict is ``nodes[parent][key]`` (a collection:
+    ``variables[key]``, parent -1) and had the keys ``keys`` when recorded (all
+    str, none with a ``/``). Where every collection is a `dict` and each of
+    these dicts still has its keys, the one way to a path in the flattened tree
+    is the walk the read recorded, and its leaf is there. Checked once per
+    apply: a dict's keys are compared in C.
     """
     if type(variables) is not dict:
-        return False
+        return None
     for sub in variables.values():
         if type(sub) is not dict:
-            return False
-    for way, keys in dicts:
-        node = variables
-        for key in way:
-            node = node.get(key)
-            if type(node) is not dict:
-                return False
-        if node.keys() != keys:
-            return False
-    return True
+            return None
+    nodes: list[dict] = []
+    for parent, key, keys in dicts:
+        node = (variables if parent < 0 else nodes[parent]).get(key)
+        if type(node) is not dict or node.keys() != keys:
+            return None
+        nodes.append(node)
+    return nodes
 
 
 def _drop(entry: list[Any]) -> None:
@@ -165,10 +172,11 @@ def _forget(key: int) -> Any:
     return forget
 
 
-def _shadow(frame: Frame, root: VariableScope) -> Frame:
+def _shadow(frame: Frame, root: VariableScope, values: dict[str, Any]) -> Frame:
     """A frame for running events as the ordinary code does, beside ``frame``.
 
-    It starts as a run does: at the root scope ``root``, no name scope.
+    It starts as a run does: at the root scope ``root``, no name scope, with
+    ``values`` read so far.
     """
     shadow = Frame(
         is_run=True,
@@ -179,23 +187,26 @@ def _shadow(frame: Frame, root: VariableScope) -> Frame:
         rules=frame.rules,
     )
     shadow.trace_state = frame.trace_state
-    shadow.values = frame.values  # the same arrays, read again
+    shadow.values = values
     return shadow
 
 
 class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
-    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "dicts")
+    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "ways", "dicts")
 
     def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
         self.tree = variables
-        self.dicts: dict[tuple[str, ...], frozenset[str]] = {}
+        # Each dict a read walks through: its keys from the tree (``ways``: to
+        # its index in ``dicts``) and ``(parent's index, key, its keys)``.
+        self.ways: dict[tuple[str, ...], int] = {}
+        self.dicts: list[tuple[int, str, frozenset[str]]] = []
         # At the run's start: the frame's root scope is the shadow's too.
-        shadow = self.shadow = _shadow(frame, frame.scope)
+        shadow = self.shadow = _shadow(frame, frame.scope, frame.values)
         for name in LAZY:
             setattr(shadow, name, getattr(frame, name))
             delattr(frame, name)
@@ -215,7 +226,7 @@ class _Record:
         entry = self.entry
         if self.plan:
             entry[1] = self.plan
-            entry[3] = tuple(self.dicts.items())
+            entry[3] = tuple(self.dicts)
         else:  # nothing to replay: the first event is one plans do not cover
             entry[2] = STRIKES
 
@@ -231,14 +242,14 @@ class _Record:
         context.restore_current(token)
         return result
 
-    def _walk(self, coll: str, full: str, value: Any) -> tuple[tuple, str] | None:
+    def _walk(self, coll: str, full: str, value: Any) -> tuple[int, str] | None:
         """How a replay finds ``value``, read at ``full``, in the given tree.
 
-        ``(parents, leaf)``: the keys from the collection to the leaf's dict, and
-        the leaf's key. Each dict on the way goes into ``dicts`` with its keys.
-        None where the tree is not plain there (a dict that is not a `dict`, a
-        key that is not a str or holds a ``/``): the flattened tree might not
-        give what the walk finds.
+        ``(index, leaf)``: the index in ``dicts`` of the dict holding the leaf,
+        and the leaf's key. Each dict on the way from the tree goes into
+        ``dicts`` with its keys. None where the tree is not plain there (a dict
+        that is not a `dict`, a key that is not a str or holds a ``/``): the
+        flattened tree might not give what the walk finds.
         """
         node = self.tree.get(coll)
         way: tuple[str, ...] = (coll,)
@@ -248,16 +259,19 @@ class _Record:
             node = node.get(key) if type(node) is dict else None
             way += (key,)
             found.append((way, node))
-        dicts = self.dicts
+        ways = self.ways
         for way, node in found:  # a dict already taken: its keys are known
-            if type(node) is not dict or (way not in dicts and not _plain_dict(node)):
+            if type(node) is not dict or (way not in ways and not _plain_dict(node)):
                 return None
         if node.get(leaf) is not value:  # pyright: ignore[reportOptionalMemberAccess]
             return None
+        dicts = self.dicts
         for way, node in found:
-            if way not in dicts:
-                dicts[way] = frozenset(node)  # pyright: ignore[reportArgumentType]
-        return tuple(parents), leaf
+            if way not in ways:
+                parent = ways[way[:-1]] if len(way) > 1 else -1
+                ways[way] = len(dicts)
+                dicts.append((parent, way[-1], frozenset(node)))  # pyright: ignore[reportArgumentType]
+        return ways[way], leaf
 
     def _in_step(self, frame: Frame) -> bool:
         shadow = self.shadow
@@ -310,12 +324,14 @@ class _Record:
                     trainable=trainable, collection=collection,
                 )  # fmt: skip
                 coll = shadow.collection_of[full]
-                walk = None if seen else self._walk(coll, full, value)
-                if seen or walk is not None:
+                walk = self._walk(coll, full, value)
+                if walk is not None:
                     # A list is copied: the caller may change its own afterwards.
                     kept = shape if type(shape) is tuple else list(shape)
-                    key = (name, kept, dtype, trainable, collection)
-                    self.plan.append((READ, key, full, coll, seen, *(walk or (0, 0))))
+                    self.plan.append((
+                        READ, name, kept, dtype, trainable, collection, full,
+                        coll, seen, *walk,
+                    ))  # fmt: skip
                     return value
                 self.end(frame)  # a tree a replay cannot read as it is
                 return value
@@ -329,14 +345,15 @@ class _Record:
 class _Replay:
     """Replays a plan: each event takes its recorded outcome while it matches."""
 
-    __slots__ = ("entry", "plan", "pos", "size", "tree")
+    __slots__ = ("entry", "plan", "pos", "size", "tree", "nodes")
 
-    def __init__(self, entry: list[Any], variables: Any):
+    def __init__(self, entry: list[Any], variables: Any, nodes: list[dict]):
         self.entry = entry
         self.plan = entry[1]
         self.size = len(self.plan)
         self.pos = 0
         self.tree = variables
+        self.nodes = nodes  # the dicts the plan's reads walk through (`_nodes`)
 
     def attach(self, frame: Frame) -> _Replay:
         """Makes the ordinary ``frame`` of an apply replay this plan."""
@@ -361,7 +378,7 @@ class _Replay:
         pos = self.pos
         if pos < self.size and self.entry[1] is self.plan:  # a difference
             _drop(self.entry)
-        shadow = _shadow(frame, VariableScope(False, ""))
+        shadow = _shadow(frame, VariableScope(False, ""), {})
         opened = []
         token = context.make_current(shadow)
         try:
@@ -373,9 +390,8 @@ class _Replay:
                     opened.append(cm)
                 elif event is EXIT:
                     opened.pop().__exit__(None, None, None)
-                elif not event[4]:  # a read new in the run (shared: no change)
-                    _, shape, dtype, trainable, _ = event[1]
-                    full, coll = event[2], event[3]
+                elif not event[8]:  # a read new in the run (shared: no change)
+                    _, _, shape, dtype, trainable, _, full, coll = event[:8]
                     read_at_apply(
                         shadow, full, shape, dtype, None, trainable, coll, None
                     )

@@ -41,7 +41,6 @@ from jscope._src.values import F32, canon_dtype, is_float, same_int_list
 from jscope.typing import DTypeLike, InitializerLike, Regularizer, Shape
 
 JNP_F32 = jnp.float32  # hashed by a Python method: compared by identity
-EMPTY: dict = {}  # a collection the given tree lacks, for a plan's read
 
 
 # ----------------------------------------------------------------- get_variable
@@ -122,33 +121,30 @@ def get_variable(
             pos < plan.size
             and (event := plan.plan[pos])[0] is PLAN_READ
             and type(name) is str
+            and name == event[1]
             and (type(shape) is tuple or type(shape) is list)
-            and (dtype is None or dtype is F32 or dtype is JNP_F32)
+            and shape == event[2]
+            and dtype is event[3]  # None or float32: a plan records no other
+            and trainable is event[4]
+            and (
+                collection is event[5]
+                or (type(collection) is str and collection == event[5])
+            )
             and regularizer is axes is None
             and not tf1_kwargs
             and (initializer is None or callable(initializer))
-            and event[1] == (name, shape, dtype, trainable, collection)
             and TRACE_REF.value is frame.trace_state
         ):
-            full = event[2]
-            value: Any
-            if event[4]:  # the value an earlier read of the run returned
-                value = frame.values[full]
-            else:  # the recorded walk; `plans._fits` checked its dicts
-                value = plan.tree.get(event[3], EMPTY)
-                for key in event[5]:
-                    value = value.get(key)
-                    if type(value) is not dict:
-                        break
-                else:
-                    value = value.get(event[6])
+            # The leaf in its dict (`plans._nodes` found the dicts and checked
+            # their keys), shared or not: the run's values are set at the end
+            # of the plan, if it ends before the run (`context.LAZY`).
+            value = plan.nodes[event[9]][event[10]]
             if type(value) is ARRAY_IMPL:
                 meta = value.aval
                 if meta.dtype == F32 and (
                     shape == meta.shape or same_int_list(shape, meta.shape)
                 ):
                     plan.pos = pos + 1
-                    frame.values[full] = value
                     return value
         return plan.read(
             frame, name, shape, dtype, initializer, regularizer, trainable,
