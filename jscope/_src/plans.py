@@ -266,12 +266,14 @@ class _Record:
         if node.get(leaf) is not value:  # pyright: ignore[reportOptionalMemberAccess]
             return None
         dicts = self.dicts
+        parent = -1  # the tree
         for way, node in found:
-            if way not in ways:
-                parent = ways[way[:-1]] if len(way) > 1 else -1
-                ways[way] = len(dicts)
+            index = ways.get(way)
+            if index is None:
+                index = ways[way] = len(dicts)
                 dicts.append((parent, way[-1], frozenset(node)))  # pyright: ignore[reportArgumentType]
-        return ways[way], leaf
+            parent = index
+        return parent, leaf
 
     def _in_step(self, frame: Frame) -> bool:
         shadow = self.shadow
