@@ -52,7 +52,7 @@ from typing import Any
 from jscope._src import context, tree
 from jscope._src.context import LAZY, Frame, PlannedFrame
 from jscope._src.jax_compat import EVAL_TRACE, TRACE_REF
-from jscope._src.scope import VariableScope, variable_scope
+from jscope._src.scope import VariableScope, new_root, variable_scope
 from jscope._src.values import F32
 from jscope._src.variables import JNP_F32, get_variable, read_at_apply, shared_read
 
@@ -87,7 +87,7 @@ def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
     if nodes is None:
         return None
     replay = _Replay(entry, variables, nodes)
-    return context.planned(VariableScope(False, ""), trace, rngs, get_variable, replay)
+    return context.planned(new_root(), trace, rngs, get_variable, replay)
 
 
 def begin(frame: Frame, fn: Any, variables: Any) -> Any:
@@ -136,24 +136,26 @@ def _nodes(variables: Any, dicts: tuple) -> list[dict] | None:
     """The dicts of ``variables`` a replay reads through, if it can read them.
 
     ``dicts`` holds ``(parent, key, keys)`` for each dict a plan's reads walk
-    through, parents first: the dict is ``nodes[parent][key]`` (a collection:
-    ``variables[key]``, parent -1) and had the keys ``keys`` when recorded (all
-    str, none with a ``/``). Where every collection is a `dict` and each of
-    these dicts still has its keys, the one way to a path in the flattened tree
-    is the walk the read recorded, and its leaf is there. Checked once per
-    apply: a dict's keys are compared in C.
+    through, parents first: the dict is ``nodes[parent][key]``, where
+    ``nodes[0]`` is ``variables`` and ``nodes[i]`` the dict of
+    ``dicts[i - 1]``; it had the keys ``keys`` when recorded (all str, none
+    with a ``/``). Where every collection is a `dict` and each of these dicts
+    still has its keys, the one way to a path in the flattened tree is the walk
+    the read recorded, and its leaf is there. Checked once per apply: a dict's
+    keys are compared in C.
     """
     if type(variables) is not dict:
         return None
     for sub in variables.values():
         if type(sub) is not dict:
             return None
-    nodes: list[dict] = []
+    nodes: list[dict] = [variables]  # so a collection's parent is 0
+    append = nodes.append
     for parent, key, keys in dicts:
-        node = (variables if parent < 0 else nodes[parent]).get(key)
+        node = nodes[parent].get(key)
         if type(node) is not dict or node.keys() != keys:
             return None
-        nodes.append(node)
+        append(node)
     return nodes
 
 
@@ -202,7 +204,8 @@ class _Record:
         self.plan: list[Any] = []
         self.tree = variables
         # Each dict a read walks through: its keys from the tree (``ways``: to
-        # its index in ``dicts``) and ``(parent's index, key, its keys)``.
+        # its number, 1 for the first in ``dicts``, 0 for the tree itself) and
+        # ``(parent's number, key, its keys)`` (`_nodes`).
         self.ways: dict[tuple[str, ...], int] = {}
         self.dicts: list[tuple[int, str, frozenset[str]]] = []
         # At the run's start: the frame's root scope is the shadow's too.
@@ -245,11 +248,12 @@ class _Record:
     def _walk(self, coll: str, full: str, value: Any) -> tuple[int, str] | None:
         """How a replay finds ``value``, read at ``full``, in the given tree.
 
-        ``(index, leaf)``: the index in ``dicts`` of the dict holding the leaf,
-        and the leaf's key. Each dict on the way from the tree goes into
-        ``dicts`` with its keys. None where the tree is not plain there (a dict
-        that is not a `dict`, a key that is not a str or holds a ``/``): the
-        flattened tree might not give what the walk finds.
+        ``(number, leaf)``: the number in ``ways`` of the dict holding the leaf
+        (its index in `_nodes`'s list), and the leaf's key. Each dict on the
+        way from the tree goes into ``dicts`` with its keys. None where the
+        tree is not plain there (a dict that is not a `dict`, a key that is not
+        a str or holds a ``/``): the flattened tree might not give what the
+        walk finds.
         """
         node = self.tree.get(coll)
         way: tuple[str, ...] = (coll,)
@@ -266,11 +270,11 @@ class _Record:
         if node.get(leaf) is not value:  # pyright: ignore[reportOptionalMemberAccess]
             return None
         dicts = self.dicts
-        parent = -1  # the tree
+        parent = 0  # the tree (`_nodes` puts it first)
         for way, node in found:
             index = ways.get(way)
             if index is None:
-                index = ways[way] = len(dicts)
+                index = ways[way] = len(dicts) + 1
                 dicts.append((parent, way[-1], frozenset(node)))  # pyright: ignore[reportArgumentType]
             parent = index
         return parent, leaf

@@ -212,6 +212,22 @@ def _is_plain(scope: VariableScope) -> bool:
     )
 
 
+def new_root() -> VariableScope:
+    """A new root scope, as ``VariableScope(False, "")`` makes it, for less."""
+    root = _new(VariableScope)
+    (
+        root._reuse,
+        root._name,
+        root._initializer,
+        root._regularizer,
+        root._dtype,
+        root._custom_getter,
+        root._original_name_scope,
+        root._plain,
+    ) = _ROOT
+    return root
+
+
 def _read_only(scope: VariableScope, attr: str, setter: str) -> None:
     raise errors.ReadOnlyAttributeError(
         f"The {attr} of variable scope {scope._name!r} is read-only, as in TF1: "
@@ -586,3 +602,9 @@ def get_variable_scope() -> VariableScope:
       ''
     """
     return current().scope
+
+
+# The fields of a root scope, in `VariableScope.__slots__` order (`new_root`).
+_ROOT = tuple(
+    getattr(VariableScope(False, ""), slot) for slot in VariableScope.__slots__
+)
