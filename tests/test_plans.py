@@ -330,6 +330,28 @@ def test_a_shape_list_changed_between_applies_is_read_as_it_is_now():
     np.testing.assert_array_equal(js.apply(f, v), _plain(f, v))
 
 
+def test_a_tree_of_other_shapes_under_the_same_keys_replays_and_ends_as_it_is():
+    # A plan keeps no shape: each read compares the shape it is given with its
+    # array's, and a plan that ends after its reads rebuilds the run's state
+    # with the shapes the reads were given, not those of the recording.
+    def f(x):
+        h = _mlp(x)
+        with js.variable_scope("layer0", reuse=True):
+            w = js.get_variable("w")  # no shape: not a plan's read, so it ends
+        return h, w
+
+    narrow, wide = jnp.ones((2, 4)), jnp.ones((2, 6))
+    v4, v6 = js.init(f, KEY, narrow), js.init(f, KEY, wide)
+    for v, x in ((v4, narrow), (v4, narrow), (v6, wide), (v6, wide), (v4, narrow)):
+        got, want = js.apply(f, v, x), _plain(f, v, x)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert got[1].shape == (x.shape[-1], 4)
+    entry = _entry(f)
+    assert entry[1] is not None and entry[2] == 0  # replayed, never dropped
+    assert entry[1][-1][0] is plans.ENTER  # it stops at the read without shape
+
+
 def test_callable_objects_and_partials_are_planned_by_identity():
     import functools
 

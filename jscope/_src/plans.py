@@ -332,11 +332,11 @@ class _Record:
                 coll = shadow.collection_of[full]
                 walk = self._walk(coll, full, value)
                 if walk is not None:
-                    # A list is copied: the caller may change its own afterwards.
-                    kept = shape if type(shape) is tuple else list(shape)
+                    # The shape is not kept: a replay compares the one it is
+                    # given with the array's, as an ordinary read does.
                     self.plan.append((
-                        READ, name, kept, dtype, trainable, collection, full,
-                        coll, seen, *walk,
+                        READ, name, dtype, trainable, collection, full, coll,
+                        seen, *walk,
                     ))  # fmt: skip
                     return value
                 self.end(frame)  # a tree a replay cannot read as it is
@@ -396,8 +396,10 @@ class _Replay:
                     opened.append(cm)
                 elif event is EXIT:
                     opened.pop().__exit__(None, None, None)
-                elif not event[8]:  # a read new in the run (shared: no change)
-                    _, _, shape, dtype, trainable, _, full, coll = event[:8]
+                elif not event[7]:  # a read new in the run (shared: no change)
+                    _, _, dtype, trainable, _, full, coll, _, number, leaf = event
+                    # The shape the read was given: its array's (checked).
+                    shape = self.nodes[number][leaf].shape
                     read_at_apply(
                         shadow, full, shape, dtype, None, trainable, coll, None
                     )

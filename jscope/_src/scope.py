@@ -7,6 +7,7 @@ from typing import Any
 
 from jscope import errors
 from jscope._src import context, names
+from jscope._src.context import PLAN_ENTER, PLAN_EXIT, peek  # bound: the hot path
 from jscope._src.names import VALID_SCOPES
 from jscope.typing import AutoReuse
 
@@ -376,7 +377,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
     def __enter__(self) -> VariableScope:
         (obj, default, init, reg, getter, reuse, dtype, aux) = self._args
-        frame = context.peek()
+        frame = peek()
         if frame is None:
             frame = current()
         plan = frame.plan_mode
@@ -384,7 +385,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
             pos = plan.pos
             if (
                 pos < plan.size
-                and (event := plan.plan[pos])[0] is context.PLAN_ENTER
+                and (event := plan.plan[pos])[0] is PLAN_ENTER
                 and obj == event[1]
                 and reuse is event[2]
                 and aux is True
@@ -512,7 +513,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
             pos = plan.pos
             if (
                 pos < plan.size
-                and plan.plan[pos] is context.PLAN_EXIT
+                and plan.plan[pos] is PLAN_EXIT
                 and self._new is frame.scope
             ):
                 plan.pos = pos + 1

@@ -122,13 +122,12 @@ def get_variable(
             and (event := plan.plan[pos])[0] is PLAN_READ
             and type(name) is str
             and name == event[1]
-            and (type(shape) is tuple or type(shape) is list)
-            and shape == event[2]
-            and dtype is event[3]  # None or float32: a plan records no other
-            and trainable is event[4]
+            and (type(shape) is tuple or type(shape) is list)  # checked below
+            and dtype is event[2]  # None or float32: a plan records no other
+            and trainable is event[3]
             and (
-                collection is event[5]
-                or (type(collection) is str and collection == event[5])
+                collection is event[4]
+                or (type(collection) is str and collection == event[4])
             )
             and regularizer is axes is None
             and not tf1_kwargs
@@ -138,7 +137,7 @@ def get_variable(
             # The leaf in its dict (`plans._nodes` found the dicts and checked
             # their keys), shared or not: the run's values are set at the end
             # of the plan, if it ends before the run (`context.LAZY`).
-            value = plan.nodes[event[9]][event[10]]
+            value = plan.nodes[event[8]][event[9]]
             if type(value) is ARRAY_IMPL:
                 meta = value.aval
                 if meta.dtype == F32 and (
