@@ -52,7 +52,7 @@ from typing import Any
 from jscope._src import context, tree
 from jscope._src.context import LAZY, Frame, PlannedFrame
 from jscope._src.jax_compat import EVAL_TRACE, TRACE_REF
-from jscope._src.scope import VariableScope, new_root, variable_scope
+from jscope._src.scope import VariableScope, variable_scope
 from jscope._src.values import F32
 from jscope._src.variables import JNP_F32, get_variable, read_at_apply, shared_read
 
@@ -87,7 +87,28 @@ def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
     if nodes is None:
         return None
     replay = _Replay(entry, variables, nodes)
-    return context.planned(new_root(), trace, rngs, get_variable, replay)
+    return context.planned(_new_root(), trace, rngs, get_variable, replay)
+
+
+def _new_root() -> VariableScope:
+    """A new root scope, as ``VariableScope(False, "")`` makes it, for less."""
+    root = _new_object(VariableScope)
+    (
+        root._reuse,
+        root._name,
+        root._initializer,
+        root._regularizer,
+        root._dtype,
+        root._custom_getter,
+        root._original_name_scope,
+        root._plain,
+    ) = _ROOT
+    return root
+
+
+_new_object = object.__new__
+# A root scope's fields, in `VariableScope.__slots__` order (`_new_root`).
+_ROOT = tuple(getattr(VariableScope(False, ""), s) for s in VariableScope.__slots__)
 
 
 def begin(frame: Frame, fn: Any, variables: Any) -> Any:

@@ -213,22 +213,6 @@ def _is_plain(scope: VariableScope) -> bool:
     )
 
 
-def new_root() -> VariableScope:
-    """A new root scope, as ``VariableScope(False, "")`` makes it, for less."""
-    root = _new(VariableScope)
-    (
-        root._reuse,
-        root._name,
-        root._initializer,
-        root._regularizer,
-        root._dtype,
-        root._custom_getter,
-        root._original_name_scope,
-        root._plain,
-    ) = _ROOT
-    return root
-
-
 def _read_only(scope: VariableScope, attr: str, setter: str) -> None:
     raise errors.ReadOnlyAttributeError(
         f"The {attr} of variable scope {scope._name!r} is read-only, as in TF1: "
@@ -506,7 +490,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
         frame.name_scope = name_scope
         return new
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         frame: context.Frame = self._frame  # pyright: ignore[reportAssignmentType] (set at entry)
         plan = frame.plan_mode
         if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
@@ -520,7 +504,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 frame.scope, frame.name_scope = self._saved
                 self._frame = None
                 return None
-            return plan.exit(self, frame, exc_info)
+            return plan.exit(self, frame, (exc_type, exc, tb))
         frame.scope, frame.name_scope = self._saved
         saved = self._saved_counts
         if saved is None:
@@ -603,9 +587,3 @@ def get_variable_scope() -> VariableScope:
       ''
     """
     return current().scope
-
-
-# The fields of a root scope, in `VariableScope.__slots__` order (`new_root`).
-_ROOT = tuple(
-    getattr(VariableScope(False, ""), slot) for slot in VariableScope.__slots__
-)
