@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_properties import KEY, Runner, programs, to_source
 
 import jscope as js
-from jscope._src import plans
+from jscope._src import context, plans
 
 
 @pytest.fixture(autouse=True)
@@ -531,6 +531,29 @@ def test_a_replayed_run_makes_what_other_code_touches_when_it_does():
     with pytest.raises(js.errors.RngTypeError) as want:
         _plain(f, v, X, rngs=3)
     assert str(got.value) == str(want.value)
+
+
+def test_a_replayed_run_drops_at_its_end_what_it_made():
+    # A replay's frame sets its containers only when touched; its end drops
+    # what a touched one holds, as an ordinary run's end does.
+    frames = []
+
+    def f(x, touch):
+        frame = context.peek()
+        frames.append(frame)
+        if touch:
+            frame.created["kept"] = x  # a container made when touched
+        return _mlp(x)
+
+    v = js.init(f, KEY, X, False)
+    for touch in (False, False, False, True, False):
+        got = js.apply(f, v, X, touch)
+        frame = frames[-1]
+        np.testing.assert_array_equal(got, _plain(f, v, X, touch))
+        assert not frame.alive and frame.plan_mode is None and frame.rngs is None
+        assert frame.created == {}
+    assert type(frame) is context.PlannedFrame  # replayed, to its end
+    assert _entry(f)[2] == 0
 
 
 def test_trees_of_two_shapes_in_turn_stop_being_planned():

@@ -398,6 +398,21 @@ class PlannedFrame(Frame):
 
     __slots__ = ()
 
+    def close(self) -> None:
+        """Ends the run; a replay's frame that nothing else touched, for less.
+
+        Such a frame (`planned`, its plan not ended, no slot of `UNTIL_TOUCHED`
+        made) holds values in only the slots dropped here; the others are unset.
+        """
+        plan = self.plan_mode
+        if plan is None or plan.touched:
+            Frame.close(self)
+            return
+        self.alive = False
+        self.plan_mode = None
+        self.rng = None
+        self.rngs = None
+
     def settle(self) -> None:
         """Sets every slot left unset but the rule state: it becomes a `Frame`."""
         for name in UNTIL_TOUCHED:
@@ -486,6 +501,8 @@ def _until_touched(name: str, make: Callable[[Frame], Any]) -> property:
         except AttributeError:  # unset in a frame made by `planned`
             value = make(frame)
             slot.__set__(frame, value)
+            if frame.plan_mode is not None:  # so its close drops the value
+                frame.plan_mode.touched = True
             return value
 
     return property(get, slot.__set__, doc=f"Frame.{name}, set when first touched.")

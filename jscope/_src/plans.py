@@ -217,10 +217,13 @@ def _shadow(frame: Frame, root: VariableScope, values: dict[str, Any]) -> Frame:
 class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
-    __slots__ = ("entry", "shadow", "plan", "pos", "size", "tree", "ways", "dicts")
+    __slots__ = (
+        "entry", "shadow", "plan", "pos", "size", "tree", "ways", "dicts", "touched",
+    )  # fmt: skip
 
     def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
+        self.touched = True  # an ordinary frame's slots are all set
         self.pos = self.size = 0  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
         self.tree = variables
@@ -372,7 +375,7 @@ class _Record:
 class _Replay:
     """Replays a plan: each event takes its recorded outcome while it matches."""
 
-    __slots__ = ("entry", "plan", "pos", "size", "tree", "nodes")
+    __slots__ = ("entry", "plan", "pos", "size", "tree", "nodes", "touched")
 
     def __init__(self, entry: list[Any], variables: Any, nodes: list[dict]):
         self.entry = entry
@@ -381,6 +384,8 @@ class _Replay:
         self.pos = 0
         self.tree = variables
         self.nodes = nodes  # the dicts the plan's reads walk through (`_nodes`)
+        # Whether a slot of `context.UNTIL_TOUCHED` is set (`PlannedFrame.close`).
+        self.touched = False
 
     def attach(self, frame: Frame) -> _Replay:
         """Makes the ordinary ``frame`` of an apply replay this plan."""
@@ -388,6 +393,7 @@ class _Replay:
             delattr(frame, name)
         frame.plan_mode = self
         frame.__class__ = PlannedFrame
+        self.touched = True  # an ordinary frame's slots are all set
         return self
 
     def index(self) -> Any:

@@ -112,16 +112,13 @@ def get_variable(
       {'params': {'w': Array([1., 1.], dtype=float32)}}
     """
     frame = peek()
-    if frame is None or not frame.is_run:
-        frame = context.current_run("get_variable")  # raises NotInRunError
-    plan = frame.plan_mode
-    if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
+    # An eager apply's plan (`plans`; only a run has one): a match replays inline.
+    if frame is not None and (plan := frame.plan_mode) is not None:
         pos = plan.pos
         if (
             pos < plan.size
             and (event := plan.plan[pos])[0] is PLAN_READ
-            and type(name) is str
-            and name == event[1]
+            and (name is event[1] or (type(name) is str and name == event[1]))
             and (type(shape) is tuple or type(shape) is list)  # checked below
             and dtype is event[2]  # None or float32: a plan records no other
             and trainable is event[3]
@@ -140,7 +137,7 @@ def get_variable(
             value = plan.nodes[event[8]][event[9]]
             if type(value) is ARRAY_IMPL:
                 meta = value.aval
-                if meta.dtype == F32 and (
+                if ((vdtype := meta.dtype) is F32 or vdtype == F32) and (
                     shape == meta.shape or same_int_list(shape, meta.shape)
                 ):
                     plan.pos = pos + 1
@@ -149,6 +146,8 @@ def get_variable(
             frame, name, shape, dtype, initializer, regularizer, trainable,
             collection, axes, tf1_kwargs,
         )  # fmt: skip
+    if frame is None or not frame.is_run:
+        frame = context.current_run("get_variable")  # raises NotInRunError
     scope = frame.scope
     prefix = scope._name
     full = f"{prefix}/{name}" if prefix else name
