@@ -41,7 +41,7 @@ object), for eager applies only: under ``jax.jit`` each trace is new and would
 never match. A function whose
 plan was dropped `STRIKES` times is not planned again.
 
-Imports: `context`, `jax_compat`, `scope`, `variables`.
+Imports: `context`, `jax_compat`, `scope`, `tree`, `values`, `variables`.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ EXIT = context.PLAN_EXIT
 STRIKES = 3
 
 #: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes, dicts]:
-#: dicts, ``((keys to it, its keys), ...)`` of each dict a read of the plan
-#: walks through (a collection: one key to it), checked once per apply.
+#: dicts, ``(parent, key, keys)`` of each dict a read of the plan walks
+#: through, parents first, checked once per apply (`_nodes`).
 _PLANS: dict[int, list[Any]] = {}
 
 
@@ -86,7 +86,7 @@ def replaying(fn: Any, variables: Any, rngs: Any) -> Any:
     nodes = _fits(entry, variables)
     if nodes is None:
         return None
-    replay = _Replay(entry, variables, nodes)
+    replay = _Replay(entry, nodes)
     return context.planned(_new_root(), trace, rngs, get_variable, replay)
 
 
@@ -128,7 +128,7 @@ def begin(frame: Frame, fn: Any, variables: Any) -> Any:
         if entry[1] is not None:
             nodes = _fits(entry, variables)
             if nodes is not None:
-                return _Replay(entry, variables, nodes).attach(frame)
+                return _Replay(entry, nodes).attach(frame)
         if entry[2] >= STRIKES:
             return None
     else:
@@ -375,15 +375,15 @@ class _Record:
 class _Replay:
     """Replays a plan: each event takes its recorded outcome while it matches."""
 
-    __slots__ = ("entry", "plan", "pos", "size", "tree", "nodes", "touched")
+    __slots__ = ("entry", "plan", "pos", "size", "nodes", "touched")
 
-    def __init__(self, entry: list[Any], variables: Any, nodes: list[dict]):
+    def __init__(self, entry: list[Any], nodes: list[dict]):
         self.entry = entry
         self.plan = entry[1]
         self.size = len(self.plan)
         self.pos = 0
-        self.tree = variables
-        self.nodes = nodes  # the dicts the plan's reads walk through (`_nodes`)
+        # The given tree, then the dicts the plan's reads walk through (`_nodes`).
+        self.nodes = nodes
         # Whether a slot of `context.UNTIL_TOUCHED` is set (`PlannedFrame.close`).
         self.touched = False
 
@@ -398,7 +398,7 @@ class _Replay:
 
     def index(self) -> Any:
         """The given tree flattened, for a frame made without it."""
-        return tree.index(self.tree)
+        return tree.index(self.nodes[0])
 
     def finish(self) -> None:
         pass
