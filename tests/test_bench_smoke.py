@@ -331,8 +331,28 @@ INIT = Bench(
     timeout=900,
 )
 
+# ------------------------------------------------------------------- checks
+# Exit code 1: a copy with checks cut could not be made (the replay's source
+# moved away from the cuts) or a contestant's output differed from jscope's.
+
+CHECKS = Bench(
+    "bench_checks.py",
+    lines=tuple(
+        f"RATIO apply_eager {name}/hand-written = "
+        for name in (
+            "jscope",
+            "scoped reads, no rules",
+            "no scope checks",
+            "no read argument checks",
+            "no read value checks",
+            "no checks",
+        )
+    ),
+)
+
 BENCHES = {
     "core": CORE,
+    "checks": CHECKS,
     "import": IMPORT,
     "checkpoint": CHECKPOINT,
     "layers": LAYERS,
