@@ -59,7 +59,7 @@ _SCOPE_INIT = (
 _SCOPE_ENTER = (
     "_src/scope.py",
     "                and obj == event[1]\n",
-    "            ):\n                plan.pos = pos + 1\n",
+    "            ):\n                plan.next = event[6]\n",
     "",
 )
 _READ_ARGS = (
@@ -72,7 +72,7 @@ _READ_VALUE = (
     "_src/variables.py",
     "            if type(value) is ARRAY_IMPL:\n",
     "        return plan.read(\n",
-    "            plan.pos = pos + 1\n            return value\n",
+    "            plan.next = event[11]\n            return value\n",
 )
 VARIANTS = {
     "no scope checks": (_SCOPE_INIT, _SCOPE_ENTER),

@@ -142,6 +142,21 @@ def test_a_plan_is_recorded_then_replayed():
     np.testing.assert_array_equal(first, _plain(_mlp, v, X))
 
 
+def test_a_kept_plan_links_each_event_to_the_next():
+    # The inline replay moves on by the event's own last item, and a plan that
+    # ends counts the events replayed from the index of the one it stopped at.
+    v = js.init(_mlp, KEY, X)
+    js.apply(_mlp, v, X)
+    plan = _entry(_mlp)[1]
+    kinds = [event[0] for event in plan]
+    assert kinds == [plans.ENTER, plans.READ, plans.READ, plans.EXIT] * 3
+    for index, event in enumerate(plan):
+        assert event[-2] == index
+        if index + 1 < len(plan):
+            assert event[-1] is plan[index + 1]
+    assert plan[-1][-1] == (plans.END, len(plan), None)
+
+
 def test_inline_lambdas_and_methods_share_a_plan():
     v = js.init(_mlp, KEY, X)
 

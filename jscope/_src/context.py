@@ -166,11 +166,13 @@ LAZY = (
 )
 
 
-#: The kinds of a plan's events (`plans`): the first item of each event, or
-#: the event itself for leaving a scope.
+#: The kinds of a plan's events (`plans`): the first item of each event. A
+#: replayed event's last two items are its index in the plan and the next event
+#: (the last one's: the plan's end, of kind `PLAN_END`).
 PLAN_ENTER = "enter"
 PLAN_READ = "read"
-PLAN_EXIT = ("exit",)
+PLAN_EXIT = "exit"
+PLAN_END = "end"
 
 
 def end_plan() -> None:

@@ -59,13 +59,17 @@ from jscope._src.variables import JNP_F32, get_variable, read_at_apply, shared_r
 ENTER = context.PLAN_ENTER
 READ = context.PLAN_READ
 EXIT = context.PLAN_EXIT
+END = context.PLAN_END
+#: The event a recorder offers the inline replay: of no kind, so it never matches.
+_IDLE = (None,)
 
 #: After this many dropped plans a function is not planned again.
 STRIKES = 3
 
-#: id(fn) -> [weakref to fn, plan (a list of events) or None, strikes, dicts]:
-#: dicts, ``(parent, key, keys)`` of each dict a read of the plan walks
-#: through, parents first, checked once per apply (`_nodes`).
+#: id(fn) -> [weakref to fn, plan or None, strikes, dicts]: the plan, a list of
+#: events linked in order (`_linked`); dicts, ``(parent, key, keys)`` of each
+#: dict a read of the plan walks through, parents first, checked once per
+#: apply (`_nodes`).
 _PLANS: dict[int, list[Any]] = {}
 
 
@@ -218,13 +222,13 @@ class _Record:
     """Records the events of one apply; the state lives on a shadow frame."""
 
     __slots__ = (
-        "entry", "shadow", "plan", "pos", "size", "tree", "ways", "dicts", "touched",
+        "entry", "shadow", "plan", "next", "tree", "ways", "dicts", "touched",
     )  # fmt: skip
 
     def __init__(self, frame: Frame, entry: list[Any], variables: Any):
         self.entry = entry
         self.touched = True  # an ordinary frame's slots are all set
-        self.pos = self.size = 0  # nothing to replay: the inline checks fail
+        self.next = _IDLE  # nothing to replay: the inline checks fail
         self.plan: list[Any] = []
         self.tree = variables
         # Each dict a read walks through: its keys from the tree (``ways``: to
@@ -252,7 +256,7 @@ class _Record:
         """After the run returned: keeps the plan, unless it has no event."""
         entry = self.entry
         if self.plan:
-            entry[1] = self.plan
+            entry[1] = _linked(self.plan)
             entry[3] = tuple(self.dicts)
         else:  # nothing to replay: the first event is one plans do not cover
             entry[2] = STRIKES
@@ -330,7 +334,7 @@ class _Record:
         cm.__exit__(*exc_info)
         frame.scope = shadow.scope
         frame.name_scope = shadow.name_scope
-        self.plan.append(EXIT)
+        self.plan.append((EXIT,))
         return None
 
     def read(
@@ -375,13 +379,13 @@ class _Record:
 class _Replay:
     """Replays a plan: each event takes its recorded outcome while it matches."""
 
-    __slots__ = ("entry", "plan", "pos", "size", "nodes", "touched")
+    __slots__ = ("entry", "plan", "next", "nodes", "touched")
 
     def __init__(self, entry: list[Any], nodes: list[dict]):
         self.entry = entry
         self.plan = entry[1]
-        self.size = len(self.plan)
-        self.pos = 0
+        # The event to replay next: each names the one after it (`_linked`).
+        self.next = self.plan[0]
         # The given tree, then the dicts the plan's reads walk through (`_nodes`).
         self.nodes = nodes
         # Whether a slot of `context.UNTIL_TOUCHED` is set (`PlannedFrame.close`).
@@ -408,8 +412,8 @@ class _Replay:
         frame.settle()  # pyright: ignore[reportAttributeAccessIssue] (PlannedFrame)
         frame.__class__ = Frame
         frame.plan_mode = None
-        pos = self.pos
-        if pos < self.size and self.entry[1] is self.plan:  # a difference
+        pos = self.next[-2]  # the index of the event not replayed
+        if self.next[0] is not END and self.entry[1] is self.plan:  # a difference
             _drop(self.entry)
         shadow = _shadow(frame, VariableScope(False, ""), {})
         opened = []
@@ -421,10 +425,10 @@ class _Replay:
                     cm = variable_scope(event[1], reuse=event[2])
                     cm.__enter__()
                     opened.append(cm)
-                elif event is EXIT:
+                elif kind is EXIT:
                     opened.pop().__exit__(None, None, None)
                 elif not event[7]:  # a read new in the run (shared: no change)
-                    _, _, dtype, trainable, _, full, coll, _, number, leaf = event
+                    _, _, dtype, trainable, _, full, coll, _, number, leaf = event[:10]
                     # The shape the read was given: its array's (checked).
                     shape = self.nodes[number][leaf].shape
                     read_at_apply(
@@ -455,6 +459,24 @@ class _Replay:
             name, shape, dtype, initializer, regularizer, trainable=trainable,
             collection=collection, axes=axes, **tf1_kwargs,
         )  # fmt: skip
+
+
+def _linked(events: list[tuple]) -> list[tuple]:
+    """A recording's ``events`` as a replay takes them, in a list of the same order.
+
+    Each event gains two items: its index, and the next event (the last one's,
+    the plan's end: ``(END, len(events), None)``). A replayed event then finds
+    its successor in itself (``plan.next = event[i]``), not by a position kept
+    and checked against the plan's length, and a replay that ends knows how
+    far it came from the event it stopped at (``next[-2]``).
+    """
+    following: tuple = (END, len(events), None)
+    linked = []
+    for index in range(len(events) - 1, -1, -1):
+        following = (*events[index], index, following)
+        linked.append(following)
+    linked.reverse()
+    return linked
 
 
 def _plain_dict(node: Any) -> bool:

@@ -366,16 +366,15 @@ class variable_scope:  # noqa: N801 (TF1's name)
             frame = current()
         plan = frame.plan_mode
         if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
-            pos = plan.pos
+            # The event: (kind, name, reuse, fields, name scope, index, next).
             if (
-                pos < plan.size
-                and (event := plan.plan[pos])[0] is PLAN_ENTER
+                (event := plan.next)[0] is PLAN_ENTER
                 and obj == event[1]
                 and reuse is event[2]
                 and aux is True
                 and default is init is reg is getter is dtype is None
             ):
-                plan.pos = pos + 1
+                plan.next = event[6]
                 self._frame = frame
                 self._saved = (frame.scope, frame.name_scope)
                 new = self._new = frame.scope = _new(VariableScope)
@@ -494,13 +493,9 @@ class variable_scope:  # noqa: N801 (TF1's name)
         frame: context.Frame = self._frame  # pyright: ignore[reportAssignmentType] (set at entry)
         plan = frame.plan_mode
         if plan is not None:  # an eager apply's plan (`plans`): a match replays inline
-            pos = plan.pos
-            if (
-                pos < plan.size
-                and plan.plan[pos] is PLAN_EXIT
-                and self._new is frame.scope
-            ):
-                plan.pos = pos + 1
+            # The event: (kind, index, next).
+            if (event := plan.next)[0] is PLAN_EXIT and self._new is frame.scope:
+                plan.next = event[2]
                 frame.scope, frame.name_scope = self._saved
                 self._frame = None
                 return None

@@ -114,10 +114,10 @@ def get_variable(
     frame = peek()
     # An eager apply's plan (`plans`; only a run has one): a match replays inline.
     if frame is not None and (plan := frame.plan_mode) is not None:
-        pos = plan.pos
+        # The event: (kind, name, dtype, trainable, collection, path,
+        # collection found, seen, dict number, leaf, index, next) (`plans`).
         if (
-            pos < plan.size
-            and (event := plan.plan[pos])[0] is PLAN_READ
+            (event := plan.next)[0] is PLAN_READ
             and (name is event[1] or (type(name) is str and name == event[1]))
             and (type(shape) is tuple or type(shape) is list)  # checked below
             and dtype is event[2]  # None or float32: a plan records no other
@@ -140,7 +140,7 @@ def get_variable(
                 if ((vdtype := meta.dtype) is F32 or vdtype == F32) and (
                     shape == meta.shape or same_int_list(shape, meta.shape)
                 ):
-                    plan.pos = pos + 1
+                    plan.next = event[11]
                     return value
         return plan.read(
             frame, name, shape, dtype, initializer, regularizer, trainable,
