@@ -1170,6 +1170,15 @@ def test_bad_scope_names_are_value_errors(bad):
     assert re.search(PATTERN, str(err))
 
 
+def test_a_scope_name_is_checked_on_entry_as_in_tf1():
+    # TF1 checks the name when the scope opens; making the object checks nothing.
+    with js.variable_scope("outer"):
+        scope = vs("a b")  # made, not entered: no error
+        with pytest.raises(errors.InvalidNameError, match="outer/a b"):
+            scope.__enter__()
+        assert js.get_variable_scope().name == "outer"  # nothing was opened
+
+
 @pytest.mark.parametrize("bad", ["a b", "x:y", "-x"], ids=repr)
 def test_bad_scope_names_show_the_full_path(bad):
     def f(fail):
@@ -1447,7 +1456,7 @@ def _scope_errors():
     cases = [
         (lambda: vs("a", reuse="yes"), errors.ReuseFlagError, ValueError),
         (lambda: vs(None, "d", reuse=True), errors.ScopeArgumentError, ValueError),
-        (lambda: vs("a b"), errors.InvalidNameError, ValueError),
+        (lambda: vs("a b").__enter__(), errors.InvalidNameError, ValueError),
         (lambda: gv("w", (1,)), errors.NotInRunError, RuntimeError),
         (lambda: js.init(collide, KEY), errors.VariableExistsError, ValueError),
         (lambda: js.init(missing, KEY), errors.VariableNotFoundError, ValueError),

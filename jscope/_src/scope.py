@@ -263,7 +263,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
       TypeError: Neither ``name_or_scope`` nor ``default_name`` is given.
       ScopeArgumentError: ``default_name`` with ``reuse=True`` or AUTO_REUSE.
       ReuseFlagError: ``reuse`` is not None, True, False or AUTO_REUSE.
-      InvalidNameError: The name does not match the allowed pattern.
+      InvalidNameError: The name does not match the allowed pattern (checked
+        when the scope is entered, as in TF1).
 
     Example:
       >>> import jscope as js
@@ -302,12 +303,8 @@ class variable_scope:  # noqa: N801 (TF1's name)
             reuse is None or reuse is False or reuse is True or reuse is AUTO_REUSE
         ):
             check_reuse(reuse)  # raises
-        if type(name_or_scope) is str:  # the common case: checks by the cache
-            if name_or_scope not in VALID_SCOPES:
-                try:
-                    names.valid_scope(name_or_scope)
-                except errors.InvalidNameError:
-                    _invalid_scope_name(name_or_scope)  # raises
+        if type(name_or_scope) is str:
+            pass  # the common case: checked on entry, where TF1 checks it
         elif name_or_scope is None:
             if default_name is None:
                 raise errors.ArgumentTypeError(
@@ -391,6 +388,14 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 frame.name_scope = event[4]
                 return new
             return plan.enter(self, frame)
+        # A name is checked here, not when made: TF1 checks it on entry, and a
+        # replayed entry (above) needs no check, its name equal to the checked
+        # one it recorded.
+        if type(obj) is str and obj not in VALID_SCOPES:
+            try:
+                names.valid_scope(obj)
+            except errors.InvalidNameError:
+                _invalid_scope_name(obj)  # raises
         parent = frame.scope
         outer = frame.name_scope
         self._frame = frame
@@ -523,7 +528,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
 
 def _check_scope_name(name: Any) -> None:
-    """Checks a scope name (`variable_scope.__init__` inlines the str case).
+    """Checks a scope name (`variable_scope.__enter__` inlines the str case).
 
     Raises:
       InvalidNameError: As `_invalid_scope_name`.
