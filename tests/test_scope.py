@@ -1170,10 +1170,19 @@ def test_bad_scope_names_are_value_errors(bad):
     assert re.search(PATTERN, str(err))
 
 
-def test_a_scope_name_is_checked_on_entry_as_in_tf1():
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: vs("a b"), lambda: vs(None, default_name="a b"), lambda: vs(_Name("a b"))],
+    ids=["name", "default_name", "str subclass"],
+)
+def test_a_scope_name_is_checked_on_entry_as_in_tf1(make):
     # TF1 checks the name when the scope opens; making the object checks nothing.
     with js.variable_scope("outer"):
-        scope = vs("a b")  # made, not entered: no error
+        scope = make()  # made, not entered: no error
         with pytest.raises(errors.InvalidNameError, match="outer/a b"):
             scope.__enter__()
         assert js.get_variable_scope().name == "outer"  # nothing was opened

@@ -303,8 +303,9 @@ class variable_scope:  # noqa: N801 (TF1's name)
             reuse is None or reuse is False or reuse is True or reuse is AUTO_REUSE
         ):
             check_reuse(reuse)  # raises
+        # Names are checked on entry (`__enter__`), as TF1 checks them.
         if type(name_or_scope) is str:
-            pass  # the common case: checked on entry, where TF1 checks it
+            pass  # the common case
         elif name_or_scope is None:
             if default_name is None:
                 raise errors.ArgumentTypeError(
@@ -319,7 +320,6 @@ class variable_scope:  # noqa: N801 (TF1's name)
                     "a new scope, so there is nothing to reuse. Pass the scope's "
                     "name instead."
                 )
-            _check_scope_name(default_name)
         elif not isinstance(name_or_scope, str | VariableScope):
             raise errors.ArgumentTypeError(
                 "name_or_scope must be a str, a VariableScope or None, got "
@@ -327,8 +327,6 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 "scope's name, e.g. variable_scope('layer'), or a scope object "
                 "captured with `with variable_scope(...) as scope`."
             )
-        elif not isinstance(name_or_scope, VariableScope):  # a str subclass
-            _check_scope_name(name_or_scope)
         if not (
             caching_device is None
             and partitioner is None
@@ -388,14 +386,16 @@ class variable_scope:  # noqa: N801 (TF1's name)
                 frame.name_scope = event[4]
                 return new
             return plan.enter(self, frame)
-        # A name is checked here, not when made: TF1 checks it on entry, and a
-        # replayed entry (above) needs no check, its name equal to the checked
-        # one it recorded.
-        if type(obj) is str and obj not in VALID_SCOPES:
-            try:
-                names.valid_scope(obj)
-            except errors.InvalidNameError:
-                _invalid_scope_name(obj)  # raises
+        # Names are checked here, not when the object is made: TF1 checks them
+        # on entry, and a replayed entry (above) needs no check, its name equal
+        # to the checked one it recorded.
+        if type(obj) is str:
+            if obj not in VALID_SCOPES:
+                _check_scope_name(obj)
+        elif obj is None:
+            _check_scope_name(default)
+        elif not isinstance(obj, VariableScope):  # a str subclass
+            _check_scope_name(obj)
         parent = frame.scope
         outer = frame.name_scope
         self._frame = frame
@@ -528,7 +528,7 @@ class variable_scope:  # noqa: N801 (TF1's name)
 
 
 def _check_scope_name(name: Any) -> None:
-    """Checks a scope name (`variable_scope.__enter__` inlines the str case).
+    """Checks a scope name (`variable_scope.__enter__` asks the cache first).
 
     Raises:
       InvalidNameError: As `_invalid_scope_name`.
